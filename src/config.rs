@@ -1,0 +1,211 @@
+//! Typed settings: built-in defaults, then `config.toml`, then LiveKit's
+//! conventional environment variables, then `ROOMD__SECTION__KEY` variables.
+//! Validated once at start; nothing else in roomd reads the environment.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The defaults of `livekit-server --dev`.
+pub const DEV_API_KEY: &str = "devkey";
+pub const DEV_API_SECRET: &str = "secret";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub livekit: LivekitSettings,
+    pub rooms: RoomSettings,
+    pub writer: WriterSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LivekitSettings {
+    pub api_key: String,
+    pub api_secret: String,
+    pub url: String,
+}
+
+impl std::fmt::Debug for LivekitSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LivekitSettings")
+            .field("api_key", &self.api_key)
+            .field("api_secret", &"<redacted>")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoomSettings {
+    pub mailbox_capacity: usize,
+    pub commit_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WriterSettings {
+    pub max_batch: usize,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            server: ServerSettings {
+                bind: "0.0.0.0:8080".into(),
+                workers: 0,
+                max_body_bytes: 1024 * 1024,
+                shutdown_timeout_secs: 30,
+            },
+            database: DatabaseSettings {
+                url: "sqlite://roomd.db?mode=rwc".into(),
+                max_connections: 8,
+                connect_timeout_secs: 5,
+                acquire_timeout_secs: 5,
+            },
+            livekit: LivekitSettings {
+                api_key: DEV_API_KEY.into(),
+                api_secret: DEV_API_SECRET.into(),
+                url: String::new(),
+            },
+            rooms: RoomSettings {
+                mailbox_capacity: 256,
+                commit_timeout_ms: 10_000,
+            },
+            writer: WriterSettings {
+                max_batch: 512,
+                queue_capacity: 8192,
+            },
+            log: LogSettings {
+                level: "info".into(),
+                format: LogFormat::Text,
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read settings: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("setting `{setting}` is invalid: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+/// LiveKit's conventional names, mapped onto settings. `LIVEKIT_WEBHOOK_SECRET`
+/// is the seed's name for the secret; `LIVEKIT_API_SECRET` wins when both are set.
+const CONVENTIONAL: [(&str, &str); 5] = [
+    ("DATABASE_URL", "database.url"),
+    ("LIVEKIT_API_KEY", "livekit.api_key"),
+    ("LIVEKIT_WEBHOOK_SECRET", "livekit.api_secret"),
+    ("LIVEKIT_API_SECRET", "livekit.api_secret"),
+    ("LIVEKIT_URL", "livekit.url"),
+];
+
+impl Settings {
+    /// Loads `path` (a missing file is fine: the defaults are complete), then the environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut figment =
+            Figment::from(Serialized::defaults(Settings::default())).merge(Toml::file(path));
+        for (var, key) in CONVENTIONAL {
+            figment = figment.merge(Env::raw().only(&[var]).map(move |_| key.into()));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("ROOMD__").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| ConfigError::Invalid {
+            setting,
+            reason: reason.to_owned(),
+        };
+        self.bind_addr()?;
+        let url = url::Url::parse(&self.database.url)
+            .map_err(|e| invalid("database.url", &e.to_string()))?;
+        if !matches!(url.scheme(), "sqlite" | "postgres" | "postgresql") {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        if self.livekit.api_key.trim().is_empty() {
+            return Err(invalid("livekit.api_key", "must not be empty"));
+        }
+        if self.livekit.api_secret.trim().is_empty() {
+            return Err(invalid("livekit.api_secret", "must not be empty"));
+        }
+        if !self.livekit.url.is_empty() {
+            url::Url::parse(&self.livekit.url)
+                .map_err(|e| invalid("livekit.url", &e.to_string()))?;
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be positive"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server
+            .bind
+            .parse()
+            .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                setting: "server.bind",
+                reason: e.to_string(),
+            })
+    }
+
+    /// True when roomd runs with `livekit-server --dev`'s well-known key.
+    pub fn uses_dev_key(&self) -> bool {
+        self.livekit.api_key == DEV_API_KEY || self.livekit.api_secret == DEV_API_SECRET
+    }
+}

@@ -1,0 +1,27 @@
+//! Liveness and readiness.
+
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+
+use super::AppState;
+
+/// The process is up.
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Live rooms are rebuilt and the database answers.
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let recovered = state.rooms.is_recovered();
+    let database = state.db.ping().await.is_ok();
+    let body = json!({"recovered": recovered, "database": database});
+    if recovered && database {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(body)
+    }
+}

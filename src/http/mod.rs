@@ -1,0 +1,33 @@
+//! HTTP routes. Handlers extract, call the domain and map the result; the
+//! status and body of every error is decided in `error.rs`.
+
+pub mod error;
+mod health;
+mod rooms;
+mod webhooks;
+
+use actix_web::web;
+use sea_orm::DatabaseConnection;
+
+use crate::livekit::WebhookVerifier;
+use crate::room::Rooms;
+
+pub use error::ApiError;
+
+/// What every handler may use. Built once at start.
+pub struct AppState {
+    pub rooms: Rooms,
+    pub verifier: WebhookVerifier,
+    pub db: DatabaseConnection,
+    pub max_body_bytes: usize,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(webhooks::receive)
+        .service(rooms::room)
+        .service(health::healthz)
+        .service(health::readyz)
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
+        }));
+}

@@ -1,0 +1,9 @@
+//! The LiveKit edge: proves a webhook came from LiveKit and turns its body
+//! into roomd's own [`Delivery`](crate::room::event::Delivery). Nothing past
+//! this module sees protobuf types.
+
+pub mod parse;
+pub mod verify;
+
+pub use parse::{ParseError, parse};
+pub use verify::{VerifyError, WebhookVerifier};

@@ -1,0 +1,299 @@
+//! Turns a verified webhook body into a [`Delivery`].
+//!
+//! First with `livekit-protocol`'s `WebhookEvent` (protobuf JSON via pbjson).
+//! pbjson refuses whole bodies for things a newer LiveKit server may send (an
+//! enum name it does not know, `"id": null`), and a refused event is one
+//! LiveKit redelivers until it drops it. So when pbjson fails, the body is
+//! read again as plain JSON, taking only the fields roomd uses, each checked
+//! for its type: a body is refused (400) only when it is not JSON or a field
+//! roomd needs is missing or of the wrong type.
+
+use chrono::{DateTime, Utc};
+use livekit_protocol as proto;
+use serde_json::{Map, Value};
+
+use crate::room::event::{
+    Action, Delivery, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("the body is not a JSON object")]
+    NotAnObject,
+    #[error("field `{field}` has the wrong type: expected {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("field `{0}` is required")]
+    Missing(&'static str),
+}
+
+/// The fields roomd reads, from either parser.
+#[derive(Debug, Default)]
+struct Fields {
+    event: String,
+    id: String,
+    created_at: i64,
+    room_name: String,
+    room_sid: String,
+    room_created: Option<DateTime<Utc>>,
+    participant: Option<ParticipantFields>,
+}
+
+#[derive(Debug, Default)]
+struct ParticipantFields {
+    sid: String,
+    identity: String,
+    name: String,
+    kind: Option<ParticipantKind>,
+    joined_at: Option<DateTime<Utc>>,
+    disconnect_reason: Option<String>,
+}
+
+pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Delivery, ParseError> {
+    let fields = match serde_json::from_slice::<proto::WebhookEvent>(body) {
+        Ok(event) => from_proto(event),
+        Err(strict) => {
+            let value: Value =
+                serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+            let fields = from_json(&value)?;
+            tracing::debug!(error = %strict, "livekit-protocol refused the body; applied from its known fields");
+            fields
+        }
+    };
+    into_delivery(fields, received_at)
+}
+
+fn seconds(s: i64) -> Option<DateTime<Utc>> {
+    (s > 0).then(|| DateTime::from_timestamp(s, 0)).flatten()
+}
+
+fn millis_or_seconds(ms: i64, s: i64) -> Option<DateTime<Utc>> {
+    (ms > 0)
+        .then(|| DateTime::from_timestamp_millis(ms))
+        .flatten()
+        .or_else(|| seconds(s))
+}
+
+fn disconnect_reason_name(n: i32) -> Option<String> {
+    match proto::DisconnectReason::try_from(n) {
+        Ok(proto::DisconnectReason::UnknownReason) => None,
+        Ok(reason) => Some(reason.as_str_name().to_owned()),
+        Err(_) => Some(format!("reason_{n}")),
+    }
+}
+
+fn from_proto(e: proto::WebhookEvent) -> Fields {
+    let (room_name, room_sid, room_created) = match (&e.room, &e.egress_info, &e.ingress_info) {
+        (Some(room), _, _) if !room.name.is_empty() => (
+            room.name.clone(),
+            room.sid.clone(),
+            millis_or_seconds(room.creation_time_ms, room.creation_time),
+        ),
+        (_, Some(egress), _) => (egress.room_name.clone(), egress.room_id.clone(), None),
+        (_, _, Some(ingress)) => (ingress.room_name.clone(), String::new(), None),
+        _ => Default::default(),
+    };
+    Fields {
+        event: e.event,
+        id: e.id,
+        created_at: e.created_at,
+        room_name,
+        room_sid,
+        room_created,
+        participant: e.participant.map(|p| ParticipantFields {
+            kind: Some(ParticipantKind::from_number(p.kind.into())),
+            joined_at: millis_or_seconds(p.joined_at_ms, p.joined_at),
+            disconnect_reason: disconnect_reason_name(p.disconnect_reason),
+            sid: p.sid,
+            identity: p.identity,
+            name: p.name,
+        }),
+    }
+}
+
+/// Reads one field of an object: absent and `null` are `None`.
+fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).filter(|v| !v.is_null())
+}
+
+fn string(obj: &Map<String, Value>, key: &str, path: &'static str) -> Result<String, ParseError> {
+    match field(obj, key) {
+        None => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ParseError::WrongType {
+            field: path,
+            expected: "a string",
+        }),
+    }
+}
+
+/// protobuf JSON sends 64-bit integers as strings; hand-written bodies (the
+/// seed's curl test) as numbers. Both are fine.
+fn int64(obj: &Map<String, Value>, key: &str, path: &'static str) -> Result<i64, ParseError> {
+    let wrong = || ParseError::WrongType {
+        field: path,
+        expected: "an integer or a string of digits",
+    };
+    match field(obj, key) {
+        None => Ok(0),
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(wrong),
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| wrong()),
+        Some(_) => Err(wrong()),
+    }
+}
+
+fn object<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &'static str,
+) -> Result<Option<&'a Map<String, Value>>, ParseError> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(_) => Err(ParseError::WrongType {
+            field: path,
+            expected: "an object",
+        }),
+    }
+}
+
+/// An enum sent by name (protobuf JSON) or by number.
+fn enum_name(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &'static str,
+) -> Result<Option<Value>, ParseError> {
+    match field(obj, key) {
+        None => Ok(None),
+        Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v.clone())),
+        Some(_) => Err(ParseError::WrongType {
+            field: path,
+            expected: "an enum name or number",
+        }),
+    }
+}
+
+fn from_json(value: &Value) -> Result<Fields, ParseError> {
+    let obj = value.as_object().ok_or(ParseError::NotAnObject)?;
+    let mut fields = Fields {
+        event: string(obj, "event", "event")?,
+        id: string(obj, "id", "id")?,
+        created_at: int64(obj, "createdAt", "createdAt")?,
+        ..Default::default()
+    };
+    if let Some(room) = object(obj, "room", "room")? {
+        fields.room_name = string(room, "name", "room.name")?;
+        fields.room_sid = string(room, "sid", "room.sid")?;
+        fields.room_created = millis_or_seconds(
+            int64(room, "creationTimeMs", "room.creationTimeMs")?,
+            int64(room, "creationTime", "room.creationTime")?,
+        );
+    }
+    if fields.room_name.is_empty() {
+        for (key, path) in [("egressInfo", "egressInfo"), ("ingressInfo", "ingressInfo")] {
+            if let Some(info) = object(obj, key, path)? {
+                fields.room_name = string(info, "roomName", "roomName")?;
+            }
+        }
+    }
+    if let Some(p) = object(obj, "participant", "participant")? {
+        let kind = enum_name(p, "kind", "participant.kind")?.map(|v| match v {
+            Value::Number(n) => ParticipantKind::from_number(n.as_i64().unwrap_or(-1)),
+            Value::String(s) => ParticipantKind::from_name(&s),
+            _ => ParticipantKind::Standard,
+        });
+        let disconnect_reason = enum_name(p, "disconnectReason", "participant.disconnectReason")?
+            .and_then(|v| match v {
+                Value::Number(n) => disconnect_reason_name(n.as_i64().unwrap_or(0) as i32),
+                Value::String(s) if s != "UNKNOWN_REASON" => Some(s),
+                _ => None,
+            });
+        fields.participant = Some(ParticipantFields {
+            sid: string(p, "sid", "participant.sid")?,
+            identity: string(p, "identity", "participant.identity")?,
+            name: string(p, "name", "participant.name")?,
+            kind,
+            joined_at: millis_or_seconds(
+                int64(p, "joinedAtMs", "participant.joinedAtMs")?,
+                int64(p, "joinedAt", "participant.joinedAt")?,
+            ),
+            disconnect_reason,
+        });
+    }
+    Ok(fields)
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, ParseError> {
+    if f.event.is_empty() {
+        return Err(ParseError::Missing("event"));
+    }
+    let room = non_empty(f.room_name).map(|name| RoomRef {
+        name,
+        sid: non_empty(f.room_sid),
+        created_at: f.room_created,
+    });
+    let (participant, disconnect_reason) = match f.participant {
+        Some(p) if !p.identity.is_empty() => (
+            Some(ParticipantRef {
+                sid: non_empty(p.sid),
+                identity: p.identity,
+                kind: p.kind.unwrap_or(ParticipantKind::Standard),
+                name: non_empty(p.name),
+                joined_at: p.joined_at,
+            }),
+            p.disconnect_reason,
+        ),
+        _ => (None, None),
+    };
+    let needs_room = |event| {
+        room.is_some()
+            .then_some(event)
+            .ok_or(ParseError::Missing("room.name"))
+    };
+    let participant_event = |make: fn(ParticipantRef) -> RoomEvent| {
+        let p = participant
+            .clone()
+            .ok_or(ParseError::Missing("participant.identity"))?;
+        needs_room(make(p))
+    };
+    let action = match f.event.as_str() {
+        "room_started" => Action::Apply(needs_room(RoomEvent::RoomStarted)?),
+        "room_finished" => Action::Apply(needs_room(RoomEvent::RoomFinished)?),
+        "participant_joined" => Action::Apply(participant_event(RoomEvent::ParticipantJoined)?),
+        "participant_left" => {
+            let reason = LeaveReason::Left(disconnect_reason);
+            let p = participant
+                .clone()
+                .ok_or(ParseError::Missing("participant.identity"))?;
+            Action::Apply(needs_room(RoomEvent::ParticipantLeft(p, reason))?)
+        }
+        "participant_connection_aborted" => {
+            let p = participant
+                .clone()
+                .ok_or(ParseError::Missing("participant.identity"))?;
+            Action::Apply(needs_room(RoomEvent::ParticipantLeft(
+                p,
+                LeaveReason::ConnectionAborted,
+            ))?)
+        }
+        _ => Action::Record {
+            participant: participant.clone(),
+        },
+    };
+    Ok(Delivery {
+        id: non_empty(f.id),
+        event: f.event,
+        created_at: seconds(f.created_at),
+        received_at,
+        room,
+        action,
+    })
+}

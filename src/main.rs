@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use roomd::{app::Application, config::Settings, store, telemetry};
+
+/// roomd: a stateful room supervisor for LiveKit.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Settings file; a missing file means built-in defaults.
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve webhooks and reads (the default).
+    Serve,
+    /// Bring the database schema up to date and exit.
+    Migrate,
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(&cli.config)?;
+    telemetry::init(&settings.log);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => Application::build(settings).await?.run().await?,
+        Command::Migrate => {
+            let db = store::connect(&settings.database).await?;
+            store::migrate(&db).await?;
+            tracing::info!("migrations applied");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! What LiveKit told us, in roomd's own words.
+//!
+//! The LiveKit edge (`crate::livekit`) turns a verified webhook body into a
+//! [`Delivery`]; nothing past that edge sees protobuf types or strings for
+//! states and kinds.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// What kind of participant a session belongs to, as LiveKit classifies it.
+/// `Other` keeps a kind this build does not know (a newer LiveKit server), so
+/// such a participant is still counted instead of the event being refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ParticipantKind {
+    Standard,
+    Ingress,
+    Egress,
+    Sip,
+    Agent,
+    Connector,
+    Bridge,
+    Other(String),
+}
+
+impl ParticipantKind {
+    /// Parses LiveKit's enum name (`"AGENT"`) or the lowercase form roomd stores.
+    pub fn from_name(name: &str) -> Self {
+        match name.to_ascii_uppercase().as_str() {
+            "" | "STANDARD" => Self::Standard,
+            "INGRESS" => Self::Ingress,
+            "EGRESS" => Self::Egress,
+            "SIP" => Self::Sip,
+            "AGENT" => Self::Agent,
+            "CONNECTOR" => Self::Connector,
+            "BRIDGE" => Self::Bridge,
+            _ => Self::Other(name.to_ascii_lowercase()),
+        }
+    }
+
+    /// LiveKit's protobuf number for the kind (`ParticipantInfo.Kind`).
+    pub fn from_number(n: i64) -> Self {
+        match n {
+            0 => Self::Standard,
+            1 => Self::Ingress,
+            2 => Self::Egress,
+            3 => Self::Sip,
+            4 => Self::Agent,
+            7 => Self::Connector,
+            8 => Self::Bridge,
+            other => Self::Other(format!("kind_{other}")),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Standard => "standard",
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+            Self::Sip => "sip",
+            Self::Agent => "agent",
+            Self::Connector => "connector",
+            Self::Bridge => "bridge",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl Serialize for ParticipantKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Which LiveKit room an event is about. `sid` is absent in hand-written
+/// bodies such as the seed's curl test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRef {
+    pub name: String,
+    pub sid: Option<String>,
+    /// When LiveKit created the room (`room.creationTime`), if it said.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// A participant as an event describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantRef {
+    /// One session's id (`PA_...`); a reconnect gets a new one.
+    pub sid: Option<String>,
+    /// The person; the seed's users put their UUID here.
+    pub identity: String,
+    pub kind: ParticipantKind,
+    pub name: Option<String>,
+    pub joined_at: Option<DateTime<Utc>>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// `participant_left`, with LiveKit's `disconnectReason` when it gave one.
+    Left(Option<String>),
+    /// `participant_connection_aborted`: the session never fully connected.
+    ConnectionAborted,
+    /// The room finished with the session still open.
+    RoomFinished,
+    /// A new room instance took the name while this one was still open.
+    RoomReplaced,
+}
+
+impl LeaveReason {
+    pub fn as_string(&self) -> String {
+        match self {
+            Self::Left(Some(reason)) => reason.to_ascii_lowercase(),
+            Self::Left(None) => "participant_left".into(),
+            Self::ConnectionAborted => "connection_aborted".into(),
+            Self::RoomFinished => "room_finished".into(),
+            Self::RoomReplaced => "room_replaced".into(),
+        }
+    }
+}
+
+/// An event that changes a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    RoomStarted,
+    RoomFinished,
+    ParticipantJoined(ParticipantRef),
+    ParticipantLeft(ParticipantRef, LeaveReason),
+}
+
+impl RoomEvent {
+    pub fn participant(&self) -> Option<&ParticipantRef> {
+        match self {
+            Self::ParticipantJoined(p) | Self::ParticipantLeft(p, _) => Some(p),
+            Self::RoomStarted | Self::RoomFinished => None,
+        }
+    }
+}
+
+/// One webhook as roomd received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// LiveKit's event id (`EV_...`): the same on every retry.
+    pub id: Option<String>,
+    /// The event's name as sent (`participant_joined`, `track_published`, ...).
+    pub event: String,
+    /// LiveKit's `createdAt`, when it gave one.
+    pub created_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub room: Option<RoomRef>,
+    pub action: Action,
+}
+
+/// What roomd does with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Routed to the room's actor and applied to its state.
+    Apply(RoomEvent),
+    /// Recorded in the audit log and acknowledged (tracks, egress, ingress, ...).
+    Record { participant: Option<ParticipantRef> },
+}
+
+impl Delivery {
+    /// The time the event happened on LiveKit's clock, else when it reached us.
+    pub fn at(&self) -> DateTime<Utc> {
+        self.created_at.unwrap_or(self.received_at)
+    }
+
+    pub fn participant(&self) -> Option<&ParticipantRef> {
+        match &self.action {
+            Action::Apply(event) => event.participant(),
+            Action::Record { participant } => participant.as_ref(),
+        }
+    }
+}

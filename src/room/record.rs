@@ -1,0 +1,92 @@
+//! The persisted shape of a room: what the state machine hands to the store
+//! and what the store hands back after a restart. Plain data, no I/O.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::event::ParticipantKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoomStatus {
+    Active,
+    Ended,
+}
+
+impl RoomStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Ended => "ended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "ended" => Some(Self::Ended),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `rooms`: one LiveKit room instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub sid: Option<String>,
+    pub status: RoomStatus,
+    pub current_participants: i32,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+}
+
+/// One row of `participants`: one session (or a tombstone for a leave that
+/// came before its join).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    pub identity: String,
+    pub sid: Option<String>,
+    pub kind: ParticipantKind,
+    pub name: Option<String>,
+    pub joined_at: Option<DateTime<Utc>>,
+    pub left_at: Option<DateTime<Utc>>,
+    pub leave_reason: Option<String>,
+}
+
+impl SessionRecord {
+    pub fn is_open(&self) -> bool {
+        self.left_at.is_none()
+    }
+
+    /// The seed's `participants.user_id`: the identity when it is a user's UUID.
+    pub fn user_id(&self) -> Option<Uuid> {
+        Uuid::parse_str(&self.identity).ok()
+    }
+}
+
+/// The rows one applied event changes; upserted by primary key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub rooms: Vec<RoomRecord>,
+    pub sessions: Vec<SessionRecord>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty() && self.sessions.is_empty()
+    }
+}
+
+/// Everything the store keeps about one room name that its actor needs
+/// to rebuild itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredRoom {
+    /// The newest instance under the name, with all of its sessions.
+    pub latest: Option<(RoomRecord, Vec<SessionRecord>)>,
+    /// Sids of every ended instance under the name: their late events are stale.
+    pub ended_sids: Vec<String>,
+}

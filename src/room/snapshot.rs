@@ -1,0 +1,130 @@
+//! Immutable pictures of a room, published by its actor after each commit.
+//! Reads take the latest one without going through the actor's mailbox.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::event::ParticipantKind;
+use super::record::{RoomRecord, RoomStatus, SessionRecord};
+use super::state::{Instance, RoomState};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantView {
+    pub identity: String,
+    pub sid: Option<String>,
+    pub kind: ParticipantKind,
+    pub name: Option<String>,
+    pub joined_at: Option<DateTime<Utc>>,
+    /// Set when the identity is a user's UUID (the seed's convention).
+    pub user_id: Option<Uuid>,
+}
+
+impl From<&SessionRecord> for ParticipantView {
+    fn from(s: &SessionRecord) -> Self {
+        Self {
+            identity: s.identity.clone(),
+            sid: s.sid.clone(),
+            kind: s.kind.clone(),
+            name: s.name.clone(),
+            joined_at: s.joined_at,
+            user_id: s.user_id(),
+        }
+    }
+}
+
+/// One room instance as the read API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomView {
+    pub name: String,
+    pub sid: Option<String>,
+    pub status: &'static str,
+    pub participant_count: usize,
+    pub counts_by_kind: BTreeMap<String, usize>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+    #[serde(skip)]
+    pub participants: Vec<ParticipantView>,
+}
+
+impl RoomView {
+    pub fn of_instance(instance: &Instance) -> Self {
+        let room = instance.record();
+        let mut participants: Vec<ParticipantView> = instance
+            .open_sessions()
+            .map(ParticipantView::from)
+            .collect();
+        participants.sort_by(|a, b| (a.joined_at, &a.identity).cmp(&(b.joined_at, &b.identity)));
+        Self {
+            participant_count: instance.participant_count(),
+            counts_by_kind: instance.counts_by_kind(),
+            participants,
+            ..Self::of_record(room)
+        }
+    }
+
+    /// A view of a room that has no live actor (read back from the database).
+    pub fn of_record(room: &RoomRecord) -> Self {
+        Self {
+            name: room.name.clone(),
+            sid: room.sid.clone(),
+            status: room.status.as_str(),
+            participant_count: usize::try_from(room.current_participants).unwrap_or(0),
+            counts_by_kind: BTreeMap::new(),
+            started_at: room.started_at,
+            ended_at: room.ended_at,
+            end_reason: room.end_reason.clone(),
+            participants: Vec::new(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status == RoomStatus::Active.as_str()
+    }
+}
+
+/// The last event an actor applied, for admins.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub outcome: &'static str,
+    pub at: DateTime<Utc>,
+}
+
+/// What an actor has done since it started.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counters {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub ignored: u64,
+    pub stale: u64,
+}
+
+/// Everything published about one room name.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSnapshot {
+    pub room: Option<RoomView>,
+    pub last_event: Option<LastEvent>,
+    pub counters: Counters,
+    pub actor_started_at: DateTime<Utc>,
+}
+
+impl RoomSnapshot {
+    pub fn of(
+        state: &RoomState,
+        last_event: Option<LastEvent>,
+        counters: Counters,
+        actor_started_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            room: state.current().map(RoomView::of_instance),
+            last_event,
+            counters,
+            actor_started_at,
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The room state machine: the one place that decides what an event does to a
+//! room. It does no I/O and never fails; it returns the rows to persist, and
+//! the actor commits them before anyone sees the new state.
+//!
+//! What it must get right, because LiveKit delivers at least once, unordered
+//! and sometimes not at all:
+//! - a session is keyed by participant sid; a person by identity. The count is
+//!   the number of distinct identities with an open session, so a reconnect
+//!   (new sid, same identity) is never counted twice during the overlap;
+//! - a leave for an unknown sid leaves a tombstone, so the late join for that
+//!   sid cannot resurrect the session;
+//! - applying an event twice is the same as applying it once (the event-id
+//!   check in the store is an optimisation and an audit, not the safety net);
+//! - an event for a finished room instance is stale; a new room sid under the
+//!   same name is a new instance, never a revival of the old one;
+//! - bodies without sids (the seed's curl test) fall back to identity keys,
+//!   ordered by the event's timestamp.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::event::{LeaveReason, ParticipantRef, RoomEvent, RoomRef};
+use super::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The room changed.
+    Applied,
+    /// Nothing to change: a repeated join, a leave of a closed session, a
+    /// join that arrives after its leave, a second `room_started`.
+    Ignored,
+    /// The event belongs to a room instance that has finished.
+    Stale,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Ignored => "ignored",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// The result of [`RoomState::apply`]: the outcome and the rows to upsert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub outcome: Outcome,
+    /// The `rooms.id` of the instance the event was applied to, for the audit row.
+    pub room_id: Option<Uuid>,
+    pub changes: Changes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum SessionKey {
+    Sid(String),
+    /// For bodies without a participant sid.
+    Identity(String),
+}
+
+impl SessionKey {
+    fn of(identity: &str, sid: Option<&str>) -> Self {
+        match sid {
+            Some(sid) => Self::Sid(sid.to_owned()),
+            None => Self::Identity(identity.to_owned()),
+        }
+    }
+}
+
+/// One room instance and every session it has seen (open, closed, tombstones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    room: RoomRecord,
+    sessions: BTreeMap<SessionKey, SessionRecord>,
+}
+
+impl Instance {
+    fn start(room: &RoomRef, at: DateTime<Utc>) -> Self {
+        Self {
+            room: RoomRecord {
+                id: Uuid::new_v4(),
+                name: room.name.clone(),
+                sid: room.sid.clone(),
+                status: RoomStatus::Active,
+                current_participants: 0,
+                started_at: room.created_at.unwrap_or(at),
+                ended_at: None,
+                end_reason: None,
+            },
+            sessions: BTreeMap::new(),
+        }
+    }
+
+    fn restore(room: RoomRecord, sessions: Vec<SessionRecord>) -> Self {
+        let mut map: BTreeMap<SessionKey, SessionRecord> = BTreeMap::new();
+        for session in sessions {
+            let key = SessionKey::of(&session.identity, session.sid.as_deref());
+            // Sid-less rows of one identity accumulate over rejoins: the open
+            // one, else the latest to close, is the one that decides.
+            let keep_old = map.get(&key).is_some_and(|old| {
+                old.is_open() || (!session.is_open() && old.left_at >= session.left_at)
+            });
+            if !keep_old {
+                map.insert(key, session);
+            }
+        }
+        Self {
+            room,
+            sessions: map,
+        }
+    }
+
+    pub fn record(&self) -> &RoomRecord {
+        &self.room
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.room.status == RoomStatus::Active
+    }
+
+    pub fn open_sessions(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.sessions.values().filter(|s| s.is_open())
+    }
+
+    /// Sessions that are closed, including tombstones.
+    pub fn closed_sessions(&self) -> impl Iterator<Item = &SessionRecord> {
+        self.sessions.values().filter(|s| !s.is_open())
+    }
+
+    /// Distinct identities with at least one open session.
+    pub fn participant_count(&self) -> usize {
+        self.open_sessions()
+            .map(|s| s.identity.as_str())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// Distinct identities with an open session, per participant kind.
+    pub fn counts_by_kind(&self) -> BTreeMap<String, usize> {
+        let mut people: BTreeMap<String, HashSet<&str>> = BTreeMap::new();
+        for s in self.open_sessions() {
+            people
+                .entry(s.kind.as_str().to_owned())
+                .or_default()
+                .insert(&s.identity);
+        }
+        people.into_iter().map(|(k, v)| (k, v.len())).collect()
+    }
+
+    fn refresh_count(&mut self) {
+        self.room.current_participants =
+            i32::try_from(self.participant_count()).unwrap_or(i32::MAX);
+    }
+
+    /// Ends the instance and closes every open session at `at`.
+    fn end(
+        &mut self,
+        at: DateTime<Utc>,
+        why: &str,
+        session_reason: &LeaveReason,
+        changes: &mut Changes,
+    ) {
+        for session in self.sessions.values_mut().filter(|s| s.is_open()) {
+            session.left_at = Some(at);
+            session.leave_reason = Some(session_reason.as_string());
+            changes.sessions.push(session.clone());
+        }
+        self.room.status = RoomStatus::Ended;
+        self.room.ended_at = Some(at);
+        self.room.end_reason = Some(why.to_owned());
+        self.room.current_participants = 0;
+    }
+
+    fn join(&mut self, p: &ParticipantRef, at: DateTime<Utc>, changes: &mut Changes) -> Outcome {
+        let key = SessionKey::of(&p.identity, p.sid.as_deref());
+        match (self.sessions.get(&key), &key) {
+            (Some(s), _) if s.is_open() => return Outcome::Ignored,
+            // A sid is one session: once closed (or tombstoned) it never reopens.
+            (Some(_), SessionKey::Sid(_)) => return Outcome::Ignored,
+            // Without sids only time can tell a rejoin from a late duplicate.
+            (Some(s), SessionKey::Identity(_)) if s.left_at.is_some_and(|left| left >= at) => {
+                return Outcome::Ignored;
+            }
+            _ => {}
+        }
+        let session = SessionRecord {
+            id: Uuid::new_v4(),
+            room_id: self.room.id,
+            identity: p.identity.clone(),
+            sid: p.sid.clone(),
+            kind: p.kind.clone(),
+            name: p.name.clone(),
+            joined_at: Some(p.joined_at.unwrap_or(at)),
+            left_at: None,
+            leave_reason: None,
+        };
+        changes.sessions.push(session.clone());
+        self.sessions.insert(key, session);
+        Outcome::Applied
+    }
+
+    fn leave(
+        &mut self,
+        p: &ParticipantRef,
+        reason: &LeaveReason,
+        at: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Outcome {
+        let close = |s: &mut SessionRecord, changes: &mut Changes| {
+            s.left_at = Some(at);
+            s.leave_reason = Some(reason.as_string());
+            changes.sessions.push(s.clone());
+        };
+        let key = SessionKey::of(&p.identity, p.sid.as_deref());
+        if p.sid.is_none() {
+            // Without a sid the leave means "this person left": close all of them.
+            let mut closed_any = false;
+            for s in self
+                .sessions
+                .values_mut()
+                .filter(|s| s.is_open() && s.identity == p.identity)
+            {
+                close(s, changes);
+                closed_any = true;
+            }
+            if closed_any {
+                return Outcome::Applied;
+            }
+        }
+        match self.sessions.get_mut(&key) {
+            Some(s) if s.is_open() => {
+                close(s, changes);
+                return Outcome::Applied;
+            }
+            Some(_) if matches!(key, SessionKey::Sid(_)) => return Outcome::Ignored,
+            Some(s) if s.left_at.is_some_and(|left| left >= at) => return Outcome::Ignored,
+            _ => {}
+        }
+        // The leave came first (or its join was dropped): remember it, so the
+        // join cannot open the session when it arrives.
+        let tombstone = SessionRecord {
+            id: Uuid::new_v4(),
+            room_id: self.room.id,
+            identity: p.identity.clone(),
+            sid: p.sid.clone(),
+            kind: p.kind.clone(),
+            name: p.name.clone(),
+            joined_at: None,
+            left_at: Some(at),
+            leave_reason: Some(reason.as_string()),
+        };
+        changes.sessions.push(tombstone.clone());
+        self.sessions.insert(key, tombstone);
+        Outcome::Applied
+    }
+}
+
+/// Everything roomd knows about one room name: the newest instance and the
+/// sids of the finished ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomState {
+    name: String,
+    current: Option<Instance>,
+    ended_sids: HashSet<String>,
+}
+
+impl RoomState {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            current: None,
+            ended_sids: HashSet::new(),
+        }
+    }
+
+    /// Rebuilds the state from what the store committed.
+    pub fn restore(name: impl Into<String>, stored: StoredRoom) -> Self {
+        let mut ended_sids: HashSet<String> = stored.ended_sids.into_iter().collect();
+        let current = stored.latest.map(|(room, sessions)| {
+            if room.status == RoomStatus::Ended
+                && let Some(sid) = &room.sid
+            {
+                ended_sids.insert(sid.clone());
+            }
+            Instance::restore(room, sessions)
+        });
+        Self {
+            name: name.into(),
+            current,
+            ended_sids,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The instance now or last live under this name.
+    pub fn current(&self) -> Option<&Instance> {
+        self.current.as_ref()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.current.as_ref().is_some_and(Instance::is_active)
+    }
+
+    /// Applies one event that happened at `at` (LiveKit's clock).
+    pub fn apply(&mut self, room: &RoomRef, event: &RoomEvent, at: DateTime<Utc>) -> Transition {
+        let mut changes = Changes::default();
+        let stale = |room_id| Transition {
+            outcome: Outcome::Stale,
+            room_id,
+            changes: Changes::default(),
+        };
+
+        if room
+            .sid
+            .as_ref()
+            .is_some_and(|sid| self.ended_sids.contains(sid))
+        {
+            return stale(None);
+        }
+        let mut room_changed = false;
+        let same_instance = match (&mut self.current, &room.sid) {
+            (None, _) => false,
+            (Some(cur), Some(sid)) => match &cur.room.sid {
+                Some(cur_sid) => cur_sid == sid,
+                // First sight of the sid of an instance opened from a sid-less body.
+                None if cur.is_active() => {
+                    cur.room.sid = Some(sid.clone());
+                    room_changed = true;
+                    true
+                }
+                None => false,
+            },
+            (Some(cur), None) if cur.is_active() => true,
+            (Some(cur), None) => {
+                let later = cur.room.ended_at.is_some_and(|ended| at > ended);
+                let opens = matches!(
+                    event,
+                    RoomEvent::RoomStarted | RoomEvent::ParticipantJoined(_)
+                );
+                if !(later && opens) {
+                    return stale(Some(cur.room.id));
+                }
+                false
+            }
+        };
+
+        if !same_instance {
+            if let Some(old) = self.current.as_mut().filter(|cur| cur.is_active()) {
+                // LiveKit never has two live rooms with one name: a new sid means
+                // the old instance is over, even if its room_finished was lost.
+                old.end(at, "replaced", &LeaveReason::RoomReplaced, &mut changes);
+                changes.rooms.push(old.room.clone());
+            }
+            if let Some(old_sid) = self.current.as_ref().and_then(|old| old.room.sid.clone()) {
+                self.ended_sids.insert(old_sid);
+            }
+            self.current = Some(Instance::start(room, at));
+            room_changed = true;
+        }
+
+        let instance = self
+            .current
+            .as_mut()
+            .expect("an instance was just selected or started");
+        let outcome = match event {
+            RoomEvent::RoomStarted => {
+                if let Some(created) = room.created_at.filter(|c| *c < instance.room.started_at) {
+                    instance.room.started_at = created;
+                    room_changed = true;
+                }
+                if room_changed {
+                    Outcome::Applied
+                } else {
+                    Outcome::Ignored
+                }
+            }
+            RoomEvent::RoomFinished => {
+                instance.end(
+                    at,
+                    "room_finished",
+                    &LeaveReason::RoomFinished,
+                    &mut changes,
+                );
+                if let Some(sid) = &instance.room.sid {
+                    self.ended_sids.insert(sid.clone());
+                }
+                room_changed = true;
+                Outcome::Applied
+            }
+            RoomEvent::ParticipantJoined(p) => instance.join(p, at, &mut changes),
+            RoomEvent::ParticipantLeft(p, reason) => instance.leave(p, reason, at, &mut changes),
+        };
+
+        let before = instance.room.current_participants;
+        if instance.is_active() {
+            instance.refresh_count();
+        }
+        if room_changed || before != instance.room.current_participants {
+            changes.rooms.push(instance.room.clone());
+        }
+        let outcome = match outcome {
+            Outcome::Ignored if room_changed => Outcome::Applied,
+            other => other,
+        };
+        Transition {
+            outcome,
+            room_id: Some(instance.room.id),
+            changes,
+        }
+    }
+}

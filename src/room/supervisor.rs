@@ -1,0 +1,221 @@
+//! The supervisor: owns the registry of room actors, starts one on the first
+//! event of a room, rebuilds the live rooms at start, and is the handle the
+//! HTTP layer talks to, so routes never touch actix types and mailbox errors
+//! become one error type here.
+//!
+//! It never holds two actors for one name: actors are created inside the
+//! registry's entry lock, and an actor loads its state after it is
+//! registered (its first message waits for that).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use sea_orm::DatabaseConnection;
+use tokio::sync::oneshot;
+
+use super::actor::{ActorParts, Apply, Delivered, Registry, RoomActor, Snapshots};
+use super::event::{Action, Delivery};
+use super::snapshot::{RoomSnapshot, RoomView};
+use super::state::{Outcome, RoomState};
+use crate::store::{self, Committed, EventRecord, StoreError, Writer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("room {room:?} is busy: its mailbox is full")]
+    Busy { room: String },
+    #[error("the event for room {room:?} could not be committed: {reason}")]
+    Unavailable { room: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    pub mailbox_capacity: usize,
+    /// How long a delivery waits for its commit before it is answered 503.
+    pub commit_timeout: Duration,
+}
+
+struct Inner {
+    parts: ActorParts,
+    arbiter: ArbiterHandle,
+    settings: SupervisorSettings,
+    recovered: AtomicBool,
+}
+
+/// The handle to the supervisor. Cheap to clone.
+#[derive(Clone)]
+pub struct Rooms {
+    inner: Arc<Inner>,
+}
+
+impl Rooms {
+    /// Room actors run on `arbiter`, away from the HTTP workers.
+    pub fn new(
+        db: DatabaseConnection,
+        writer: Writer,
+        arbiter: ArbiterHandle,
+        settings: SupervisorSettings,
+    ) -> Self {
+        let parts = ActorParts {
+            db,
+            writer,
+            registry: Registry::default(),
+            snapshots: Snapshots::default(),
+            mailbox_capacity: settings.mailbox_capacity.max(1),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                parts,
+                arbiter,
+                settings,
+                recovered: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn registry(&self) -> &DashMap<String, Addr<RoomActor>> {
+        &self.inner.parts.registry
+    }
+
+    /// Rebuilds an actor for every room that is active in the database.
+    /// Returns how many; reads see them as soon as this returns.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let rooms = store::load_active_rooms(&self.inner.parts.db).await?;
+        let count = rooms.len();
+        for (name, stored) in rooms {
+            let state = RoomState::restore(name.clone(), stored);
+            let snapshot = RoomSnapshot::of(&state, None, Default::default(), chrono::Utc::now());
+            self.inner
+                .parts
+                .snapshots
+                .insert(name.clone(), Arc::new(snapshot));
+            if let Entry::Vacant(slot) = self.registry().entry(name.clone()) {
+                slot.insert(self.start_actor(name, Some(state)));
+            }
+        }
+        self.inner.recovered.store(true, Ordering::Release);
+        Ok(count)
+    }
+
+    pub fn is_recovered(&self) -> bool {
+        self.inner.recovered.load(Ordering::Acquire)
+    }
+
+    fn start_actor(&self, name: String, preloaded: Option<RoomState>) -> Addr<RoomActor> {
+        let inner = self.inner.clone();
+        RoomActor::start_in_arbiter(&self.inner.arbiter, move |_| {
+            RoomActor::new(name, preloaded, &inner.parts)
+        })
+    }
+
+    /// The actor for `name`, started if there is none.
+    fn actor(&self, name: &str) -> Addr<RoomActor> {
+        if let Some(addr) = self.registry().get(name).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        match self.registry().entry(name.to_owned()) {
+            Entry::Occupied(slot) if slot.get().connected() => slot.get().clone(),
+            Entry::Occupied(mut slot) => {
+                let addr = self.start_actor(name.to_owned(), None);
+                slot.insert(addr.clone());
+                addr
+            }
+            Entry::Vacant(slot) => slot.insert(self.start_actor(name.to_owned(), None)).clone(),
+        }
+    }
+
+    /// Hands one delivery over and waits until it is committed.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<Delivered, DeliverError> {
+        let room_name = delivery
+            .room
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default();
+        let unavailable = |reason: String| DeliverError::Unavailable {
+            room: room_name.clone(),
+            reason,
+        };
+        let (room, event) = match (&delivery.action, &delivery.room) {
+            (Action::Apply(event), Some(room)) => (room.clone(), event.clone()),
+            _ => {
+                return self
+                    .record_only(delivery)
+                    .await
+                    .map_err(|e| unavailable(e.to_string()));
+            }
+        };
+        let (reply, done) = oneshot::channel();
+        let msg = Apply {
+            delivery,
+            room,
+            event,
+            reply,
+        };
+        match self.actor(&room_name).try_send(msg) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => return Err(DeliverError::Busy { room: room_name }),
+            Err(SendError::Closed(_)) => {
+                return Err(unavailable("the room's actor is restarting".into()));
+            }
+        }
+        match tokio::time::timeout(self.inner.settings.commit_timeout, done).await {
+            Ok(Ok(Ok(delivered))) => Ok(delivered),
+            Ok(Ok(Err(err))) => Err(unavailable(err.to_string())),
+            Ok(Err(_)) => Err(unavailable(
+                "the room's actor stopped before committing".into(),
+            )),
+            Err(_) => Err(unavailable("timed out waiting for the commit".into())),
+        }
+    }
+
+    /// Events roomd does not act on (tracks, egress, ingress, ...): an audit
+    /// row, committed like everything else, and no actor.
+    async fn record_only(&self, delivery: Delivery) -> Result<Delivered, StoreError> {
+        let participant = delivery.participant();
+        let record = EventRecord {
+            event_id: delivery.id.clone(),
+            event: delivery.event.clone(),
+            room_name: delivery.room.as_ref().map(|r| r.name.clone()),
+            room_sid: delivery.room.as_ref().and_then(|r| r.sid.clone()),
+            room_id: None,
+            participant_identity: participant.map(|p| p.identity.clone()),
+            participant_sid: participant.and_then(|p| p.sid.clone()),
+            created_at: delivery.created_at,
+            received_at: delivery.received_at,
+            outcome: Outcome::Ignored.as_str(),
+        };
+        match self
+            .inner
+            .parts
+            .writer
+            .commit(record, Default::default())
+            .await?
+        {
+            Committed::Stored => Ok(Delivered::Committed(Outcome::Ignored)),
+            Committed::Duplicate => Ok(Delivered::Duplicate),
+        }
+    }
+
+    /// The latest published snapshot of a room with a live actor.
+    pub fn snapshot(&self, name: &str) -> Option<Arc<RoomSnapshot>> {
+        self.inner.parts.snapshots.get(name).map(|s| s.clone())
+    }
+
+    /// The room instance now or last live under `name`: from the snapshot when
+    /// roomd has one, else from the database (rooms that ended before a restart).
+    pub async fn room_view(&self, name: &str) -> Result<Option<RoomView>, StoreError> {
+        if let Some(view) = self.snapshot(name).and_then(|s| s.room.clone()) {
+            return Ok(Some(view));
+        }
+        let room = store::find_latest_room(&self.inner.parts.db, name).await?;
+        Ok(room.as_ref().map(RoomView::of_record))
+    }
+
+    /// How many room actors are registered.
+    pub fn live_actors(&self) -> usize {
+        self.registry().len()
+    }
+}

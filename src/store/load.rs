@@ -1,0 +1,161 @@
+//! Reads that rebuild actors: one room on demand, every active room at start.
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::Query;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use uuid::Uuid;
+
+use super::StoreError;
+use super::entity::{participants, rooms};
+use crate::room::event::ParticipantKind;
+use crate::room::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+
+const ACTIVE: &str = "active";
+const ENDED: &str = "ended";
+
+fn room_record(m: rooms::Model) -> Result<RoomRecord, StoreError> {
+    let status = RoomStatus::parse(&m.status).ok_or_else(|| {
+        StoreError::Corrupt(format!("rooms.status {:?} for room {}", m.status, m.id))
+    })?;
+    Ok(RoomRecord {
+        id: m.id,
+        name: m.livekit_name,
+        sid: m.livekit_sid,
+        status,
+        current_participants: m.current_participants,
+        started_at: m.started_at,
+        ended_at: m.ended_at,
+        end_reason: m.end_reason,
+    })
+}
+
+fn session_record(m: participants::Model) -> SessionRecord {
+    SessionRecord {
+        id: m.id,
+        room_id: m.room_id,
+        identity: m.identity,
+        sid: m.sid,
+        kind: ParticipantKind::from_name(&m.kind),
+        name: m.name,
+        joined_at: m.joined_at,
+        left_at: m.left_at,
+        leave_reason: m.leave_reason,
+    }
+}
+
+/// The instance now or last live under `name`: the active one if any (the
+/// actor keeps at most one), else the newest.
+pub async fn find_latest_room(
+    db: &impl ConnectionTrait,
+    name: &str,
+) -> Result<Option<RoomRecord>, StoreError> {
+    let by_name = || rooms::Entity::find().filter(rooms::Column::LivekitName.eq(name));
+    let active = by_name()
+        .filter(rooms::Column::Status.eq(ACTIVE))
+        .one(db)
+        .await?;
+    let latest = match active {
+        Some(room) => Some(room),
+        None => {
+            by_name()
+                .order_by_desc(rooms::Column::CreatedAt)
+                .order_by_desc(rooms::Column::StartedAt)
+                .one(db)
+                .await?
+        }
+    };
+    latest.map(room_record).transpose()
+}
+
+async fn ended_sids(db: &impl ConnectionTrait, name: &str) -> Result<Vec<String>, StoreError> {
+    let sids: Vec<Option<String>> = rooms::Entity::find()
+        .select_only()
+        .column(rooms::Column::LivekitSid)
+        .filter(rooms::Column::LivekitName.eq(name))
+        .filter(rooms::Column::Status.eq(ENDED))
+        .filter(rooms::Column::LivekitSid.is_not_null())
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(sids.into_iter().flatten().collect())
+}
+
+/// Everything an actor for `name` needs to rebuild itself.
+pub async fn load_room(db: &impl ConnectionTrait, name: &str) -> Result<StoredRoom, StoreError> {
+    let Some(room) = find_latest_room(db, name).await? else {
+        return Ok(StoredRoom::default());
+    };
+    let sessions = participants::Entity::find()
+        .filter(participants::Column::RoomId.eq(room.id))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(session_record)
+        .collect();
+    Ok(StoredRoom {
+        latest: Some((room, sessions)),
+        ended_sids: ended_sids(db, name).await?,
+    })
+}
+
+/// Every room that is active in the database, in three queries whatever
+/// their number: what a restart rebuilds before it takes traffic.
+pub async fn load_active_rooms(
+    db: &impl ConnectionTrait,
+) -> Result<Vec<(String, StoredRoom)>, StoreError> {
+    let active_ids = Query::select()
+        .column(rooms::Column::Id)
+        .from(rooms::Entity)
+        .and_where(rooms::Column::Status.eq(ACTIVE))
+        .to_owned();
+    let active_names = Query::select()
+        .column(rooms::Column::LivekitName)
+        .from(rooms::Entity)
+        .and_where(rooms::Column::Status.eq(ACTIVE))
+        .to_owned();
+
+    let active = rooms::Entity::find()
+        .filter(rooms::Column::Status.eq(ACTIVE))
+        .all(db)
+        .await?;
+    let mut sessions: HashMap<Uuid, Vec<SessionRecord>> = HashMap::with_capacity(active.len());
+    for p in participants::Entity::find()
+        .filter(participants::Column::RoomId.in_subquery(active_ids))
+        .all(db)
+        .await?
+    {
+        sessions
+            .entry(p.room_id)
+            .or_default()
+            .push(session_record(p));
+    }
+    let mut ended: HashMap<String, Vec<String>> = HashMap::new();
+    let pairs: Vec<(String, Option<String>)> = rooms::Entity::find()
+        .select_only()
+        .column(rooms::Column::LivekitName)
+        .column(rooms::Column::LivekitSid)
+        .filter(rooms::Column::Status.eq(ENDED))
+        .filter(rooms::Column::LivekitName.in_subquery(active_names))
+        .into_tuple()
+        .all(db)
+        .await?;
+    for (name, sid) in pairs {
+        if let Some(sid) = sid {
+            ended.entry(name).or_default().push(sid);
+        }
+    }
+
+    active
+        .into_iter()
+        .map(|m| {
+            let room = room_record(m)?;
+            let name = room.name.clone();
+            let stored = StoredRoom {
+                latest: Some((room.clone(), sessions.remove(&room.id).unwrap_or_default())),
+                ended_sids: ended.remove(&name).unwrap_or_default(),
+            };
+            Ok((name, stored))
+        })
+        .collect()
+}

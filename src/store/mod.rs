@@ -1,0 +1,53 @@
+//! Persistence through sea-orm: the entities, the queries an actor needs to
+//! rebuild a room, and the group-commit [`Writer`], which is the only code
+//! that writes room state. Nothing here decides what an event means.
+
+pub mod entity;
+mod load;
+mod writer;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+pub use load::{find_latest_room, load_active_rooms, load_room};
+pub use writer::{Committed, EventRecord, Writer};
+
+use crate::config::DatabaseSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("the writer has stopped")]
+    WriterStopped,
+    #[error("a stored row is not what roomd writes: {0}")]
+    Corrupt(String),
+}
+
+/// Opens the pool. SQLite runs in WAL mode with `synchronous = NORMAL`: a
+/// commit survives a killed process (not a power cut), which is the promise
+/// roomd makes when it answers 200.
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
+        .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
+    Database::connect(options).await
+}
+
+/// Brings the schema up to date.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}

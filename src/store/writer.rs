@@ -1,0 +1,276 @@
+//! The group-commit writer: the only code that writes rooms, participants and
+//! the event log.
+//!
+//! Actors hand it one applied event each (the audit row plus the rows the
+//! state machine changed) and wait for their own reply. It takes whatever has
+//! queued up, up to `max_batch`, and commits it in one transaction, so the
+//! commit rate of the disk bounds batches per second, not events per second.
+//! SQLite has a single writer anyway; one writer task means no lock contention
+//! on PostgreSQL either.
+//!
+//! The event log decides duplicates: its insert is `ON CONFLICT (event_id) DO
+//! NOTHING`, and an event whose row already exists (a LiveKit retry, also one
+//! from before a restart) commits none of its changes.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, TransactionTrait, TryInsertResult,
+};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::StoreError;
+use super::entity::{participants, rooms, webhook_events};
+use crate::room::record::{Changes, RoomRecord, SessionRecord};
+
+/// Rows per multi-row upsert: well inside SQLite's and PostgreSQL's limits on
+/// bound parameters (13 columns x 1000).
+const UPSERT_CHUNK: usize = 1000;
+
+/// The audit row of one delivery.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub event_id: Option<String>,
+    pub event: String,
+    pub room_name: Option<String>,
+    pub room_sid: Option<String>,
+    pub room_id: Option<Uuid>,
+    pub participant_identity: Option<String>,
+    pub participant_sid: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub outcome: &'static str,
+}
+
+/// What the commit did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The event's row and its changes are committed.
+    Stored,
+    /// An event with this id was committed before; nothing was changed.
+    Duplicate,
+}
+
+struct Job {
+    event: EventRecord,
+    changes: Changes,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+/// A handle to the writer task. Cloning it is cheap; the task stops when the
+/// last handle is dropped, after committing what was queued.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Spawns the writer on the current runtime.
+    pub fn start(db: DatabaseConnection, max_batch: usize, queue: usize) -> Self {
+        let (jobs, rx) = mpsc::channel(queue.max(1));
+        tokio::spawn(run(db, rx, max_batch.max(1)));
+        Self { jobs }
+    }
+
+    /// Commits one event and its changes; returns once they are durable.
+    pub async fn commit(
+        &self,
+        event: EventRecord,
+        changes: Changes,
+    ) -> Result<Committed, StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                event,
+                changes,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        done.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let started = std::time::Instant::now();
+        match write(&db, &batch).await {
+            Ok(results) => {
+                tracing::debug!(
+                    events = batch.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "committed batch"
+                );
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(Ok(result));
+                }
+            }
+            Err(err) if batch.len() > 1 => {
+                // One bad event must not keep the others from committing: retry
+                // each alone, so only the culprit (or everyone, if the database
+                // is down) gets the error.
+                tracing::warn!(events = batch.len(), error = %err, "batch commit failed; retrying events one by one");
+                for job in batch.drain(..) {
+                    let result = write(&db, std::slice::from_ref(&job)).await;
+                    let _ = job
+                        .reply
+                        .send(result.map(|r| r[0]).map_err(StoreError::from));
+                }
+            }
+            Err(err) => {
+                let job = batch.pop().expect("batch has one job");
+                tracing::warn!(event_id = ?job.event.event_id, error = %err, "commit failed");
+                let _ = job.reply.send(Err(err.into()));
+            }
+        }
+    }
+    tracing::debug!("writer stopped");
+}
+
+async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Committed>, DbErr> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let mut results = Vec::with_capacity(jobs.len());
+    // Keyed by id so that a row changed by two events of one batch is written
+    // once, with its last value (a multi-row upsert may not touch a row twice).
+    let mut rooms: HashMap<Uuid, &RoomRecord> = HashMap::new();
+    let mut sessions: HashMap<Uuid, &SessionRecord> = HashMap::new();
+    for job in jobs {
+        let result = insert_event(&txn, &job.event).await?;
+        if result == Committed::Stored {
+            rooms.extend(job.changes.rooms.iter().map(|r| (r.id, r)));
+            sessions.extend(job.changes.sessions.iter().map(|s| (s.id, s)));
+        }
+        results.push(result);
+    }
+    upsert_rooms(&txn, rooms.into_values(), now).await?;
+    upsert_sessions(&txn, sessions.into_values(), now).await?;
+    txn.commit().await?;
+    Ok(results)
+}
+
+async fn insert_event(db: &impl ConnectionTrait, e: &EventRecord) -> Result<Committed, DbErr> {
+    let row = webhook_events::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        event_id: Set(e.event_id.clone()),
+        event: Set(e.event.clone()),
+        room_name: Set(e.room_name.clone()),
+        room_sid: Set(e.room_sid.clone()),
+        room_id: Set(e.room_id),
+        participant_identity: Set(e.participant_identity.clone()),
+        participant_sid: Set(e.participant_sid.clone()),
+        created_at: Set(e.created_at),
+        received_at: Set(e.received_at),
+        outcome: Set(e.outcome.to_owned()),
+        deliveries: Set(1),
+    };
+    let inserted = webhook_events::Entity::insert(row)
+        .on_conflict_do_nothing_on([webhook_events::Column::EventId])
+        .exec_without_returning(db)
+        .await?;
+    match inserted {
+        TryInsertResult::Inserted(n) if n > 0 => Ok(Committed::Stored),
+        _ => {
+            // Count redeliveries on the original row: an audit of LiveKit's retries.
+            if let Some(id) = &e.event_id {
+                webhook_events::Entity::update_many()
+                    .col_expr(
+                        webhook_events::Column::Deliveries,
+                        Expr::col(webhook_events::Column::Deliveries).add(1),
+                    )
+                    .filter(webhook_events::Column::EventId.eq(id.as_str()))
+                    .exec(db)
+                    .await?;
+            }
+            Ok(Committed::Duplicate)
+        }
+    }
+}
+
+async fn upsert_rooms<'a>(
+    db: &impl ConnectionTrait,
+    rooms: impl Iterator<Item = &'a RoomRecord>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let rows: Vec<rooms::ActiveModel> = rooms
+        .map(|r| rooms::ActiveModel {
+            id: Set(r.id),
+            livekit_name: Set(r.name.clone()),
+            livekit_sid: Set(r.sid.clone()),
+            status: Set(r.status.as_str().to_owned()),
+            current_participants: Set(r.current_participants),
+            started_at: Set(r.started_at),
+            ended_at: Set(r.ended_at),
+            end_reason: Set(r.end_reason.clone()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .collect();
+    use rooms::Column as C;
+    for chunk in rows.chunks(UPSERT_CHUNK) {
+        rooms::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::column(C::Id)
+                    .update_columns([
+                        C::LivekitSid,
+                        C::Status,
+                        C::CurrentParticipants,
+                        C::StartedAt,
+                        C::EndedAt,
+                        C::EndReason,
+                        C::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn upsert_sessions<'a>(
+    db: &impl ConnectionTrait,
+    sessions: impl Iterator<Item = &'a SessionRecord>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let rows: Vec<participants::ActiveModel> = sessions
+        .map(|s| participants::ActiveModel {
+            id: Set(s.id),
+            room_id: Set(s.room_id),
+            identity: Set(s.identity.clone()),
+            user_id: Set(s.user_id()),
+            sid: Set(s.sid.clone()),
+            kind: Set(s.kind.as_str().to_owned()),
+            name: Set(s.name.clone()),
+            status: Set(if s.is_open() { "joined" } else { "left" }.to_owned()),
+            joined_at: Set(s.joined_at),
+            left_at: Set(s.left_at),
+            leave_reason: Set(s.leave_reason.clone()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .collect();
+    use participants::Column as C;
+    for chunk in rows.chunks(UPSERT_CHUNK) {
+        participants::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::column(C::Id)
+                    .update_columns([
+                        C::Status,
+                        C::JoinedAt,
+                        C::LeftAt,
+                        C::LeaveReason,
+                        C::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
