@@ -31,7 +31,10 @@ fn fixtures() -> Vec<(String, Fixture)> {
         .into_iter()
         .map(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap())
+            (
+                name,
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap(),
+            )
         })
         .collect()
 }
@@ -40,9 +43,17 @@ fn fixtures() -> Vec<(String, Fixture)> {
 fn every_golden_delivery_verifies() {
     for (name, f) in fixtures() {
         let verifier = WebhookVerifier::new(&f.api_key, &f.api_secret);
-        assert_eq!(verifier.verify(Some(&f.authorization), f.body.as_bytes()), Ok(()), "{name}");
+        assert_eq!(
+            verifier.verify(Some(&f.authorization), f.body.as_bytes()),
+            Ok(()),
+            "{name}"
+        );
         let bearer = format!("Bearer {}", f.authorization);
-        assert_eq!(verifier.verify(Some(&bearer), f.body.as_bytes()), Ok(()), "{name} with Bearer");
+        assert_eq!(
+            verifier.verify(Some(&bearer), f.body.as_bytes()),
+            Ok(()),
+            "{name} with Bearer"
+        );
     }
 }
 
@@ -62,7 +73,10 @@ fn any_changed_byte_of_a_golden_body_fails_verification() {
         }
         let mut longer = body.to_vec();
         longer.push(b' ');
-        assert!(verifier.verify(Some(&f.authorization), &longer).is_err(), "{name}: extra byte");
+        assert!(
+            verifier.verify(Some(&f.authorization), &longer).is_err(),
+            "{name}: extra byte"
+        );
     }
 }
 
@@ -76,7 +90,10 @@ fn golden_tokens_fail_with_another_key_or_secret() {
         ));
         let wrong_key = WebhookVerifier::new("APIsomeoneElse", &f.api_secret);
         assert!(
-            matches!(wrong_key.verify(Some(&f.authorization), f.body.as_bytes()), Err(VerifyError::InvalidToken(_))),
+            matches!(
+                wrong_key.verify(Some(&f.authorization), f.body.as_bytes()),
+                Err(VerifyError::InvalidToken(_))
+            ),
             "{name}"
         );
     }
@@ -96,17 +113,26 @@ async fn the_golden_story_applies_over_http() {
 
         let expected_counts = [0, 1, 2, 2, 1, 0, 0, 0];
         for ((name, f), expected) in fixtures.iter().zip(expected_counts) {
-            let reply = app.webhook_raw(f.body.clone(), Some(&f.authorization)).await;
+            let reply = app
+                .webhook_raw(f.body.clone(), Some(&f.authorization))
+                .await;
             assert_eq!(reply.status, StatusCode::OK, "{name}: {}", reply.json);
             assert_eq!(reply.json["status"], "ok");
-            assert_eq!(app.count("standup-42").await, expected, "[{}] after {name}", db.backend);
+            assert_eq!(
+                app.count("standup-42").await,
+                expected,
+                "[{}] after {name}",
+                db.backend
+            );
             if name.starts_with("03") {
                 let view = app.room("standup-42").await;
                 assert_eq!(view["counts_by_kind"]["standard"], 1);
                 assert_eq!(view["counts_by_kind"]["agent"], 1);
             }
             // A retry of the same bytes is acknowledged and changes nothing.
-            let again = app.webhook_raw(f.body.clone(), Some(&f.authorization)).await;
+            let again = app
+                .webhook_raw(f.body.clone(), Some(&f.authorization))
+                .await;
             assert_eq!(again.status, StatusCode::OK);
             assert_eq!(again.json["duplicate"], true, "{name}");
         }

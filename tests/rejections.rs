@@ -34,22 +34,44 @@ fn claims(body: &str) -> Value {
 /// `alg: none`: a header and claims with an empty signature.
 fn unsigned_token(body: &str) -> String {
     let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!("{}.{}.", b64(json!({"alg": "none", "typ": "JWT"})), b64(claims(body)))
+    format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(claims(body))
+    )
 }
 
-async fn assert_refused(app: &TestApp, what: &str, body: String, auth: Option<String>, status: StatusCode) {
+async fn assert_refused(
+    app: &TestApp,
+    what: &str,
+    body: String,
+    auth: Option<String>,
+    status: StatusCode,
+) {
     let before = (app.table_counts().await, app.room("keep-me").await);
     let reply = app.webhook_raw(body, auth.as_deref()).await;
-    assert_eq!(reply.status, status, "[{}] {what}: {}", app.backend, reply.json);
+    assert_eq!(
+        reply.status, status,
+        "[{}] {what}: {}",
+        app.backend, reply.json
+    );
     assert!(reply.json["error"].is_string(), "{what}: JSON error body");
-    assert!(reply.json["message"].is_string(), "{what}: JSON error message");
+    assert!(
+        reply.json["message"].is_string(),
+        "{what}: JSON error message"
+    );
     let after = (app.table_counts().await, app.room("keep-me").await);
     assert_eq!(before, after, "[{}] {what} changed state", app.backend);
 }
 
 async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
-    app.ok(&lk::joined("keep-me", "RM_keep", "PA_k1", "kim").id("EV_keep_1").body()).await;
-    let body = lk::joined("keep-me", "RM_keep", "PA_k2", "lee").id("EV_keep_2").body();
+    app.ok(&lk::joined("keep-me", "RM_keep", "PA_k1", "kim")
+        .id("EV_keep_1")
+        .body())
+        .await;
+    let body = lk::joined("keep-me", "RM_keep", "PA_k2", "lee")
+        .id("EV_keep_2")
+        .body();
     let unauthorized = StatusCode::UNAUTHORIZED;
     use jsonwebtoken::Algorithm::{HS256, HS384};
 
@@ -57,22 +79,57 @@ async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
         ("no token", None),
         ("empty token", Some(String::new())),
         ("garbage token", Some("not.a.jwt".into())),
-        ("wrong key", Some(sign_with("APIsomeoneElse", SECRET, &body))),
-        ("wrong secret", Some(sign_with(KEY, "another-secret", &body))),
+        (
+            "wrong key",
+            Some(sign_with("APIsomeoneElse", SECRET, &body)),
+        ),
+        (
+            "wrong secret",
+            Some(sign_with(KEY, "another-secret", &body)),
+        ),
         ("token for another body", Some(sign_with(KEY, SECRET, "{}"))),
         (
             "expired beyond the leeway",
-            Some(token(HS256, SECRET, json!({"iss": KEY, "sha256": body_hash(&body), "exp": now() - 120}))),
+            Some(token(
+                HS256,
+                SECRET,
+                json!({"iss": KEY, "sha256": body_hash(&body), "exp": now() - 120}),
+            )),
         ),
         (
             "not valid yet",
-            Some(token(HS256, SECRET, json!({"iss": KEY, "sha256": body_hash(&body), "nbf": now() + 600, "exp": now() + 900}))),
+            Some(token(
+                HS256,
+                SECRET,
+                json!({"iss": KEY, "sha256": body_hash(&body), "nbf": now() + 600, "exp": now() + 900}),
+            )),
         ),
-        ("no exp", Some(token(HS256, SECRET, json!({"iss": KEY, "sha256": body_hash(&body)})))),
-        ("no sha256 claim", Some(token(HS256, SECRET, json!({"iss": KEY, "exp": now() + 300})))),
+        (
+            "no exp",
+            Some(token(
+                HS256,
+                SECRET,
+                json!({"iss": KEY, "sha256": body_hash(&body)}),
+            )),
+        ),
+        (
+            "no sha256 claim",
+            Some(token(
+                HS256,
+                SECRET,
+                json!({"iss": KEY, "exp": now() + 300}),
+            )),
+        ),
         ("hex sha256 claim", {
-            let hex: String = sha2::Sha256::digest(body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-            Some(token(HS256, SECRET, json!({"iss": KEY, "sha256": hex, "exp": now() + 300})))
+            let hex: String = sha2::Sha256::digest(body.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Some(token(
+                HS256,
+                SECRET,
+                json!({"iss": KEY, "sha256": hex, "exp": now() + 300}),
+            ))
         }),
         ("alg none", Some(unsigned_token(&body))),
         ("alg HS384", Some(token(HS384, SECRET, claims(&body)))),
@@ -82,8 +139,18 @@ async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
     }
 
     let signed = |b: &str| Some(sign_with(KEY, SECRET, b));
-    let oversize = format!("{{\"event\":\"room_started\",\"pad\":\"{}\"}}", "x".repeat(1024 * 1024));
-    assert_refused(app, "oversize", oversize.clone(), signed(&oversize), StatusCode::PAYLOAD_TOO_LARGE).await;
+    let oversize = format!(
+        "{{\"event\":\"room_started\",\"pad\":\"{}\"}}",
+        "x".repeat(1024 * 1024)
+    );
+    assert_refused(
+        app,
+        "oversize",
+        oversize.clone(),
+        signed(&oversize),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
 
     let bad_request = StatusCode::BAD_REQUEST;
     let joined = || lk::joined("keep-me", "RM_keep", "PA_k3", "max").id("EV_keep_3");
@@ -92,14 +159,44 @@ async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
         ("not an object", "[1, 2, 3]".into()),
         ("empty body", String::new()),
         ("no event", json!({"room": {"name": "keep-me"}}).to_string()),
-        ("event is a number", joined().set("", "event", json!(5)).body()),
-        ("room name is a number", joined().set("/room", "name", json!(42)).body()),
-        ("participant is a string", joined().set("", "participant", json!("max")).body()),
-        ("identity is an object", joined().set("/participant", "identity", json!({})).body()),
-        ("createdAt is a word", joined().set("", "createdAt", json!("yesterday")).body()),
-        ("kind is a list", joined().set("/participant", "kind", json!(["AGENT"])).body()),
-        ("join without participant", lk::event("participant_joined").room("keep-me", "RM_keep").body()),
-        ("leave without room", lk::event("participant_left").participant("PA_k1", "kim").body()),
+        (
+            "event is a number",
+            joined().set("", "event", json!(5)).body(),
+        ),
+        (
+            "room name is a number",
+            joined().set("/room", "name", json!(42)).body(),
+        ),
+        (
+            "participant is a string",
+            joined().set("", "participant", json!("max")).body(),
+        ),
+        (
+            "identity is an object",
+            joined().set("/participant", "identity", json!({})).body(),
+        ),
+        (
+            "createdAt is a word",
+            joined().set("", "createdAt", json!("yesterday")).body(),
+        ),
+        (
+            "kind is a list",
+            joined()
+                .set("/participant", "kind", json!(["AGENT"]))
+                .body(),
+        ),
+        (
+            "join without participant",
+            lk::event("participant_joined")
+                .room("keep-me", "RM_keep")
+                .body(),
+        ),
+        (
+            "leave without room",
+            lk::event("participant_left")
+                .participant("PA_k1", "kim")
+                .body(),
+        ),
     ];
     for (what, b) in malformed {
         assert_refused(app, what, b.clone(), signed(&b), bad_request).await;
@@ -112,7 +209,10 @@ async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
     assert_eq!(reply.status, StatusCode::OK, "a Bearer prefix is accepted");
     assert_eq!(app.count("keep-me").await, 2);
 }
-on_every_backend!(every_rejection_leaves_state_unchanged_on_every_backend, every_rejection_leaves_state_unchanged);
+on_every_backend!(
+    every_rejection_leaves_state_unchanged_on_every_backend,
+    every_rejection_leaves_state_unchanged
+);
 
 /// A verified body from a newer LiveKit (an enum name this build does not
 /// know, `"id": null`) is applied from the fields roomd needs, not refused.
@@ -135,7 +235,10 @@ async fn newer_livekit_bodies_are_applied(app: &TestApp) {
     app.ok(&numeric_kind).await;
     assert_eq!(app.room("future").await["counts_by_kind"]["agent"], 1);
 }
-on_every_backend!(newer_livekit_bodies_are_applied_on_every_backend, newer_livekit_bodies_are_applied);
+on_every_backend!(
+    newer_livekit_bodies_are_applied_on_every_backend,
+    newer_livekit_bodies_are_applied
+);
 
 async fn unknown_routes_get_a_json_404(app: &TestApp) {
     let (status, json) = app.get("/v1/nothing-here").await;
@@ -145,4 +248,7 @@ async fn unknown_routes_get_a_json_404(app: &TestApp) {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(json["error"], "not_found");
 }
-on_every_backend!(unknown_routes_get_a_json_404_on_every_backend, unknown_routes_get_a_json_404);
+on_every_backend!(
+    unknown_routes_get_a_json_404_on_every_backend,
+    unknown_routes_get_a_json_404
+);

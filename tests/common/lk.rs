@@ -23,11 +23,15 @@ pub fn room_finished(room: &str, sid: &str) -> Event {
 }
 
 pub fn joined(room: &str, room_sid: &str, sid: &str, identity: &str) -> Event {
-    event("participant_joined").room(room, room_sid).participant(sid, identity)
+    event("participant_joined")
+        .room(room, room_sid)
+        .participant(sid, identity)
 }
 
 pub fn left(room: &str, room_sid: &str, sid: &str, identity: &str) -> Event {
-    event("participant_left").room(room, room_sid).participant(sid, identity)
+    event("participant_left")
+        .room(room, room_sid)
+        .participant(sid, identity)
 }
 
 pub fn aborted(room: &str, room_sid: &str, sid: &str, identity: &str) -> Event {

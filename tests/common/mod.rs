@@ -12,7 +12,10 @@ use reqwest::StatusCode;
 use roomd::app::Application;
 use roomd::config::Settings;
 use roomd::store::entity::{participants, rooms, webhook_events};
-use sea_orm::{ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter,
+};
 use serde_json::Value;
 
 pub const KEY: &str = "APIroomdTests";
@@ -31,7 +34,10 @@ pub struct TestDb {
 impl TestDb {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("roomd.db").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("roomd.db").display()
+        );
         Self {
             url,
             backend: "sqlite",
@@ -122,7 +128,9 @@ pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestAp
     }
     let key = settings.livekit.api_key.clone();
     let secret = settings.livekit.api_secret.clone();
-    let db = roomd::store::connect(&settings.database).await.expect("test db connect");
+    let db = roomd::store::connect(&settings.database)
+        .await
+        .expect("test db connect");
     let app = Application::build(settings).await.expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
@@ -145,7 +153,8 @@ pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestAp
 pub fn sign_with(key: &str, secret: &str, body: &str) -> String {
     use base64::Engine;
     use sha2::Digest;
-    let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body.as_bytes()));
+    let hash =
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body.as_bytes()));
     livekit_api::access_token::AccessToken::with_api_key(key, secret)
         .with_sha256(&hash)
         .with_ttl(Duration::from_secs(300))
@@ -169,11 +178,21 @@ impl TestApp {
     /// Sends `body` and expects it to be committed.
     pub async fn ok(&self, body: &str) -> Value {
         let reply = self.webhook(body).await;
-        assert_eq!(reply.status, StatusCode::OK, "[{}] {body} -> {}", self.backend, reply.json);
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "[{}] {body} -> {}",
+            self.backend,
+            reply.json
+        );
         reply.json
     }
 
-    pub async fn webhook_raw(&self, body: impl Into<reqwest::Body>, authorization: Option<&str>) -> Reply {
+    pub async fn webhook_raw(
+        &self,
+        body: impl Into<reqwest::Body>,
+        authorization: Option<&str>,
+    ) -> Reply {
         let mut request = self
             .client
             .post(format!("{}/v1/webhooks/livekit", self.base))
@@ -189,7 +208,8 @@ impl TestApp {
             .get("retry-after")
             .map(|v| v.to_str().unwrap().to_owned());
         let text = response.text().await.unwrap();
-        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        let json =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
         Reply {
             status,
             retry_after,
@@ -211,7 +231,12 @@ impl TestApp {
     /// `GET /v1/rooms/{name}`; panics unless 200.
     pub async fn room(&self, name: &str) -> Value {
         let (status, json) = self.get(&format!("/v1/rooms/{name}")).await;
-        assert_eq!(status, StatusCode::OK, "[{}] room {name}: {json}", self.backend);
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "[{}] room {name}: {json}",
+            self.backend
+        );
         json
     }
 
@@ -229,7 +254,10 @@ impl TestApp {
     }
 
     pub async fn active_room_row(&self, name: &str) -> Option<rooms::Model> {
-        self.room_rows(name).await.into_iter().find(|r| r.status == "active")
+        self.room_rows(name)
+            .await
+            .into_iter()
+            .find(|r| r.status == "active")
     }
 
     pub async fn participant_rows(&self, room_id: uuid::Uuid) -> Vec<participants::Model> {
@@ -245,7 +273,10 @@ impl TestApp {
         (
             rooms::Entity::find().count(&self.db).await.unwrap(),
             participants::Entity::find().count(&self.db).await.unwrap(),
-            webhook_events::Entity::find().count(&self.db).await.unwrap(),
+            webhook_events::Entity::find()
+                .count(&self.db)
+                .await
+                .unwrap(),
         )
     }
 
