@@ -1,0 +1,249 @@
+//! Restarts: a stopped roomd comes back with the same rooms and counts and
+//! keeps recognising redeliveries; a roomd killed with SIGKILL mid-burst has
+//! committed every event it acknowledged, and redelivery converges.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{KEY, SECRET, TestDb, lk, sign_with};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use roomd::store::entity::{participants, webhook_events};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+#[actix_web::test]
+async fn a_restarted_roomd_serves_the_same_counts_and_keeps_applying() {
+    for db in TestDb::all().await {
+        let first = common::spawn_app(&db).await;
+        for (i, who) in ["ann", "bob", "cyd"].iter().enumerate() {
+            first
+                .ok(&lk::joined("keep", "RM_keep", &format!("PA_{i}"), who)
+                    .id(&format!("EV_keep_{i}"))
+                    .body())
+                .await;
+        }
+        first
+            .ok(&lk::left("keep", "RM_keep", "PA_1", "bob")
+                .id("EV_keep_left")
+                .body())
+            .await;
+        first
+            .ok(&lk::joined("done", "RM_done", "PA_d", "dee")
+                .id("EV_done_1")
+                .body())
+            .await;
+        first
+            .ok(&lk::room_finished("done", "RM_done").id("EV_done_2").body())
+            .await;
+        first.stop().await;
+
+        let second = common::spawn_app(&db).await;
+        assert_eq!(second.count("keep").await, 2, "[{}]", db.backend);
+        assert_eq!(second.room("done").await["status"], "ended");
+        // The event log outlives the process: a retry from before is a duplicate.
+        let retry = second
+            .ok(&lk::joined("keep", "RM_keep", "PA_0", "ann")
+                .id("EV_keep_0")
+                .body())
+            .await;
+        assert_eq!(retry["duplicate"], true);
+        // Tombstones and finished instances survive too.
+        let late = second
+            .ok(&lk::joined("keep", "RM_keep", "PA_1", "bob")
+                .id("EV_keep_late")
+                .body())
+            .await;
+        assert_eq!(late["outcome"], "ignored");
+        let stale = second
+            .ok(&lk::joined("done", "RM_done", "PA_e", "eve")
+                .id("EV_done_late")
+                .body())
+            .await;
+        assert_eq!(stale["outcome"], "stale");
+        second
+            .ok(&lk::joined("keep", "RM_keep", "PA_3", "dan")
+                .id("EV_keep_3")
+                .body())
+            .await;
+        assert_eq!(second.count("keep").await, 3);
+        assert_eq!(
+            second
+                .active_room_row("keep")
+                .await
+                .unwrap()
+                .current_participants,
+            3
+        );
+        second.stop().await;
+        db.drop_database().await;
+    }
+}
+
+/// roomd as a separate process, so it can be killed for real.
+struct Roomd {
+    child: Child,
+    base: String,
+}
+
+impl Roomd {
+    fn start(database_url: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roomd"))
+            .args(["serve", "--config", "/nonexistent/roomd.toml"])
+            .env_clear()
+            .env("DATABASE_URL", database_url)
+            .env("LIVEKIT_API_KEY", KEY)
+            .env("LIVEKIT_API_SECRET", SECRET)
+            .env("ROOMD__SERVER__BIND", "127.0.0.1:0")
+            .env("ROOMD__SERVER__WORKERS", "2")
+            .env("ROOMD__LOG__FORMAT", "json")
+            .env("ROOMD__LOG__LEVEL", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start roomd");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = loop {
+            let line = lines
+                .next()
+                .expect("roomd exited before listening")
+                .unwrap();
+            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if log["message"] == "roomd listening" {
+                break log["port"].as_u64().expect("port in the log");
+            }
+        };
+        // Keep draining stdout so roomd never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+}
+
+async fn send(client: &reqwest::Client, base: &str, body: &str) -> Option<StatusCode> {
+    let token = sign_with(KEY, SECRET, body);
+    let response = client
+        .post(format!("{base}/v1/webhooks/livekit"))
+        .header("Authorization", token)
+        .body(body.to_owned())
+        .send()
+        .await
+        .ok()?;
+    Some(response.status())
+}
+
+#[actix_web::test]
+async fn after_a_kill_9_every_acknowledged_event_is_committed() {
+    const ROOMS: usize = 30;
+    const PEOPLE: usize = 10;
+    let events: Vec<(String, String, String)> = (0..ROOMS)
+        .flat_map(|r| {
+            (0..PEOPLE).map(move |p| {
+                let id = format!("EV_k9_{r}_{p}");
+                let sid = format!("PA_k9_{r}_{p}");
+                let body = lk::joined(
+                    &format!("k9-{r}"),
+                    &format!("RM_k9_{r}"),
+                    &sid,
+                    &format!("u{p}"),
+                )
+                .id(&id)
+                .body();
+                (id, sid, body)
+            })
+        })
+        .collect();
+
+    for db in TestDb::all().await {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let roomd = Roomd::start(&db.url);
+        let base = roomd.base.clone();
+        let kill_after = events.len() / 3;
+        let acked = std::sync::Mutex::new(HashSet::new());
+        let killer = std::sync::Mutex::new(Some(roomd));
+        futures::stream::iter(events.iter())
+            .for_each_concurrent(16, |(id, _, body)| {
+                let (client, base, acked, killer) = (&client, &base, &acked, &killer);
+                async move {
+                    if send(client, base, body).await == Some(StatusCode::OK) {
+                        let mut acked = acked.lock().unwrap();
+                        acked.insert(id.clone());
+                        if acked.len() >= kill_after
+                            && let Some(roomd) = killer.lock().unwrap().take()
+                        {
+                            roomd.kill_9();
+                        }
+                    }
+                }
+            })
+            .await;
+        let acked = acked.into_inner().unwrap();
+        assert!(
+            acked.len() >= kill_after,
+            "the burst was under way when roomd died"
+        );
+        assert!(acked.len() < events.len(), "roomd died mid-burst");
+
+        let roomd = Roomd::start(&db.url);
+        let store = roomd::store::connect(&common::settings_for(&db).database)
+            .await
+            .unwrap();
+        let committed: HashSet<String> = webhook_events::Entity::find()
+            .all(&store)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.event_id)
+            .collect();
+        let missing: Vec<_> = acked.difference(&committed).collect();
+        assert!(
+            missing.is_empty(),
+            "[{}] acknowledged but not committed: {missing:?}",
+            db.backend
+        );
+        for (id, sid, _) in &events {
+            if acked.contains(id) {
+                let row = participants::Entity::find()
+                    .filter(participants::Column::Sid.eq(sid.as_str()))
+                    .one(&store)
+                    .await
+                    .unwrap();
+                assert_eq!(row.map(|r| r.status).as_deref(), Some("joined"), "{id}");
+            }
+        }
+
+        // LiveKit redelivers what was not acknowledged (and some that were).
+        for (_, _, body) in &events {
+            assert_eq!(send(&client, &roomd.base, body).await, Some(StatusCode::OK));
+        }
+        for r in 0..ROOMS {
+            let view: serde_json::Value = client
+                .get(format!("{}/v1/rooms/k9-{r}", roomd.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(view["participant_count"], PEOPLE, "[{}] k9-{r}", db.backend);
+        }
+        roomd.kill_9();
+        store.close().await.ok();
+        db.drop_database().await;
+    }
+}
