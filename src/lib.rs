@@ -6,6 +6,7 @@
 //! snapshots the actors publish after each commit.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod livekit;

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use roomd::{app::Application, config::Settings, store, telemetry};
+use roomd::{app::Application, cli, config::Settings, store, telemetry};
 
 /// roomd: a stateful room supervisor for LiveKit.
 #[derive(Parser)]
@@ -20,6 +20,16 @@ enum Command {
     Serve,
     /// Bring the database schema up to date and exit.
     Migrate,
+    /// Developer helpers for LiveKit webhooks.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Build a LiveKit-format webhook, sign it with the configured key and
+    /// secret, and POST it to roomd.
+    Send(cli::SendWebhook),
 }
 
 #[actix_web::main]
@@ -34,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             store::migrate(&db).await?;
             tracing::info!("migrations applied");
         }
+        Command::Webhook(WebhookCommand::Send(cmd)) => cli::send_webhook(&settings, cmd).await?,
     }
     Ok(())
 }

@@ -2,8 +2,11 @@
 //! into roomd's own [`Delivery`](crate::room::event::Delivery). Nothing past
 //! this module sees protobuf types.
 
+pub mod body;
 pub mod parse;
+pub mod sign;
 pub mod verify;
 
 pub use parse::{ParseError, parse};
+pub use sign::sign_webhook;
 pub use verify::{VerifyError, WebhookVerifier};

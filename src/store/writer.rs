@@ -12,7 +12,7 @@
 //! NOTHING`, and an event whose row already exists (a LiveKit retry, also one
 //! from before a restart) commits none of its changes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -135,61 +135,82 @@ async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usi
 async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Committed>, DbErr> {
     let now = Utc::now();
     let txn = db.begin().await?;
+    let row_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
+    let stored = insert_events(&txn, jobs.iter().map(|j| &j.event).zip(&row_ids)).await?;
+
     let mut results = Vec::with_capacity(jobs.len());
+    let mut duplicate_ids = Vec::new();
     // Keyed by id so that a row changed by two events of one batch is written
     // once, with its last value (a multi-row upsert may not touch a row twice).
     let mut rooms: HashMap<Uuid, &RoomRecord> = HashMap::new();
     let mut sessions: HashMap<Uuid, &SessionRecord> = HashMap::new();
-    for job in jobs {
-        let result = insert_event(&txn, &job.event).await?;
-        if result == Committed::Stored {
+    for (job, row_id) in jobs.iter().zip(&row_ids) {
+        if stored.contains(row_id) {
             rooms.extend(job.changes.rooms.iter().map(|r| (r.id, r)));
             sessions.extend(job.changes.sessions.iter().map(|s| (s.id, s)));
+            results.push(Committed::Stored);
+        } else {
+            duplicate_ids.extend(job.event.event_id.as_deref());
+            results.push(Committed::Duplicate);
         }
-        results.push(result);
     }
+    count_redeliveries(&txn, duplicate_ids).await?;
     upsert_rooms(&txn, rooms.into_values(), now).await?;
     upsert_sessions(&txn, sessions.into_values(), now).await?;
     txn.commit().await?;
     Ok(results)
 }
 
-async fn insert_event(db: &impl ConnectionTrait, e: &EventRecord) -> Result<Committed, DbErr> {
-    let row = webhook_events::ActiveModel {
-        id: Set(Uuid::new_v4()),
-        event_id: Set(e.event_id.clone()),
-        event: Set(e.event.clone()),
-        room_name: Set(e.room_name.clone()),
-        room_sid: Set(e.room_sid.clone()),
-        room_id: Set(e.room_id),
-        participant_identity: Set(e.participant_identity.clone()),
-        participant_sid: Set(e.participant_sid.clone()),
-        created_at: Set(e.created_at),
-        received_at: Set(e.received_at),
-        outcome: Set(e.outcome.to_owned()),
-        deliveries: Set(1),
-    };
-    let inserted = webhook_events::Entity::insert(row)
-        .on_conflict_do_nothing_on([webhook_events::Column::EventId])
-        .exec_without_returning(db)
-        .await?;
-    match inserted {
-        TryInsertResult::Inserted(n) if n > 0 => Ok(Committed::Stored),
-        _ => {
-            // Count redeliveries on the original row: an audit of LiveKit's retries.
-            if let Some(id) = &e.event_id {
-                webhook_events::Entity::update_many()
-                    .col_expr(
-                        webhook_events::Column::Deliveries,
-                        Expr::col(webhook_events::Column::Deliveries).add(1),
-                    )
-                    .filter(webhook_events::Column::EventId.eq(id.as_str()))
-                    .exec(db)
-                    .await?;
-            }
-            Ok(Committed::Duplicate)
+/// Inserts the audit rows in one statement per chunk; returns the row ids
+/// that were inserted. A row missing from the answer had an `event_id` that
+/// was already committed: a redelivery.
+async fn insert_events<'a>(
+    db: &impl ConnectionTrait,
+    events: impl Iterator<Item = (&'a EventRecord, &'a Uuid)>,
+) -> Result<HashSet<Uuid>, DbErr> {
+    let rows: Vec<webhook_events::ActiveModel> = events
+        .map(|(e, id)| webhook_events::ActiveModel {
+            id: Set(*id),
+            event_id: Set(e.event_id.clone()),
+            event: Set(e.event.clone()),
+            room_name: Set(e.room_name.clone()),
+            room_sid: Set(e.room_sid.clone()),
+            room_id: Set(e.room_id),
+            participant_identity: Set(e.participant_identity.clone()),
+            participant_sid: Set(e.participant_sid.clone()),
+            created_at: Set(e.created_at),
+            received_at: Set(e.received_at),
+            outcome: Set(e.outcome.to_owned()),
+            deliveries: Set(1),
+        })
+        .collect();
+    let mut stored = HashSet::with_capacity(rows.len());
+    for chunk in rows.chunks(UPSERT_CHUNK) {
+        let inserted = webhook_events::Entity::insert_many(chunk.to_vec())
+            .on_conflict_do_nothing_on([webhook_events::Column::EventId])
+            .exec_with_returning_keys(db)
+            .await?;
+        if let TryInsertResult::Inserted(keys) = inserted {
+            stored.extend(keys);
         }
     }
+    Ok(stored)
+}
+
+/// Counts redeliveries on the original rows: an audit of LiveKit's retries.
+async fn count_redeliveries(db: &impl ConnectionTrait, event_ids: Vec<&str>) -> Result<(), DbErr> {
+    if event_ids.is_empty() {
+        return Ok(());
+    }
+    webhook_events::Entity::update_many()
+        .col_expr(
+            webhook_events::Column::Deliveries,
+            Expr::col(webhook_events::Column::Deliveries).add(1),
+        )
+        .filter(webhook_events::Column::EventId.is_in(event_ids))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 async fn upsert_rooms<'a>(

@@ -151,14 +151,7 @@ pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestAp
 
 /// A webhook token as LiveKit mints it: HS256, `iss` = key, `sha256` = base64(SHA-256(body)).
 pub fn sign_with(key: &str, secret: &str, body: &str) -> String {
-    use base64::Engine;
-    use sha2::Digest;
-    let hash =
-        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body.as_bytes()));
-    livekit_api::access_token::AccessToken::with_api_key(key, secret)
-        .with_sha256(&hash)
-        .with_ttl(Duration::from_secs(300))
-        .to_jwt()
+    roomd::livekit::sign_webhook(key, secret, body.as_bytes(), Duration::from_secs(300))
         .expect("sign")
 }
 
