@@ -19,8 +19,8 @@ pub struct Application {
     port: u16,
     server: Server,
     rooms: Rooms,
-    // Room actors live here; kept so the thread lives as long as the app.
-    _arbiter: Arbiter,
+    /// The thread room actors run on, away from the HTTP workers.
+    arbiter: Arbiter,
 }
 
 impl Application {
@@ -77,7 +77,7 @@ impl Application {
             port,
             server: server.run(),
             rooms,
-            _arbiter: arbiter,
+            arbiter,
         })
     }
 
@@ -97,7 +97,7 @@ impl Application {
     /// in-flight requests finish, so every acknowledged event is committed.
     pub async fn run(self) -> std::io::Result<()> {
         self.server.await?;
-        self._arbiter.stop();
+        self.arbiter.stop();
         Ok(())
     }
 }

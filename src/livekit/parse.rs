@@ -253,40 +253,26 @@ fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, Pars
         ),
         _ => (None, None),
     };
-    let needs_room = |event| {
-        room.is_some()
-            .then_some(event)
-            .ok_or(ParseError::Missing("room.name"))
+    let required =
+        |p: &Option<ParticipantRef>| p.clone().ok_or(ParseError::Missing("participant.identity"));
+    let room_event = match f.event.as_str() {
+        "room_started" => Some(RoomEvent::RoomStarted),
+        "room_finished" => Some(RoomEvent::RoomFinished),
+        "participant_joined" => Some(RoomEvent::ParticipantJoined(required(&participant)?)),
+        "participant_left" => Some(RoomEvent::ParticipantLeft(
+            required(&participant)?,
+            LeaveReason::Left(disconnect_reason),
+        )),
+        "participant_connection_aborted" => Some(RoomEvent::ParticipantLeft(
+            required(&participant)?,
+            LeaveReason::ConnectionAborted,
+        )),
+        _ => None,
     };
-    let participant_event = |make: fn(ParticipantRef) -> RoomEvent| {
-        let p = participant
-            .clone()
-            .ok_or(ParseError::Missing("participant.identity"))?;
-        needs_room(make(p))
-    };
-    let action = match f.event.as_str() {
-        "room_started" => Action::Apply(needs_room(RoomEvent::RoomStarted)?),
-        "room_finished" => Action::Apply(needs_room(RoomEvent::RoomFinished)?),
-        "participant_joined" => Action::Apply(participant_event(RoomEvent::ParticipantJoined)?),
-        "participant_left" => {
-            let reason = LeaveReason::Left(disconnect_reason);
-            let p = participant
-                .clone()
-                .ok_or(ParseError::Missing("participant.identity"))?;
-            Action::Apply(needs_room(RoomEvent::ParticipantLeft(p, reason))?)
-        }
-        "participant_connection_aborted" => {
-            let p = participant
-                .clone()
-                .ok_or(ParseError::Missing("participant.identity"))?;
-            Action::Apply(needs_room(RoomEvent::ParticipantLeft(
-                p,
-                LeaveReason::ConnectionAborted,
-            ))?)
-        }
-        _ => Action::Record {
-            participant: participant.clone(),
-        },
+    let action = match room_event {
+        Some(_) if room.is_none() => return Err(ParseError::Missing("room.name")),
+        Some(event) => Action::Apply(event),
+        None => Action::Record { participant },
     };
     Ok(Delivery {
         id: non_empty(f.id),

@@ -165,7 +165,7 @@ impl Handler<Apply> for RoomActor {
         } = msg;
         let Some(state) = &self.state else {
             // Only reachable if loading failed; the actor is stopping.
-            let _ = reply.send(Err(StoreError::WriterStopped));
+            let _ = reply.send(Err(StoreError::NotLoaded(self.name.clone())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         let mut next = state.clone();

@@ -3,37 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use super::record::RoomRecord;
+use super::state::{Instance, RoomState};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use uuid::Uuid;
-
-use super::event::ParticipantKind;
-use super::record::{RoomRecord, RoomStatus, SessionRecord};
-use super::state::{Instance, RoomState};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ParticipantView {
-    pub identity: String,
-    pub sid: Option<String>,
-    pub kind: ParticipantKind,
-    pub name: Option<String>,
-    pub joined_at: Option<DateTime<Utc>>,
-    /// Set when the identity is a user's UUID (the seed's convention).
-    pub user_id: Option<Uuid>,
-}
-
-impl From<&SessionRecord> for ParticipantView {
-    fn from(s: &SessionRecord) -> Self {
-        Self {
-            identity: s.identity.clone(),
-            sid: s.sid.clone(),
-            kind: s.kind.clone(),
-            name: s.name.clone(),
-            joined_at: s.joined_at,
-            user_id: s.user_id(),
-        }
-    }
-}
 
 /// One room instance as the read API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -46,23 +19,14 @@ pub struct RoomView {
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub end_reason: Option<String>,
-    #[serde(skip)]
-    pub participants: Vec<ParticipantView>,
 }
 
 impl RoomView {
     pub fn of_instance(instance: &Instance) -> Self {
-        let room = instance.record();
-        let mut participants: Vec<ParticipantView> = instance
-            .open_sessions()
-            .map(ParticipantView::from)
-            .collect();
-        participants.sort_by(|a, b| (a.joined_at, &a.identity).cmp(&(b.joined_at, &b.identity)));
         Self {
             participant_count: instance.participant_count(),
             counts_by_kind: instance.counts_by_kind(),
-            participants,
-            ..Self::of_record(room)
+            ..Self::of_record(instance.record())
         }
     }
 
@@ -77,12 +41,7 @@ impl RoomView {
             started_at: room.started_at,
             ended_at: room.ended_at,
             end_reason: room.end_reason.clone(),
-            participants: Vec::new(),
         }
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.status == RoomStatus::Active.as_str()
     }
 }
 
