@@ -175,6 +175,27 @@ impl Instance {
         self.room.current_participants = 0;
     }
 
+    /// A new row for `p` in this instance: open when it has only `joined_at`,
+    /// a tombstone when it has only `left`.
+    fn new_session(
+        &self,
+        p: &ParticipantRef,
+        joined_at: Option<DateTime<Utc>>,
+        left: Option<(DateTime<Utc>, &LeaveReason)>,
+    ) -> SessionRecord {
+        SessionRecord {
+            id: Uuid::new_v4(),
+            room_id: self.room.id,
+            identity: p.identity.clone(),
+            sid: p.sid.clone(),
+            kind: p.kind.clone(),
+            name: p.name.clone(),
+            joined_at,
+            left_at: left.map(|(at, _)| at),
+            leave_reason: left.map(|(_, reason)| reason.as_string()),
+        }
+    }
+
     fn join(&mut self, p: &ParticipantRef, at: DateTime<Utc>, changes: &mut Changes) -> Outcome {
         let key = SessionKey::of(&p.identity, p.sid.as_deref());
         match (self.sessions.get(&key), &key) {
@@ -187,17 +208,7 @@ impl Instance {
             }
             _ => {}
         }
-        let session = SessionRecord {
-            id: Uuid::new_v4(),
-            room_id: self.room.id,
-            identity: p.identity.clone(),
-            sid: p.sid.clone(),
-            kind: p.kind.clone(),
-            name: p.name.clone(),
-            joined_at: Some(p.joined_at.unwrap_or(at)),
-            left_at: None,
-            leave_reason: None,
-        };
+        let session = self.new_session(p, Some(p.joined_at.unwrap_or(at)), None);
         changes.sessions.push(session.clone());
         self.sessions.insert(key, session);
         Outcome::Applied
@@ -242,17 +253,7 @@ impl Instance {
         }
         // The leave came first (or its join was dropped): remember it, so the
         // join cannot open the session when it arrives.
-        let tombstone = SessionRecord {
-            id: Uuid::new_v4(),
-            room_id: self.room.id,
-            identity: p.identity.clone(),
-            sid: p.sid.clone(),
-            kind: p.kind.clone(),
-            name: p.name.clone(),
-            joined_at: None,
-            left_at: Some(at),
-            leave_reason: Some(reason.as_string()),
-        };
+        let tombstone = self.new_session(p, None, Some((at, reason)));
         changes.sessions.push(tombstone.clone());
         self.sessions.insert(key, tombstone);
         Outcome::Applied
