@@ -1,6 +1,6 @@
 //! LiveKit's own signatures: deliveries minted by LiveKit's Python SDK
-//! (`../shared/fixtures/webhooks/`) must verify and apply; any changed byte
-//! must not.
+//! (`tests/fixtures/webhooks/`, a copy of the project's shared fixtures, so
+//! a clone tests anywhere) must verify and apply; any changed byte must not.
 
 mod common;
 
@@ -19,7 +19,7 @@ struct Fixture {
 }
 
 fn fixtures() -> Vec<(String, Fixture)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/webhooks");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("golden fixtures at {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
