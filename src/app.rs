@@ -1,8 +1,10 @@
-//! Start-up in one place: database, migrations, writer, supervisor (with the
-//! live rooms rebuilt), then the HTTP server. Nothing takes traffic before
-//! recovery is done.
+//! Start-up in one place: database, migrations, writer, supervisor, HTTP
+//! server; then recovery (the live rooms rebuilt from the database) and the
+//! reconciler. The server listens from the start so `/healthz` and `/readyz`
+//! answer, but webhooks get 503 until recovery is done.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Arbiter;
@@ -11,20 +13,26 @@ use actix_web::{App, HttpServer, web};
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::livekit::WebhookVerifier;
-use crate::room::{Rooms, SupervisorSettings};
+use crate::livekit::{RoomService, WebhookVerifier};
+use crate::room::reconciler::{self, ReconcileError, ReconcileReport};
+use crate::room::{Lifecycle, Rooms, SupervisorSettings};
 use crate::store::{self, Writer};
 
 pub struct Application {
     port: u16,
     server: Server,
     rooms: Rooms,
+    db: sea_orm::DatabaseConnection,
+    /// LiveKit's RoomService, when `livekit.url` is set.
+    room_service: Option<Arc<RoomService>>,
+    reconcile_interval: Duration,
     /// The thread room actors run on, away from the HTTP workers.
     arbiter: Arbiter,
 }
 
 impl Application {
-    /// Builds everything and binds the listener; call [`run`](Self::run) to serve.
+    /// Builds everything and starts listening; webhooks get 503 until
+    /// [`recover`](Self::recover) has run. Then [`run`](Self::run) serves.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
         if settings.uses_dev_key() {
@@ -49,17 +57,29 @@ impl Application {
             SupervisorSettings {
                 mailbox_capacity: settings.rooms.mailbox_capacity,
                 commit_timeout: Duration::from_millis(settings.rooms.commit_timeout_ms),
+                lifecycle: Lifecycle {
+                    retire_after_finish: Duration::from_secs(
+                        settings.rooms.retire_after_finish_secs,
+                    ),
+                    idle_timeout: Duration::from_secs(settings.rooms.idle_timeout_secs),
+                },
             },
         );
-        let recovered = rooms.recover().await?;
-        tracing::info!(rooms = recovered, "live rooms rebuilt from the database");
+        let room_service = (!settings.livekit.url.is_empty()).then(|| {
+            Arc::new(RoomService::new(
+                &settings.livekit.url,
+                &settings.livekit.api_key,
+                &settings.livekit.api_secret,
+                Duration::from_secs(settings.livekit.request_timeout_secs),
+            ))
+        });
 
         let listener = TcpListener::bind(settings.bind_addr()?)?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             rooms: rooms.clone(),
             verifier: WebhookVerifier::new(&settings.livekit.api_key, &settings.livekit.api_secret),
-            db,
+            db: db.clone(),
             max_body_bytes: settings.server.max_body_bytes,
         });
         let mut server = HttpServer::new(move || {
@@ -77,8 +97,40 @@ impl Application {
             port,
             server: server.run(),
             rooms,
+            db,
+            room_service,
+            reconcile_interval: Duration::from_secs(settings.livekit.reconcile_interval_secs),
             arbiter,
         })
+    }
+
+    /// Rebuilds every active room from the database, then opens the webhook
+    /// endpoint and starts reconciling with LiveKit (when configured).
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let recovered = self.rooms.recover().await?;
+        tracing::info!(
+            rooms = recovered,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "live rooms rebuilt from the database; ready"
+        );
+        match &self.room_service {
+            Some(service) => {
+                reconciler::spawn(self.rooms.clone(), service.clone(), self.reconcile_interval)
+            }
+            None => tracing::info!("livekit.url is not set: no reconciliation, webhooks alone"),
+        }
+        Ok(())
+    }
+
+    /// One reconciliation round now (the periodic one runs by itself).
+    pub async fn reconcile_now(&self) -> Option<Result<ReconcileReport, ReconcileError>> {
+        let service = self.room_service.as_ref()?;
+        let result = reconciler::reconcile_once(&self.rooms, service).await;
+        if let Ok(report) = &result {
+            self.rooms.set_reconcile_report(report.clone());
+        }
+        Some(result)
     }
 
     pub fn port(&self) -> u16 {
@@ -97,7 +149,9 @@ impl Application {
     /// in-flight requests finish, so every acknowledged event is committed.
     pub async fn run(self) -> std::io::Result<()> {
         self.server.await?;
+        tracing::info!("HTTP server stopped; stopping room actors and closing the database");
         self.arbiter.stop();
+        self.db.close().await.ok();
         Ok(())
     }
 }

@@ -48,6 +48,8 @@ pub struct LivekitSettings {
     pub api_key: String,
     pub api_secret: String,
     pub url: String,
+    pub reconcile_interval_secs: u64,
+    pub request_timeout_secs: u64,
 }
 
 impl std::fmt::Debug for LivekitSettings {
@@ -56,6 +58,8 @@ impl std::fmt::Debug for LivekitSettings {
             .field("api_key", &self.api_key)
             .field("api_secret", &"<redacted>")
             .field("url", &self.url)
+            .field("reconcile_interval_secs", &self.reconcile_interval_secs)
+            .field("request_timeout_secs", &self.request_timeout_secs)
             .finish()
     }
 }
@@ -65,6 +69,8 @@ impl std::fmt::Debug for LivekitSettings {
 pub struct RoomSettings {
     pub mailbox_capacity: usize,
     pub commit_timeout_ms: u64,
+    pub retire_after_finish_secs: u64,
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,10 +113,14 @@ impl Default for Settings {
                 api_key: DEV_API_KEY.into(),
                 api_secret: DEV_API_SECRET.into(),
                 url: String::new(),
+                reconcile_interval_secs: 60,
+                request_timeout_secs: 10,
             },
             rooms: RoomSettings {
                 mailbox_capacity: 256,
                 commit_timeout_ms: 10_000,
+                retire_after_finish_secs: 60,
+                idle_timeout_secs: 600,
             },
             writer: WriterSettings {
                 max_batch: 512,
@@ -187,6 +197,12 @@ impl Settings {
         }
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be positive"));
+        }
+        if self.livekit.reconcile_interval_secs == 0 {
+            return Err(invalid(
+                "livekit.reconcile_interval_secs",
+                "must be positive",
+            ));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive"));

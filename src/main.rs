@@ -38,7 +38,11 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(&cli.config)?;
     telemetry::init(&settings.log);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => Application::build(settings).await?.run().await?,
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.recover().await?;
+            app.run().await?;
+        }
         Command::Migrate => {
             let db = store::connect(&settings.database).await?;
             store::migrate(&db).await?;

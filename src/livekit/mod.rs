@@ -4,9 +4,11 @@
 
 pub mod body;
 pub mod parse;
+pub mod room_service;
 pub mod sign;
 pub mod verify;
 
 pub use parse::{ParseError, parse};
+pub use room_service::{RoomService, ServiceError};
 pub use sign::sign_webhook;
 pub use verify::{VerifyError, WebhookVerifier};

@@ -71,11 +71,15 @@ fn seconds(s: i64) -> Option<DateTime<Utc>> {
     (s > 0).then(|| DateTime::from_timestamp(s, 0)).flatten()
 }
 
-fn millis_or_seconds(ms: i64, s: i64) -> Option<DateTime<Utc>> {
+pub(crate) fn millis_or_seconds(ms: i64, s: i64) -> Option<DateTime<Utc>> {
     (ms > 0)
         .then(|| DateTime::from_timestamp_millis(ms))
         .flatten()
         .or_else(|| seconds(s))
+}
+
+pub(crate) fn participant_kind(kind: i32) -> ParticipantKind {
+    ParticipantKind::from_number(kind.into())
 }
 
 fn disconnect_reason_name(n: i32) -> Option<String> {
@@ -105,7 +109,7 @@ fn from_proto(e: proto::WebhookEvent) -> Fields {
         room_sid,
         room_created,
         participant: e.participant.map(|p| ParticipantFields {
-            kind: Some(ParticipantKind::from_number(p.kind.into())),
+            kind: Some(participant_kind(p.kind)),
             joined_at: millis_or_seconds(p.joined_at_ms, p.joined_at),
             disconnect_reason: disconnect_reason_name(p.disconnect_reason),
             sid: p.sid,

@@ -1,14 +1,21 @@
 //! The actor that owns one room name: it applies that room's events one at a
 //! time and is the only writer of its rows.
 //!
-//! Each `Apply` runs as an `AtomicResponse`: the commit is awaited before the
-//! next message is let in, so a room's order is the order its events were
-//! applied and committed. The new state becomes visible (snapshot published,
-//! reply sent) only after the commit; if the commit fails the actor stops and
-//! is rebuilt from the database on the next event, so memory never runs ahead
-//! of (or behind) what is committed.
+//! Each `Apply` (and `Reconcile`) runs as an `AtomicResponse`: the commit is
+//! awaited before the next message is let in, so a room's order is the order
+//! its events were applied and committed. The new state becomes visible
+//! (snapshot published, reply sent) only after the commit. If the commit
+//! fails, or the state machine panics, the actor stops and is rebuilt from the
+//! database on the next event, so memory never runs ahead of (or behind) what
+//! is committed.
+//!
+//! An actor retires itself a grace period after its room finishes, and after
+//! an idle timeout with nobody in; the room stays readable from the database.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -17,9 +24,9 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::event::{Delivery, RoomEvent, RoomRef};
-use super::record::StoredRoom;
+use super::record::{Changes, StoredRoom};
 use super::snapshot::{Counters, LastEvent, RoomSnapshot};
-use super::state::{Outcome, RoomState};
+use super::state::{Correction, Outcome, RoomState, RoomTruth, Transition};
 use crate::store::{self, Committed, EventRecord, StoreError, Writer};
 
 /// What became of one delivered event.
@@ -40,7 +47,15 @@ impl Delivered {
     }
 }
 
-pub type Reply = oneshot::Sender<Result<Delivered, StoreError>>;
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("room {0:?} could not be loaded from the database")]
+    NotLoaded(String),
+    #[error("room {0:?} crashed applying the event; it restarts from the database")]
+    Crashed(String),
+}
 
 /// Apply one event to the room. Carries its own reply channel: the sender
 /// `try_send`s it and awaits the channel, so a full mailbox is refused at
@@ -51,34 +66,61 @@ pub struct Apply {
     pub delivery: Delivery,
     pub room: RoomRef,
     pub event: RoomEvent,
-    pub reply: Reply,
+    pub reply: oneshot::Sender<Result<Delivered, RoomError>>,
+}
+
+/// Make the room agree with LiveKit's RoomService, unless a webhook for it
+/// was applied after `fetched_at` (then the truth may be older than the
+/// room, and the next round decides).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconcile {
+    pub truth: Option<RoomTruth>,
+    pub fetched_at: Instant,
+    pub reply: oneshot::Sender<Result<Reconciled, RoomError>>,
+}
+
+#[derive(Debug)]
+pub enum Reconciled {
+    Corrected(Vec<Correction>),
+    /// A webhook raced the fetch; nothing was changed.
+    Skipped,
 }
 
 pub type Registry = Arc<DashMap<String, Addr<RoomActor>>>;
 pub type Snapshots = Arc<DashMap<String, Arc<RoomSnapshot>>>;
 
-/// What a room actor is started with.
-pub struct RoomActor {
-    name: String,
-    /// `None` until the committed state is loaded.
-    state: Option<RoomState>,
-    preloaded: Option<RoomState>,
-    db: DatabaseConnection,
-    writer: Writer,
-    registry: Registry,
-    snapshots: Snapshots,
-    mailbox_capacity: usize,
-    last_event: Option<LastEvent>,
-    counters: Counters,
-    started_at: DateTime<Utc>,
+/// When actors retire themselves.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycle {
+    pub retire_after_finish: Duration,
+    pub idle_timeout: Duration,
 }
 
+/// What every room actor shares with the supervisor.
 pub struct ActorParts {
     pub db: DatabaseConnection,
     pub writer: Writer,
     pub registry: Registry,
     pub snapshots: Snapshots,
     pub mailbox_capacity: usize,
+    pub lifecycle: Lifecycle,
+    /// Actors rebuilt after a crash or a failed commit.
+    pub restarts: Arc<AtomicU64>,
+}
+
+pub struct RoomActor {
+    name: String,
+    /// `None` until the committed state is loaded.
+    state: Option<RoomState>,
+    preloaded: Option<RoomState>,
+    parts: ActorParts,
+    last_event: Option<LastEvent>,
+    /// When this actor last committed a change (webhook or reconcile).
+    last_change: Instant,
+    counters: Counters,
+    started_at: DateTime<Utc>,
+    retire_check: Option<SpawnHandle>,
 }
 
 impl RoomActor {
@@ -89,14 +131,20 @@ impl RoomActor {
             name,
             state: None,
             preloaded,
-            db: parts.db.clone(),
-            writer: parts.writer.clone(),
-            registry: parts.registry.clone(),
-            snapshots: parts.snapshots.clone(),
-            mailbox_capacity: parts.mailbox_capacity,
+            parts: ActorParts {
+                db: parts.db.clone(),
+                writer: parts.writer.clone(),
+                registry: parts.registry.clone(),
+                snapshots: parts.snapshots.clone(),
+                mailbox_capacity: parts.mailbox_capacity,
+                lifecycle: parts.lifecycle,
+                restarts: parts.restarts.clone(),
+            },
             last_event: None,
+            last_change: Instant::now(),
             counters: Counters::default(),
             started_at: Utc::now(),
+            retire_check: None,
         }
     }
 
@@ -108,13 +156,105 @@ impl RoomActor {
                 self.counters,
                 self.started_at,
             );
-            self.snapshots.insert(self.name.clone(), Arc::new(snapshot));
+            self.parts
+                .snapshots
+                .insert(self.name.clone(), Arc::new(snapshot));
         }
     }
 
-    fn loaded(&mut self, state: RoomState) {
+    fn loaded(&mut self, state: RoomState, ctx: &mut Context<Self>) {
         self.state = Some(state);
         self.publish();
+        self.schedule_retirement(ctx);
+    }
+
+    /// Stops after a failure: the next event for the room starts a new actor
+    /// that loads what the database committed.
+    fn restart(&mut self, ctx: &mut Context<Self>) {
+        self.parts.restarts.fetch_add(1, Ordering::Relaxed);
+        self.unregister(ctx);
+        ctx.stop();
+    }
+
+    fn unregister(&self, ctx: &Context<Self>) {
+        let me = ctx.address();
+        self.parts
+            .registry
+            .remove_if(&self.name, |_, addr| *addr == me);
+    }
+
+    /// How long until this actor may retire, if it may at all.
+    fn retire_in(&self) -> Option<Duration> {
+        let state = self.state.as_ref()?;
+        let quiet = self.last_change.elapsed();
+        let wait = match state.current() {
+            Some(room) if room.is_active() && room.participant_count() > 0 => return None,
+            Some(room) if room.is_active() => self.parts.lifecycle.idle_timeout,
+            _ => self.parts.lifecycle.retire_after_finish,
+        };
+        Some(wait.saturating_sub(quiet))
+    }
+
+    fn schedule_retirement(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.retire_check.take() {
+            ctx.cancel_future(handle);
+        }
+        let Some(delay) = self.retire_in() else {
+            return;
+        };
+        self.retire_check = Some(ctx.run_later(delay, |act, ctx| {
+            act.retire_check = None;
+            match act.retire_in() {
+                Some(left) if left.is_zero() => {
+                    tracing::debug!(room = %act.name, "room actor retires");
+                    // Off the registry first, so the next event starts a fresh
+                    // actor; and the snapshot goes: reads fall back to the database.
+                    act.unregister(ctx);
+                    act.parts.snapshots.remove(&act.name);
+                    ctx.stop();
+                }
+                _ => act.schedule_retirement(ctx),
+            }
+        }));
+    }
+
+    /// Commits `transition` with its audit row and, once committed, makes
+    /// `next` the room's state. `done` gets the result either way.
+    fn commit<T: 'static>(
+        &mut self,
+        next: RoomState,
+        transition: Transition,
+        record: EventRecord,
+        done: impl FnOnce(&mut Self, Result<Committed, RoomError>) -> T + 'static,
+    ) -> AtomicResponse<Self, T> {
+        let writer = self.parts.writer.clone();
+        let changes: Changes = transition.changes;
+        let outcome = transition.outcome;
+        let commit = async move { writer.commit(record, changes).await };
+        AtomicResponse::new(Box::pin(commit.into_actor(self).map(
+            move |committed, act, ctx| {
+                match &committed {
+                    Ok(Committed::Stored) => {
+                        act.state = Some(next);
+                        if outcome == Outcome::Applied {
+                            act.last_change = Instant::now();
+                        }
+                    }
+                    Ok(Committed::Duplicate) => {}
+                    Err(err) => {
+                        // The commit may or may not have happened: only the
+                        // database knows. Rebuild from it on the next event.
+                        tracing::warn!(room = %act.name, error = %err, "commit failed; restarting the room from the database");
+                        act.restart(ctx);
+                    }
+                }
+                let result = committed.map_err(RoomError::from);
+                let answer = done(act, result);
+                act.publish();
+                act.schedule_retirement(ctx);
+                answer
+            },
+        )))
     }
 }
 
@@ -122,12 +262,12 @@ impl Actor for RoomActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
+        ctx.set_mailbox_capacity(self.parts.mailbox_capacity);
         if let Some(state) = self.preloaded.take() {
-            self.loaded(state);
+            self.loaded(state, ctx);
             return;
         }
-        let db = self.db.clone();
+        let db = self.parts.db.clone();
         let name = self.name.clone();
         // `wait`: no message is handled before the committed state is in.
         ctx.wait(
@@ -136,10 +276,11 @@ impl Actor for RoomActor {
                 .map(|loaded: Result<StoredRoom, StoreError>, act, ctx| match loaded {
                     Ok(stored) => {
                         let state = RoomState::restore(act.name.clone(), stored);
-                        act.loaded(state);
+                        act.loaded(state, ctx);
                     }
                     Err(err) => {
                         tracing::warn!(room = %act.name, error = %err, "cannot load room; its events get 503 until the database answers");
+                        act.unregister(ctx);
                         ctx.stop();
                     }
                 }),
@@ -147,16 +288,39 @@ impl Actor for RoomActor {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
-        let me = ctx.address();
-        self.registry.remove_if(&self.name, |_, addr| *addr == me);
+        self.unregister(ctx);
         tracing::debug!(room = %self.name, "room actor stopped");
+    }
+}
+
+/// Runs the pure state machine, turning a panic into an error: one bad event
+/// must not take the other rooms on this thread down with it.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+#[cfg(feature = "fault-injection")]
+fn inject_fault(delivery: &Delivery) {
+    use std::sync::Mutex;
+    static CRASHED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    if let Some(id) = delivery
+        .id
+        .as_deref()
+        .filter(|id| id.starts_with("EV_PANIC"))
+    {
+        let mut crashed = CRASHED.lock().unwrap();
+        if !crashed.iter().any(|c| c == id) {
+            crashed.push(id.to_owned());
+            drop(crashed);
+            panic!("fault injection: first delivery of {id}");
+        }
     }
 }
 
 impl Handler<Apply> for RoomActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: Apply, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Apply, ctx: &mut Self::Context) -> Self::Result {
         let Apply {
             delivery,
             room,
@@ -165,11 +329,22 @@ impl Handler<Apply> for RoomActor {
         } = msg;
         let Some(state) = &self.state else {
             // Only reachable if loading failed; the actor is stopping.
-            let _ = reply.send(Err(StoreError::NotLoaded(self.name.clone())));
+            let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
-        let mut next = state.clone();
-        let transition = next.apply(&room, &event, delivery.at());
+        let applied = guarded(|| {
+            #[cfg(feature = "fault-injection")]
+            inject_fault(&delivery);
+            let mut next = state.clone();
+            let transition = next.apply(&room, &event, delivery.at());
+            (next, transition)
+        });
+        let Some((next, transition)) = applied else {
+            tracing::error!(room = %self.name, event_id = ?delivery.id, event = %delivery.event, "room state machine panicked; restarting the room");
+            self.restart(ctx);
+            let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        };
         let participant = event.participant();
         let record = EventRecord {
             event_id: delivery.id.clone(),
@@ -184,44 +359,97 @@ impl Handler<Apply> for RoomActor {
             outcome: transition.outcome.as_str(),
         };
         let outcome = transition.outcome;
-        let writer = self.writer.clone();
-        let commit = async move { writer.commit(record, transition.changes).await };
-        AtomicResponse::new(Box::pin(commit.into_actor(self).map(
-            move |committed, act, ctx| {
-                let result = match committed {
-                    Ok(Committed::Stored) => {
-                        act.state = Some(next);
-                        match outcome {
-                            Outcome::Applied => act.counters.applied += 1,
-                            Outcome::Ignored => act.counters.ignored += 1,
-                            Outcome::Stale => act.counters.stale += 1,
-                        }
-                        Ok(Delivered::Committed(outcome))
+        self.commit(next, transition, record, move |act, committed| {
+            let result = committed.map(|c| match c {
+                Committed::Stored => {
+                    match outcome {
+                        Outcome::Applied => act.counters.applied += 1,
+                        Outcome::Ignored => act.counters.ignored += 1,
+                        Outcome::Stale => act.counters.stale += 1,
                     }
-                    Ok(Committed::Duplicate) => {
-                        act.counters.duplicates += 1;
-                        Ok(Delivered::Duplicate)
-                    }
-                    Err(err) => {
-                        // The commit may or may not have happened: only the
-                        // database knows. Rebuild from it on the next event.
-                        tracing::warn!(room = %act.name, event_id = ?delivery.id, error = %err, "commit failed; restarting the room from the database");
-                        ctx.stop();
-                        Err(err)
-                    }
-                };
-                if let Ok(delivered) = &result {
-                    tracing::debug!(room = %act.name, event_id = ?delivery.id, event = %delivery.event, outcome = delivered.as_str(), "event committed");
-                    act.last_event = Some(LastEvent {
-                        id: delivery.id.clone(),
-                        event: delivery.event.clone(),
-                        outcome: delivered.as_str(),
-                        at: delivery.received_at,
-                    });
-                    act.publish();
+                    Delivered::Committed(outcome)
                 }
-                let _ = reply.send(result);
-            },
-        )))
+                Committed::Duplicate => {
+                    act.counters.duplicates += 1;
+                    Delivered::Duplicate
+                }
+            });
+            if let Ok(delivered) = &result {
+                tracing::debug!(room = %act.name, event_id = ?delivery.id, event = %delivery.event, outcome = delivered.as_str(), "event committed");
+                act.last_event = Some(LastEvent {
+                    id: delivery.id.clone(),
+                    event: delivery.event.clone(),
+                    outcome: delivered.as_str(),
+                    at: delivery.received_at,
+                });
+            }
+            let _ = reply.send(result);
+        })
+    }
+}
+
+impl Handler<Reconcile> for RoomActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: Reconcile, ctx: &mut Self::Context) -> Self::Result {
+        let Reconcile {
+            truth,
+            fetched_at,
+            reply,
+        } = msg;
+        let state = match &self.state {
+            Some(state) if self.last_change <= fetched_at || self.last_event.is_none() => state,
+            Some(_) => {
+                let _ = reply.send(Ok(Reconciled::Skipped));
+                return AtomicResponse::new(Box::pin(fut::ready(())));
+            }
+            None => {
+                let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
+                return AtomicResponse::new(Box::pin(fut::ready(())));
+            }
+        };
+        let now = Utc::now();
+        let reconciled = guarded(|| {
+            let mut next = state.clone();
+            let (transition, corrections) = next.reconcile(truth.as_ref(), now);
+            (next, transition, corrections)
+        });
+        let Some((next, transition, corrections)) = reconciled else {
+            tracing::error!(room = %self.name, "room state machine panicked in reconcile; restarting the room");
+            self.restart(ctx);
+            let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        };
+        if corrections.is_empty() {
+            let _ = reply.send(Ok(Reconciled::Corrected(corrections)));
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
+        let room = truth.as_ref().map(|t| &t.room);
+        let record = EventRecord {
+            event_id: None,
+            event: "reconcile".into(),
+            room_name: Some(self.name.clone()),
+            room_sid: room.and_then(|r| r.sid.clone()),
+            room_id: transition.room_id,
+            participant_identity: None,
+            participant_sid: None,
+            created_at: Some(now),
+            received_at: now,
+            outcome: transition.outcome.as_str(),
+        };
+        self.commit(next, transition, record, move |act, committed| {
+            if committed.is_ok() {
+                for c in &corrections {
+                    tracing::info!(room = %act.name, correction = ?c.what, identity = ?c.identity, sid = ?c.sid, "reconciled with LiveKit");
+                }
+                act.last_event = Some(LastEvent {
+                    id: None,
+                    event: "reconcile".into(),
+                    outcome: Outcome::Applied.as_str(),
+                    at: now,
+                });
+            }
+            let _ = reply.send(committed.map(|_| Reconciled::Corrected(corrections)));
+        })
     }
 }

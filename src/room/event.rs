@@ -104,6 +104,8 @@ pub enum LeaveReason {
     RoomFinished,
     /// A new room instance took the name while this one was still open.
     RoomReplaced,
+    /// LiveKit's RoomService no longer lists the session (its leave was lost).
+    Reconciled,
 }
 
 impl LeaveReason {
@@ -114,6 +116,7 @@ impl LeaveReason {
             Self::ConnectionAborted => "connection_aborted".into(),
             Self::RoomFinished => "room_finished".into(),
             Self::RoomReplaced => "room_replaced".into(),
+            Self::Reconciled => "reconciled".into(),
         }
     }
 }

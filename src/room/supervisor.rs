@@ -1,26 +1,30 @@
 //! The supervisor: owns the registry of room actors, starts one on the first
-//! event of a room, rebuilds the live rooms at start, and is the handle the
-//! HTTP layer talks to, so routes never touch actix types and mailbox errors
-//! become one error type here.
+//! event of a room, rebuilds the live rooms at start, restarts crashed ones,
+//! and is the handle the HTTP layer and the reconciler talk to, so they never
+//! touch actix types and mailbox errors become one error type here.
 //!
 //! It never holds two actors for one name: actors are created inside the
 //! registry's entry lock, and an actor loads its state after it is
 //! registered (its first message waits for that).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use sea_orm::DatabaseConnection;
+use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::actor::{ActorParts, Apply, Delivered, Registry, RoomActor, Snapshots};
+use super::actor::{
+    ActorParts, Apply, Delivered, Lifecycle, Reconcile, Reconciled, Registry, RoomActor, Snapshots,
+};
 use super::event::{Action, Delivery};
+use super::reconciler::ReconcileReport;
 use super::snapshot::{RoomSnapshot, RoomView};
-use super::state::{Outcome, RoomState};
+use super::state::{Outcome, RoomState, RoomTruth};
 use crate::store::{self, Committed, EventRecord, StoreError, Writer};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +40,16 @@ pub struct SupervisorSettings {
     pub mailbox_capacity: usize,
     /// How long a delivery waits for its commit before it is answered 503.
     pub commit_timeout: Duration,
+    pub lifecycle: Lifecycle,
+}
+
+/// What admins see of the supervisor.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorStatus {
+    pub live_actors: usize,
+    pub restarts: u64,
+    pub recovered: bool,
+    pub last_reconcile: Option<ReconcileReport>,
 }
 
 struct Inner {
@@ -43,6 +57,7 @@ struct Inner {
     arbiter: ArbiterHandle,
     settings: SupervisorSettings,
     recovered: AtomicBool,
+    last_reconcile: Mutex<Option<ReconcileReport>>,
 }
 
 /// The handle to the supervisor. Cheap to clone.
@@ -65,6 +80,8 @@ impl Rooms {
             registry: Registry::default(),
             snapshots: Snapshots::default(),
             mailbox_capacity: settings.mailbox_capacity.max(1),
+            lifecycle: settings.lifecycle,
+            restarts: Arc::new(AtomicU64::new(0)),
         };
         Self {
             inner: Arc::new(Inner {
@@ -72,6 +89,7 @@ impl Rooms {
                 arbiter,
                 settings,
                 recovered: AtomicBool::new(false),
+                last_reconcile: Mutex::new(None),
             }),
         }
     }
@@ -111,7 +129,9 @@ impl Rooms {
         })
     }
 
-    /// The actor for `name`, started if there is none.
+    /// The actor for `name`, started if there is none. An entry whose actor
+    /// died without unregistering (it panicked) is replaced: the new actor
+    /// loads the committed state.
     fn actor(&self, name: &str) -> Addr<RoomActor> {
         if let Some(addr) = self.registry().get(name).filter(|a| a.connected()) {
             return addr.clone();
@@ -119,6 +139,8 @@ impl Rooms {
         match self.registry().entry(name.to_owned()) {
             Entry::Occupied(slot) if slot.get().connected() => slot.get().clone(),
             Entry::Occupied(mut slot) => {
+                self.inner.parts.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(room = %name, "room actor died; restarting it from the database");
                 let addr = self.start_actor(name.to_owned(), None);
                 slot.insert(addr.clone());
                 addr
@@ -138,6 +160,9 @@ impl Rooms {
             room: room_name.clone(),
             reason,
         };
+        if !self.is_recovered() {
+            return Err(unavailable("roomd is still rebuilding its rooms".into()));
+        }
         let (room, event) = match (&delivery.action, &delivery.room) {
             (Action::Apply(event), Some(room)) => (room.clone(), event.clone()),
             _ => {
@@ -164,6 +189,44 @@ impl Rooms {
         match tokio::time::timeout(self.inner.settings.commit_timeout, done).await {
             Ok(Ok(Ok(delivered))) => Ok(delivered),
             Ok(Ok(Err(err))) => Err(unavailable(err.to_string())),
+            Ok(Err(_)) => Err(unavailable(
+                "the room's actor stopped before committing".into(),
+            )),
+            Err(_) => Err(unavailable("timed out waiting for the commit".into())),
+        }
+    }
+
+    /// Sends LiveKit's truth about one room through the room's actor, so a
+    /// correction is ordered with the room's webhooks.
+    pub async fn reconcile_room(
+        &self,
+        name: &str,
+        truth: Option<RoomTruth>,
+        fetched_at: Instant,
+    ) -> Result<Reconciled, DeliverError> {
+        let unavailable = |reason: String| DeliverError::Unavailable {
+            room: name.to_owned(),
+            reason,
+        };
+        let (reply, done) = oneshot::channel();
+        let msg = Reconcile {
+            truth,
+            fetched_at,
+            reply,
+        };
+        match self.actor(name).try_send(msg) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => {
+                return Err(DeliverError::Busy {
+                    room: name.to_owned(),
+                });
+            }
+            Err(SendError::Closed(_)) => {
+                return Err(unavailable("the room's actor is restarting".into()));
+            }
+        }
+        match tokio::time::timeout(self.inner.settings.commit_timeout, done).await {
+            Ok(Ok(result)) => result.map_err(|e| unavailable(e.to_string())),
             Ok(Err(_)) => Err(unavailable(
                 "the room's actor stopped before committing".into(),
             )),
@@ -205,7 +268,8 @@ impl Rooms {
     }
 
     /// The room instance now or last live under `name`: from the snapshot when
-    /// roomd has one, else from the database (rooms that ended before a restart).
+    /// an actor holds the room, else from the database (retired actors, rooms
+    /// that ended before a restart).
     pub async fn room_view(&self, name: &str) -> Result<Option<RoomView>, StoreError> {
         if let Some(view) = self.snapshot(name).and_then(|s| s.room.clone()) {
             return Ok(Some(view));
@@ -214,8 +278,30 @@ impl Rooms {
         Ok(room.as_ref().map(RoomView::of_record))
     }
 
-    /// How many room actors are registered.
-    pub fn live_actors(&self) -> usize {
-        self.registry().len()
+    /// Names of the rooms the database holds as active (with or without an actor).
+    pub async fn active_room_names(&self) -> Result<Vec<String>, StoreError> {
+        store::active_room_names(&self.inner.parts.db).await
+    }
+
+    pub fn set_reconcile_report(&self, report: ReconcileReport) {
+        *self
+            .inner
+            .last_reconcile
+            .lock()
+            .expect("reconcile report lock") = Some(report);
+    }
+
+    pub fn status(&self) -> SupervisorStatus {
+        SupervisorStatus {
+            live_actors: self.registry().len(),
+            restarts: self.inner.parts.restarts.load(Ordering::Relaxed),
+            recovered: self.is_recovered(),
+            last_reconcile: self
+                .inner
+                .last_reconcile
+                .lock()
+                .expect("reconcile report lock")
+                .clone(),
+        }
     }
 }

@@ -159,3 +159,14 @@ pub async fn load_active_rooms(
         })
         .collect()
 }
+
+/// Names of every room the database holds as active.
+pub async fn active_room_names(db: &impl ConnectionTrait) -> Result<Vec<String>, StoreError> {
+    Ok(rooms::Entity::find()
+        .select_only()
+        .column(rooms::Column::LivekitName)
+        .filter(rooms::Column::Status.eq(ACTIVE))
+        .into_tuple()
+        .all(db)
+        .await?)
+}

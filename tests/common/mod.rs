@@ -132,6 +132,7 @@ pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestAp
         .await
         .expect("test db connect");
     let app = Application::build(settings).await.expect("app builds");
+    app.recover().await.expect("recovery");
     let base = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     actix_web::rt::spawn(app.run());

@@ -1,0 +1,132 @@
+//! Reconciliation: LiveKit drops webhooks (full queues, exhausted retries)
+//! and roomd can be down while they are sent. Comparing with LiveKit's
+//! RoomService at start and then periodically makes roomd's rooms converge to
+//! LiveKit's truth anyway. Every correction goes through the room's actor
+//! (ordered with its webhooks), is committed with an audit row and logged.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::actor::Reconciled;
+use super::state::Correction;
+use super::supervisor::Rooms;
+use crate::livekit::{RoomService, ServiceError};
+use crate::store::StoreError;
+
+/// LiveKit's RoomService calls in flight at once.
+const CONCURRENT_ROOMS: usize = 8;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReport {
+    pub finished_at: DateTime<Utc>,
+    /// Rooms compared with LiveKit's view (LiveKit's and roomd's together).
+    pub rooms_checked: usize,
+    /// Rooms left for the next round: a webhook raced the fetch, or the room was busy.
+    pub rooms_skipped: usize,
+    pub corrections: Vec<Correction>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    LiveKit(#[from] ServiceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One round: end rooms LiveKit no longer has, then make every room LiveKit
+/// has agree with its participant list.
+pub async fn reconcile_once(
+    rooms: &Rooms,
+    service: &RoomService,
+) -> Result<ReconcileReport, ReconcileError> {
+    let fetched_at = Instant::now();
+    let live = service.rooms().await?;
+    let live_names: HashSet<&str> = live.iter().map(|r| r.name.as_str()).collect();
+    let gone: Vec<String> = rooms
+        .active_room_names()
+        .await?
+        .into_iter()
+        .filter(|name| !live_names.contains(name.as_str()))
+        .collect();
+    let checked = gone.len() + live.len();
+
+    let mut results = Vec::with_capacity(checked);
+    for name in &gone {
+        results.push(rooms.reconcile_room(name, None, fetched_at).await);
+    }
+    let mut per_room = futures_util::stream::iter(live)
+        .map(|room| async move {
+            let fetched_at = Instant::now();
+            let name = room.name.clone();
+            let truth = service.truth(room).await?;
+            Ok::<_, ServiceError>(rooms.reconcile_room(&name, Some(truth), fetched_at).await)
+        })
+        .buffer_unordered(CONCURRENT_ROOMS);
+    while let Some(result) = per_room.next().await {
+        results.push(result?);
+    }
+
+    let mut report = ReconcileReport {
+        finished_at: Utc::now(),
+        rooms_checked: checked,
+        rooms_skipped: 0,
+        corrections: Vec::new(),
+        error: None,
+    };
+    for result in results {
+        match result {
+            Ok(Reconciled::Corrected(corrections)) => report.corrections.extend(corrections),
+            Ok(Reconciled::Skipped) => report.rooms_skipped += 1,
+            Err(err) => {
+                tracing::warn!(error = %err, "a room could not be reconciled this round");
+                report.rooms_skipped += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Reconciles now and then every `interval`; while LiveKit cannot be
+/// reached, retries sooner, backing off from 1 s up to `interval`. roomd
+/// keeps serving on webhooks alone meanwhile.
+pub fn spawn(rooms: Rooms, service: Arc<RoomService>, interval: Duration) {
+    actix::spawn(async move {
+        let mut backoff = Duration::from_secs(1).min(interval);
+        loop {
+            let wait = match reconcile_once(&rooms, &service).await {
+                Ok(report) => {
+                    tracing::info!(
+                        rooms = report.rooms_checked,
+                        skipped = report.rooms_skipped,
+                        corrections = report.corrections.len(),
+                        "reconciled with LiveKit"
+                    );
+                    rooms.set_reconcile_report(report);
+                    backoff = Duration::from_secs(1).min(interval);
+                    interval
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_secs = backoff.as_secs(), "cannot reconcile with LiveKit; serving on webhooks alone");
+                    rooms.set_reconcile_report(ReconcileReport {
+                        finished_at: Utc::now(),
+                        rooms_checked: 0,
+                        rooms_skipped: 0,
+                        corrections: Vec::new(),
+                        error: Some(err.to_string()),
+                    });
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(interval);
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    });
+}
