@@ -14,7 +14,7 @@ use actix_web::{App, HttpServer, web};
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::livekit::{RoomService, WebhookVerifier};
-use crate::room::reconciler::{self, ReconcileError, ReconcileReport};
+use crate::room::reconciler;
 use crate::room::{Lifecycle, Rooms, SupervisorSettings};
 use crate::store::{self, Writer};
 
@@ -123,14 +123,9 @@ impl Application {
         Ok(())
     }
 
-    /// One reconciliation round now (the periodic one runs by itself).
-    pub async fn reconcile_now(&self) -> Option<Result<ReconcileReport, ReconcileError>> {
-        let service = self.room_service.as_ref()?;
-        let result = reconciler::reconcile_once(&self.rooms, service).await;
-        if let Ok(report) = &result {
-            self.rooms.set_reconcile_report(report.clone());
-        }
-        Some(result)
+    /// LiveKit's RoomService client, when `livekit.url` is set.
+    pub fn room_service(&self) -> Option<Arc<RoomService>> {
+        self.room_service.clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -3,6 +3,7 @@
 //! and LiveKit-format webhook bodies signed the way LiveKit signs them.
 #![allow(dead_code)]
 
+pub mod livekit;
 pub mod lk;
 
 use std::time::Duration;
@@ -116,6 +117,8 @@ pub struct TestApp {
     pub key: String,
     pub secret: String,
     handle: ServerHandle,
+    pub rooms: roomd::room::Rooms,
+    room_service: Option<std::sync::Arc<roomd::livekit::RoomService>>,
 }
 
 pub async fn spawn_app(db: &TestDb) -> TestApp {
@@ -123,6 +126,15 @@ pub async fn spawn_app(db: &TestDb) -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestApp {
+    spawn(settings, backend, true).await
+}
+
+/// The app listening but not yet recovered: `app.rooms.recover()` finishes start-up.
+pub async fn spawn_unrecovered(settings: Settings, backend: &'static str) -> TestApp {
+    spawn(settings, backend, false).await
+}
+
+async fn spawn(settings: Settings, backend: &'static str, recover: bool) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         roomd::telemetry::init(&settings.log);
     }
@@ -132,9 +144,13 @@ pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestAp
         .await
         .expect("test db connect");
     let app = Application::build(settings).await.expect("app builds");
-    app.recover().await.expect("recovery");
+    if recover {
+        app.recover().await.expect("recovery");
+    }
     let base = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
+    let rooms = app.rooms().clone();
+    let room_service = app.room_service();
     actix_web::rt::spawn(app.run());
     TestApp {
         base,
@@ -147,6 +163,8 @@ pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestAp
         key,
         secret,
         handle,
+        rooms,
+        room_service,
     }
 }
 
@@ -272,6 +290,15 @@ impl TestApp {
                 .await
                 .unwrap(),
         )
+    }
+
+    /// One reconciliation round with the configured LiveKit, now.
+    pub async fn reconcile_now(
+        &self,
+    ) -> Result<roomd::room::reconciler::ReconcileReport, roomd::room::reconciler::ReconcileError>
+    {
+        let service = self.room_service.as_ref().expect("livekit.url is set");
+        roomd::room::reconciler::reconcile_once(&self.rooms, service).await
     }
 
     pub async fn stop(self) {

@@ -1,0 +1,314 @@
+//! The supervisor over the real server and database: recovery before
+//! readiness, crash restarts, actor retirement, and reconciliation against a
+//! stand-in LiveKit RoomService for every webhook LiveKit may have dropped.
+
+mod common;
+
+use common::livekit::{FakeLiveKit, active, participant};
+use common::{KEY, SECRET, TestApp, TestDb, lk};
+use livekit_protocol::participant_info::State;
+use reqwest::StatusCode;
+use roomd::room::state::CorrectionKind;
+
+async fn with_livekit(db: &TestDb, livekit: &FakeLiveKit) -> TestApp {
+    let mut settings = common::settings_for(db);
+    settings.livekit.url = livekit.url.clone();
+    // The periodic round is left to its default (60 s); tests reconcile on demand.
+    common::spawn_app_with(settings, db.backend).await
+}
+
+#[actix_web::test]
+async fn readyz_and_webhooks_wait_for_recovery() {
+    for db in TestDb::all().await {
+        let first = common::spawn_app(&db).await;
+        first
+            .ok(&lk::joined("warm", "RM_warm", "PA_w", "wes")
+                .id("EV_warm_1")
+                .body())
+            .await;
+        first.stop().await;
+
+        let app = common::spawn_unrecovered(common::settings_for(&db), db.backend).await;
+        let (status, _) = app.get("/healthz").await;
+        assert_eq!(status, StatusCode::OK, "the process is up");
+        let (status, body) = app.get("/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["recovered"], false);
+        let early = app
+            .webhook(
+                &lk::joined("warm", "RM_warm", "PA_x", "xan")
+                    .id("EV_warm_2")
+                    .body(),
+            )
+            .await;
+        assert_eq!(
+            early.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no webhook before recovery"
+        );
+        assert!(early.retry_after.is_some());
+
+        assert_eq!(app.rooms.recover().await.unwrap(), 1);
+        let (status, _) = app.get("/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        app.ok(&lk::joined("warm", "RM_warm", "PA_x", "xan")
+            .id("EV_warm_2")
+            .body())
+            .await;
+        assert_eq!(app.count("warm").await, 2);
+        app.stop().await;
+        db.drop_database().await;
+    }
+}
+
+#[actix_web::test]
+async fn a_room_finished_while_roomd_was_down_is_ended_by_reconciliation() {
+    for db in TestDb::all().await {
+        let livekit = FakeLiveKit::start(KEY, SECRET).await;
+        let first = common::spawn_app(&db).await;
+        first
+            .ok(&lk::joined("gone", "RM_gone", "PA_g1", "gil").body())
+            .await;
+        first
+            .ok(&lk::joined("gone", "RM_gone", "PA_g2", "gus").body())
+            .await;
+        first.stop().await;
+        // While roomd was down the room finished; LiveKit no longer has it.
+
+        let app = with_livekit(&db, &livekit).await;
+        app.reconcile_now().await.expect("reconcile");
+        let view = app.room("gone").await;
+        assert_eq!(view["status"], "ended", "[{}] {view}", db.backend);
+        assert_eq!(view["participant_count"], 0);
+        let room = &app.room_rows("gone").await[0];
+        assert_eq!(room.end_reason.as_deref(), Some("reconciled"));
+        assert_eq!(room.current_participants, 0);
+        for p in app.participant_rows(room.id).await {
+            assert_eq!(p.leave_reason.as_deref(), Some("reconciled"));
+        }
+        // The correction is audited like an event.
+        let rows = roomd::store::entity::webhook_events::Entity::find()
+            .filter(roomd::store::entity::webhook_events::Column::Event.eq("reconcile"))
+            .all(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        app.stop().await;
+        livekit.stop().await;
+        db.drop_database().await;
+    }
+}
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+#[actix_web::test]
+async fn missed_joins_and_leaves_are_corrected_to_livekits_counts() {
+    for db in TestDb::all().await {
+        let livekit = FakeLiveKit::start(KEY, SECRET).await;
+        livekit.set_room("drift", "RM_drift", vec![]);
+        let app = with_livekit(&db, &livekit).await;
+        app.ok(&lk::joined("drift", "RM_drift", "PA_a", "alice")
+            .id("EV_drift_1")
+            .body())
+            .await;
+        app.ok(&lk::joined("drift", "RM_drift", "PA_b", "bob")
+            .id("EV_drift_2")
+            .body())
+            .await;
+        assert_eq!(app.count("drift").await, 2);
+
+        // LiveKit's truth: alice left (that webhook was dropped), carol joined
+        // (dropped too), dave is still connecting (not counted, like LiveKit).
+        livekit.set_room(
+            "drift",
+            "RM_drift",
+            vec![
+                active("PA_b", "bob"),
+                active("PA_c", "carol"),
+                participant("PA_d", "dave", State::Joining),
+            ],
+        );
+        let report = app.reconcile_now().await.expect("reconcile");
+        let view = app.room("drift").await;
+        assert_eq!(view["participant_count"], 2, "[{}] {view}", db.backend);
+        let row = app.active_room_row("drift").await.unwrap();
+        assert_eq!(row.current_participants, 2);
+        let people: Vec<(String, String)> = app
+            .participant_rows(row.id)
+            .await
+            .into_iter()
+            .map(|p| (p.identity, p.status))
+            .collect();
+        assert!(people.contains(&("alice".into(), "left".into())));
+        assert!(people.contains(&("carol".into(), "joined".into())));
+        assert!(!people.iter().any(|(who, _)| who == "dave"));
+        let kinds: Vec<CorrectionKind> = report.corrections.iter().map(|c| c.what).collect();
+        assert!(
+            kinds.contains(&CorrectionKind::SessionClosed)
+                && kinds.contains(&CorrectionKind::SessionOpened)
+        );
+
+        // A second round finds nothing left to correct.
+        let again = app.reconcile_now().await.unwrap();
+        assert!(again.corrections.is_empty(), "{:?}", again.corrections);
+        app.stop().await;
+        livekit.stop().await;
+        db.drop_database().await;
+    }
+}
+
+#[actix_web::test]
+async fn a_room_livekit_has_that_roomd_never_saw_is_created() {
+    for db in TestDb::all().await {
+        let livekit = FakeLiveKit::start(KEY, SECRET).await;
+        livekit.set_room(
+            "unseen",
+            "RM_unseen",
+            vec![
+                active("PA_1", "u1"),
+                active("PA_2", "u2"),
+                active("PA_3", "u2"),
+            ],
+        );
+        let app = with_livekit(&db, &livekit).await;
+        app.reconcile_now().await.expect("reconcile");
+        let view = app.room("unseen").await;
+        assert_eq!(view["status"], "active");
+        assert_eq!(view["sid"], "RM_unseen");
+        assert_eq!(
+            view["participant_count"], 2,
+            "two people, one of them twice connected"
+        );
+        // Its webhooks then apply on top of it.
+        app.ok(&lk::left("unseen", "RM_unseen", "PA_1", "u1").body())
+            .await;
+        assert_eq!(app.count("unseen").await, 1);
+        app.stop().await;
+        livekit.stop().await;
+        db.drop_database().await;
+    }
+}
+
+#[actix_web::test]
+async fn an_unreachable_livekit_leaves_roomd_serving_and_reconcile_resumes() {
+    for db in TestDb::all().await {
+        let livekit = FakeLiveKit::start(KEY, SECRET).await;
+        livekit.set_reachable(false);
+        let app = with_livekit(&db, &livekit).await;
+        app.ok(&lk::joined("solo", "RM_solo", "PA_s", "sol").body())
+            .await;
+        assert_eq!(app.count("solo").await, 1);
+        assert!(app.reconcile_now().await.is_err(), "LiveKit is down");
+        assert_eq!(app.count("solo").await, 1, "a failed round changes nothing");
+
+        livekit.set_reachable(true);
+        livekit.set_room(
+            "solo",
+            "RM_solo",
+            vec![active("PA_s", "sol"), active("PA_t", "tia")],
+        );
+        app.reconcile_now().await.expect("LiveKit is back");
+        assert_eq!(app.count("solo").await, 2);
+        app.stop().await;
+        livekit.stop().await;
+        db.drop_database().await;
+    }
+}
+
+async fn a_crashing_actor_is_restarted_from_the_committed_state(app: &TestApp) {
+    app.ok(&lk::joined("crash", "RM_crash", "PA_1", "one")
+        .id("EV_crash_1")
+        .body())
+        .await;
+    app.ok(&lk::joined("crash", "RM_crash", "PA_2", "two")
+        .id("EV_crash_2")
+        .body())
+        .await;
+    let restarts = app.rooms.status().restarts;
+
+    // The actor panics on the first delivery of an `EV_PANIC` id (a test-only
+    // fault, once per id in the process): 503, nothing lost.
+    let id = format!("EV_PANIC_crash_{}", app.backend);
+    let poison = lk::joined("crash", "RM_crash", "PA_3", "three")
+        .id(&id)
+        .body();
+    let reply = app.webhook(&poison).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.json
+    );
+    assert!(reply.retry_after.is_some());
+    assert_eq!(app.rooms.status().restarts, restarts + 1);
+    assert_eq!(app.count("crash").await, 2);
+
+    // LiveKit redelivers: a new actor, rebuilt from the database, applies it.
+    let retry = app.ok(&poison).await;
+    assert_eq!(retry["outcome"], "applied");
+    assert_eq!(app.count("crash").await, 3);
+    let retried_join = app
+        .ok(&lk::joined("crash", "RM_crash", "PA_1", "one")
+            .id("EV_crash_1")
+            .body())
+        .await;
+    assert_eq!(retried_join["duplicate"], true);
+    assert_eq!(
+        app.active_room_row("crash")
+            .await
+            .unwrap()
+            .current_participants,
+        3
+    );
+}
+on_every_backend!(
+    a_crashing_actor_is_restarted_from_the_committed_state_on_every_backend,
+    a_crashing_actor_is_restarted_from_the_committed_state
+);
+
+/// Polls (bounded, no timing assertion) until the supervisor holds `n` actors.
+async fn until_live_actors(app: &TestApp, n: usize) -> usize {
+    for _ in 0..200 {
+        if app.rooms.status().live_actors == n {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    app.rooms.status().live_actors
+}
+
+#[actix_web::test]
+async fn finished_and_idle_rooms_retire_their_actors_and_stay_readable() {
+    for db in TestDb::all().await {
+        let mut settings = common::settings_for(&db);
+        settings.rooms.retire_after_finish_secs = 0;
+        settings.rooms.idle_timeout_secs = 0;
+        let app = common::spawn_app_with(settings, db.backend).await;
+        app.ok(&lk::joined("busy", "RM_busy", "PA_b", "bea").body())
+            .await;
+        app.ok(&lk::joined("done", "RM_done", "PA_d", "dot").body())
+            .await;
+        app.ok(&lk::room_finished("done", "RM_done").body()).await;
+        app.ok(&lk::joined("empty", "RM_empty", "PA_e", "eli").body())
+            .await;
+        app.ok(&lk::left("empty", "RM_empty", "PA_e", "eli").body())
+            .await;
+
+        // Only the room with someone in keeps its actor.
+        assert_eq!(until_live_actors(&app, 1).await, 1, "[{}]", db.backend);
+        assert_eq!(app.room("done").await["status"], "ended");
+        assert_eq!(app.room("empty").await["status"], "active");
+        assert_eq!(app.count("busy").await, 1);
+
+        // The idle room's next event rebuilds it from the database, tombstone included.
+        let late = app
+            .ok(&lk::joined("empty", "RM_empty", "PA_e", "eli").body())
+            .await;
+        assert_eq!(late["outcome"], "ignored");
+        app.ok(&lk::joined("empty", "RM_empty", "PA_f", "fay").body())
+            .await;
+        assert_eq!(app.count("empty").await, 1);
+        app.stop().await;
+        db.drop_database().await;
+    }
+}
