@@ -126,10 +126,129 @@ impl Roomd {
         }
     }
 
+    /// Waits (bounded) until `/readyz` says 200; every answer before is 503.
+    async fn ready(self, client: &reqwest::Client) -> Self {
+        for _ in 0..500 {
+            let status = client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == StatusCode::OK {
+                return self;
+            }
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/readyz before recovery"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("roomd did not become ready");
+    }
+
     fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().unwrap();
     }
+
+    /// SIGTERM, then the exit status once roomd has drained.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+}
+
+/// Sends every event with some concurrency; after `stop_after`
+/// acknowledgements calls `stop` once (the process dies or drains). Returns
+/// the ids roomd acknowledged.
+async fn burst(
+    client: &reqwest::Client,
+    base: &str,
+    events: &[(String, String, String)],
+    stop_after: usize,
+    stop: impl FnOnce(),
+) -> HashSet<String> {
+    let acked = std::sync::Mutex::new(HashSet::new());
+    let stop = std::sync::Mutex::new(Some(stop));
+    futures::stream::iter(events.iter())
+        .for_each_concurrent(16, |(id, _, body)| {
+            let (acked, stop) = (&acked, &stop);
+            async move {
+                if send(client, base, body).await == Some(StatusCode::OK) {
+                    let mut acked = acked.lock().unwrap();
+                    acked.insert(id.clone());
+                    if acked.len() >= stop_after
+                        && let Some(stop) = stop.lock().unwrap().take()
+                    {
+                        stop();
+                    }
+                }
+            }
+        })
+        .await;
+    acked.into_inner().unwrap()
+}
+
+/// Every acknowledged event has its audit row and its session row.
+async fn assert_committed(
+    db: &TestDb,
+    events: &[(String, String, String)],
+    acked: &HashSet<String>,
+) {
+    let store = roomd::store::connect(&common::settings_for(db).database)
+        .await
+        .unwrap();
+    let committed: HashSet<String> = webhook_events::Entity::find()
+        .all(&store)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.event_id)
+        .collect();
+    let missing: Vec<_> = acked.difference(&committed).collect();
+    assert!(
+        missing.is_empty(),
+        "[{}] acknowledged but not committed: {missing:?}",
+        db.backend
+    );
+    for (id, sid, _) in events {
+        if acked.contains(id) {
+            let row = participants::Entity::find()
+                .filter(participants::Column::Sid.eq(sid.as_str()))
+                .one(&store)
+                .await
+                .unwrap();
+            assert_eq!(row.map(|r| r.status).as_deref(), Some("joined"), "{id}");
+        }
+    }
+    store.close().await.ok();
+}
+
+fn joins(prefix: &str, rooms: usize, people: usize) -> Vec<(String, String, String)> {
+    (0..rooms)
+        .flat_map(|r| {
+            (0..people).map(move |p| {
+                let id = format!("EV_{prefix}_{r}_{p}");
+                let sid = format!("PA_{prefix}_{r}_{p}");
+                let body = lk::joined(
+                    &format!("{prefix}-{r}"),
+                    &format!("RM_{prefix}_{r}"),
+                    &sid,
+                    &format!("u{p}"),
+                )
+                .id(&id)
+                .body();
+                (id, sid, body)
+            })
+        })
+        .collect()
 }
 
 async fn send(client: &reqwest::Client, base: &str, body: &str) -> Option<StatusCode> {
@@ -148,84 +267,26 @@ async fn send(client: &reqwest::Client, base: &str, body: &str) -> Option<Status
 async fn after_a_kill_9_every_acknowledged_event_is_committed() {
     const ROOMS: usize = 30;
     const PEOPLE: usize = 10;
-    let events: Vec<(String, String, String)> = (0..ROOMS)
-        .flat_map(|r| {
-            (0..PEOPLE).map(move |p| {
-                let id = format!("EV_k9_{r}_{p}");
-                let sid = format!("PA_k9_{r}_{p}");
-                let body = lk::joined(
-                    &format!("k9-{r}"),
-                    &format!("RM_k9_{r}"),
-                    &sid,
-                    &format!("u{p}"),
-                )
-                .id(&id)
-                .body();
-                (id, sid, body)
-            })
-        })
-        .collect();
-
+    let events = joins("k9", ROOMS, PEOPLE);
     for db in TestDb::all().await {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let roomd = Roomd::start(&db.url);
+        let roomd = Roomd::start(&db.url).ready(&client).await;
         let base = roomd.base.clone();
-        let kill_after = events.len() / 3;
-        let acked = std::sync::Mutex::new(HashSet::new());
-        let killer = std::sync::Mutex::new(Some(roomd));
-        futures::stream::iter(events.iter())
-            .for_each_concurrent(16, |(id, _, body)| {
-                let (client, base, acked, killer) = (&client, &base, &acked, &killer);
-                async move {
-                    if send(client, base, body).await == Some(StatusCode::OK) {
-                        let mut acked = acked.lock().unwrap();
-                        acked.insert(id.clone());
-                        if acked.len() >= kill_after
-                            && let Some(roomd) = killer.lock().unwrap().take()
-                        {
-                            roomd.kill_9();
-                        }
-                    }
-                }
-            })
-            .await;
-        let acked = acked.into_inner().unwrap();
+        let acked = burst(&client, &base, &events, events.len() / 3, move || {
+            roomd.kill_9()
+        })
+        .await;
         assert!(
-            acked.len() >= kill_after,
+            acked.len() >= events.len() / 3,
             "the burst was under way when roomd died"
         );
         assert!(acked.len() < events.len(), "roomd died mid-burst");
 
-        let roomd = Roomd::start(&db.url);
-        let store = roomd::store::connect(&common::settings_for(&db).database)
-            .await
-            .unwrap();
-        let committed: HashSet<String> = webhook_events::Entity::find()
-            .all(&store)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|e| e.event_id)
-            .collect();
-        let missing: Vec<_> = acked.difference(&committed).collect();
-        assert!(
-            missing.is_empty(),
-            "[{}] acknowledged but not committed: {missing:?}",
-            db.backend
-        );
-        for (id, sid, _) in &events {
-            if acked.contains(id) {
-                let row = participants::Entity::find()
-                    .filter(participants::Column::Sid.eq(sid.as_str()))
-                    .one(&store)
-                    .await
-                    .unwrap();
-                assert_eq!(row.map(|r| r.status).as_deref(), Some("joined"), "{id}");
-            }
-        }
+        let roomd = Roomd::start(&db.url).ready(&client).await;
+        assert_committed(&db, &events, &acked).await;
 
         // LiveKit redelivers what was not acknowledged (and some that were).
         for (_, _, body) in &events {
@@ -243,7 +304,29 @@ async fn after_a_kill_9_every_acknowledged_event_is_committed() {
             assert_eq!(view["participant_count"], PEOPLE, "[{}] k9-{r}", db.backend);
         }
         roomd.kill_9();
-        store.close().await.ok();
+        db.drop_database().await;
+    }
+}
+
+#[actix_web::test]
+async fn sigterm_drains_in_flight_events_and_exits_cleanly() {
+    let events = joins("term", 20, 10);
+    for db in TestDb::all().await {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let roomd = Roomd::start(&db.url).ready(&client).await;
+        let base = roomd.base.clone();
+        let exit = std::sync::Mutex::new(None);
+        let acked = burst(&client, &base, &events, events.len() / 3, || {
+            *exit.lock().unwrap() = Some(roomd.terminate());
+        })
+        .await;
+        let exit = exit.into_inner().unwrap().expect("roomd was stopped");
+        assert!(exit.success(), "[{}] roomd exited with {exit}", db.backend);
+        assert!(acked.len() >= events.len() / 3);
+        assert_committed(&db, &events, &acked).await;
         db.drop_database().await;
     }
 }
