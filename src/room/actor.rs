@@ -219,14 +219,17 @@ impl RoomActor {
     }
 
     /// Commits `transition` with its audit row and, once committed, makes
-    /// `next` the room's state. `done` gets the result either way.
+    /// `next` the room's state. `done` turns the result into the answer,
+    /// which is sent on `reply` only after the new snapshot is published: a
+    /// read after the 200 sees what the 200 acknowledged.
     fn commit<T: 'static>(
         &mut self,
         next: RoomState,
         transition: Transition,
         record: EventRecord,
+        reply: oneshot::Sender<T>,
         done: impl FnOnce(&mut Self, Result<Committed, RoomError>) -> T + 'static,
-    ) -> AtomicResponse<Self, T> {
+    ) -> AtomicResponse<Self, ()> {
         let writer = self.parts.writer.clone();
         let changes: Changes = transition.changes;
         let outcome = transition.outcome;
@@ -252,7 +255,7 @@ impl RoomActor {
                 let answer = done(act, result);
                 act.publish();
                 act.schedule_retirement(ctx);
-                answer
+                let _ = reply.send(answer);
             },
         )))
     }
@@ -359,7 +362,7 @@ impl Handler<Apply> for RoomActor {
             outcome: transition.outcome.as_str(),
         };
         let outcome = transition.outcome;
-        self.commit(next, transition, record, move |act, committed| {
+        self.commit(next, transition, record, reply, move |act, committed| {
             let result = committed.map(|c| match c {
                 Committed::Stored => {
                     match outcome {
@@ -383,7 +386,7 @@ impl Handler<Apply> for RoomActor {
                     at: delivery.received_at,
                 });
             }
-            let _ = reply.send(result);
+            result
         })
     }
 }
@@ -437,7 +440,7 @@ impl Handler<Reconcile> for RoomActor {
             received_at: now,
             outcome: transition.outcome.as_str(),
         };
-        self.commit(next, transition, record, move |act, committed| {
+        self.commit(next, transition, record, reply, move |act, committed| {
             if committed.is_ok() {
                 for c in &corrections {
                     tracing::info!(room = %act.name, correction = ?c.what, identity = ?c.identity, sid = ?c.sid, "reconciled with LiveKit");
@@ -449,7 +452,7 @@ impl Handler<Reconcile> for RoomActor {
                     at: now,
                 });
             }
-            let _ = reply.send(committed.map(|_| Reconciled::Corrected(corrections)));
+            committed.map(|_| Reconciled::Corrected(corrections))
         })
     }
 }

@@ -27,6 +27,9 @@ use super::snapshot::{RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, RoomTruth};
 use crate::store::{self, Committed, EventRecord, StoreError, Writer};
 
+/// Rooms read per query during recovery (bounds its transient memory).
+const RECOVERY_PAGE: u64 = 500;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
     #[error("room {room:?} is busy: its mailbox is full")]
@@ -101,17 +104,24 @@ impl Rooms {
     /// Rebuilds an actor for every room that is active in the database.
     /// Returns how many; reads see them as soon as this returns.
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let rooms = store::load_active_rooms(&self.inner.parts.db).await?;
-        let count = rooms.len();
-        for (name, stored) in rooms {
-            let state = RoomState::restore(name.clone(), stored);
-            let snapshot = RoomSnapshot::of(&state, None, Default::default(), chrono::Utc::now());
-            self.inner
-                .parts
-                .snapshots
-                .insert(name.clone(), Arc::new(snapshot));
-            if let Entry::Vacant(slot) = self.registry().entry(name.clone()) {
-                slot.insert(self.start_actor(name, Some(state)));
+        let mut count = 0;
+        let mut after = None;
+        loop {
+            let page = store::load_active_rooms(&self.inner.parts.db, after, RECOVERY_PAGE).await?;
+            let Some((_, last)) = page.last() else { break };
+            after = last.latest.as_ref().map(|(room, _)| room.id);
+            count += page.len();
+            for (name, stored) in page {
+                let state = RoomState::restore(name.clone(), stored);
+                let snapshot =
+                    RoomSnapshot::of(&state, None, Default::default(), chrono::Utc::now());
+                self.inner
+                    .parts
+                    .snapshots
+                    .insert(name.clone(), Arc::new(snapshot));
+                if let Entry::Vacant(slot) = self.registry().entry(name.clone()) {
+                    slot.insert(self.start_actor(name, Some(state)));
+                }
             }
         }
         self.inner.recovered.store(true, Ordering::Release);

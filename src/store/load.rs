@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use sea_orm::sea_query::Query;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
@@ -99,29 +98,32 @@ pub async fn load_room(db: &impl ConnectionTrait, name: &str) -> Result<StoredRo
     })
 }
 
-/// Every room that is active in the database, in three queries whatever
-/// their number: what a restart rebuilds before it takes traffic.
+/// One page of the rooms that are active in the database, in id order after
+/// `after`, with what their actors need: three queries per page. Recovery
+/// reads page by page so that its transient memory stays bounded by the page,
+/// not by the number of rooms.
 pub async fn load_active_rooms(
     db: &impl ConnectionTrait,
+    after: Option<Uuid>,
+    page: u64,
 ) -> Result<Vec<(String, StoredRoom)>, StoreError> {
-    let active_ids = Query::select()
-        .column(rooms::Column::Id)
-        .from(rooms::Entity)
-        .and_where(rooms::Column::Status.eq(ACTIVE))
-        .to_owned();
-    let active_names = Query::select()
-        .column(rooms::Column::LivekitName)
-        .from(rooms::Entity)
-        .and_where(rooms::Column::Status.eq(ACTIVE))
-        .to_owned();
-
-    let active = rooms::Entity::find()
+    let mut query = rooms::Entity::find()
         .filter(rooms::Column::Status.eq(ACTIVE))
-        .all(db)
-        .await?;
+        .order_by_asc(rooms::Column::Id)
+        .limit(page);
+    if let Some(after) = after {
+        query = query.filter(rooms::Column::Id.gt(after));
+    }
+    let active = query.all(db).await?;
+    if active.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = active.iter().map(|r| r.id).collect();
+    let names: Vec<String> = active.iter().map(|r| r.livekit_name.clone()).collect();
+
     let mut sessions: HashMap<Uuid, Vec<SessionRecord>> = HashMap::with_capacity(active.len());
     for p in participants::Entity::find()
-        .filter(participants::Column::RoomId.in_subquery(active_ids))
+        .filter(participants::Column::RoomId.is_in(ids))
         .all(db)
         .await?
     {
@@ -136,7 +138,7 @@ pub async fn load_active_rooms(
         .column(rooms::Column::LivekitName)
         .column(rooms::Column::LivekitSid)
         .filter(rooms::Column::Status.eq(ENDED))
-        .filter(rooms::Column::LivekitName.in_subquery(active_names))
+        .filter(rooms::Column::LivekitName.is_in(names))
         .into_tuple()
         .all(db)
         .await?;
@@ -152,8 +154,8 @@ pub async fn load_active_rooms(
             let room = room_record(m)?;
             let name = room.name.clone();
             let stored = StoredRoom {
-                latest: Some((room.clone(), sessions.remove(&room.id).unwrap_or_default())),
                 ended_sids: ended.remove(&name).unwrap_or_default(),
+                latest: Some((room.clone(), sessions.remove(&room.id).unwrap_or_default())),
             };
             Ok((name, stored))
         })
