@@ -251,6 +251,13 @@ fn joins(prefix: &str, rooms: usize, people: usize) -> Vec<(String, String, Stri
         .collect()
 }
 
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 async fn send(client: &reqwest::Client, base: &str, body: &str) -> Option<StatusCode> {
     let token = sign_with(KEY, SECRET, body);
     let response = client
@@ -269,10 +276,7 @@ async fn after_a_kill_9_every_acknowledged_event_is_committed() {
     const PEOPLE: usize = 10;
     let events = joins("k9", ROOMS, PEOPLE);
     for db in TestDb::all().await {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let client = client();
         let roomd = Roomd::start(&db.url).ready(&client).await;
         let base = roomd.base.clone();
         let acked = burst(&client, &base, &events, events.len() / 3, move || {
@@ -312,10 +316,7 @@ async fn after_a_kill_9_every_acknowledged_event_is_committed() {
 async fn sigterm_drains_in_flight_events_and_exits_cleanly() {
     let events = joins("term", 20, 10);
     for db in TestDb::all().await {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let client = client();
         let roomd = Roomd::start(&db.url).ready(&client).await;
         let base = roomd.base.clone();
         let exit = std::sync::Mutex::new(None);

@@ -19,7 +19,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::actor::{
-    ActorParts, Apply, Delivered, Lifecycle, Reconcile, Reconciled, Registry, RoomActor, Snapshots,
+    ActorParts, Apply, Delivered, Lifecycle, Reconcile, Reconciled, Registry, RoomActor, RoomError,
+    Snapshots,
 };
 use super::event::{Action, Delivery};
 use super::reconciler::ReconcileReport;
@@ -189,16 +190,38 @@ impl Rooms {
             event,
             reply,
         };
-        match self.actor(&room_name).try_send(msg) {
+        self.ask(&room_name, msg, done).await
+    }
+
+    /// Hands `msg` to the room's actor and waits, at most the commit
+    /// timeout, for the answer it sends on `done`.
+    async fn ask<M, T>(
+        &self,
+        room: &str,
+        msg: M,
+        done: oneshot::Receiver<Result<T, RoomError>>,
+    ) -> Result<T, DeliverError>
+    where
+        M: Message<Result = ()> + Send + 'static,
+        RoomActor: Handler<M>,
+    {
+        let unavailable = |reason: String| DeliverError::Unavailable {
+            room: room.to_owned(),
+            reason,
+        };
+        match self.actor(room).try_send(msg) {
             Ok(()) => {}
-            Err(SendError::Full(_)) => return Err(DeliverError::Busy { room: room_name }),
+            Err(SendError::Full(_)) => {
+                return Err(DeliverError::Busy {
+                    room: room.to_owned(),
+                });
+            }
             Err(SendError::Closed(_)) => {
                 return Err(unavailable("the room's actor is restarting".into()));
             }
         }
         match tokio::time::timeout(self.inner.settings.commit_timeout, done).await {
-            Ok(Ok(Ok(delivered))) => Ok(delivered),
-            Ok(Ok(Err(err))) => Err(unavailable(err.to_string())),
+            Ok(Ok(result)) => result.map_err(|e| unavailable(e.to_string())),
             Ok(Err(_)) => Err(unavailable(
                 "the room's actor stopped before committing".into(),
             )),
@@ -214,34 +237,13 @@ impl Rooms {
         truth: Option<RoomTruth>,
         fetched_at: Instant,
     ) -> Result<Reconciled, DeliverError> {
-        let unavailable = |reason: String| DeliverError::Unavailable {
-            room: name.to_owned(),
-            reason,
-        };
         let (reply, done) = oneshot::channel();
         let msg = Reconcile {
             truth,
             fetched_at,
             reply,
         };
-        match self.actor(name).try_send(msg) {
-            Ok(()) => {}
-            Err(SendError::Full(_)) => {
-                return Err(DeliverError::Busy {
-                    room: name.to_owned(),
-                });
-            }
-            Err(SendError::Closed(_)) => {
-                return Err(unavailable("the room's actor is restarting".into()));
-            }
-        }
-        match tokio::time::timeout(self.inner.settings.commit_timeout, done).await {
-            Ok(Ok(result)) => result.map_err(|e| unavailable(e.to_string())),
-            Ok(Err(_)) => Err(unavailable(
-                "the room's actor stopped before committing".into(),
-            )),
-            Err(_) => Err(unavailable("timed out waiting for the commit".into())),
-        }
+        self.ask(name, msg, done).await
     }
 
     /// Events roomd does not act on (tracks, egress, ingress, ...): an audit
