@@ -13,6 +13,8 @@ use actix_web::{App, HttpServer, web};
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
+use livekit_api::access_token::TokenVerifier;
+
 use crate::livekit::{RoomService, WebhookVerifier};
 use crate::room::reconciler;
 use crate::room::{Lifecycle, Rooms, SupervisorSettings};
@@ -79,6 +81,11 @@ impl Application {
         let state = web::Data::new(AppState {
             rooms: rooms.clone(),
             verifier: WebhookVerifier::new(&settings.livekit.api_key, &settings.livekit.api_secret),
+            tokens: TokenVerifier::with_api_key(
+                &settings.livekit.api_key,
+                &settings.livekit.api_secret,
+            ),
+            public_counts: settings.api.public_counts,
             db: db.clone(),
             max_body_bytes: settings.server.max_body_bytes,
         });

@@ -83,3 +83,44 @@ pub async fn send_webhook(settings: &Settings, cmd: SendWebhook) -> anyhow::Resu
     anyhow::ensure!(status.is_success(), "roomd answered {status}");
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct MintToken {
+    /// An admin token (`roomList`): reads every room and the debug endpoints.
+    #[arg(long, conflicts_with_all = ["room", "identity"])]
+    pub admin: bool,
+    /// A join token for this room: reads that room (like the token a frontend joined with).
+    #[arg(long, requires = "identity")]
+    pub room: Option<String>,
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+}
+
+/// Prints a LiveKit token signed with the configured key and secret.
+pub fn mint_token(settings: &Settings, cmd: MintToken) -> anyhow::Result<()> {
+    use livekit_api::access_token::{AccessToken, VideoGrants};
+    let grants = match (&cmd.room, cmd.admin) {
+        (Some(room), _) => VideoGrants {
+            room_join: true,
+            room: room.clone(),
+            ..Default::default()
+        },
+        (None, true) => VideoGrants {
+            room_list: true,
+            ..Default::default()
+        },
+        (None, false) => anyhow::bail!("say --admin, or --room NAME --identity ID"),
+    };
+    let mut token =
+        AccessToken::with_api_key(&settings.livekit.api_key, &settings.livekit.api_secret)
+            .with_grants(grants)
+            .with_ttl(Duration::from_secs(cmd.ttl));
+    if let Some(identity) = &cmd.identity {
+        token = token.with_identity(identity);
+    }
+    println!("{}", token.to_jwt()?);
+    Ok(())
+}

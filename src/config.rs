@@ -21,7 +21,14 @@ pub struct Settings {
     pub livekit: LivekitSettings,
     pub rooms: RoomSettings,
     pub writer: WriterSettings,
+    pub api: ApiSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub public_counts: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -125,6 +132,9 @@ impl Default for Settings {
             writer: WriterSettings {
                 max_batch: 512,
                 queue_capacity: 8192,
+            },
+            api: ApiSettings {
+                public_counts: true,
             },
             log: LogSettings {
                 level: "info".into(),

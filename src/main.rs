@@ -23,6 +23,8 @@ enum Command {
     /// Developer helpers for LiveKit webhooks.
     #[command(subcommand)]
     Webhook(WebhookCommand),
+    /// Print a LiveKit token for roomd's read API, signed with the configured key.
+    Token(cli::MintToken),
 }
 
 #[derive(Subcommand)]
@@ -49,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
         }
         Command::Webhook(WebhookCommand::Send(cmd)) => cli::send_webhook(&settings, cmd).await?,
+        Command::Token(cmd) => cli::mint_token(&settings, cmd)?,
     }
     Ok(())
 }

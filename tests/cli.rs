@@ -64,3 +64,42 @@ async fn the_cli_sends_a_webhook_roomd_accepts() {
     assert_eq!(app.count("demo").await, 1);
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn the_cli_mints_read_tokens_roomd_accepts() {
+    let db = common::TestDb::sqlite();
+    let app = common::spawn_app(&db).await;
+    app.ok(&common::lk::joined("demo", "RM_demo", "PA_1", "alice").body())
+        .await;
+    let token = |args: &'static [&'static str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_roomd"))
+            .args(["--config", "/nonexistent/roomd.toml", "token"])
+            .args(args)
+            .env_clear()
+            .env("LIVEKIT_API_KEY", common::KEY)
+            .env("LIVEKIT_API_SECRET", common::SECRET)
+            .output()
+            .expect("run roomd token");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let read = |path: &str, token: String| {
+        let request = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(token);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(read("/v1/debug/actors", token(&["--admin"])).await, 200);
+    let alice = token(&["--room", "demo", "--identity", "alice"]);
+    assert_eq!(
+        read("/v1/rooms/demo/participants", alice.clone()).await,
+        200
+    );
+    assert_eq!(read("/v1/debug/actors", alice).await, 403);
+    app.stop().await;
+}

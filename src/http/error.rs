@@ -25,6 +25,14 @@ pub enum ApiError {
     Unavailable(String),
     #[error("room {0:?} not found")]
     RoomNotFound(String),
+    #[error("a token is required: Authorization: Bearer <LiveKit token>")]
+    NeedsToken,
+    #[error("invalid token: {0}")]
+    BadToken(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("bad query: {0}")]
+    BadQuery(String),
     #[error("no route for this request")]
     NoRoute,
 }
@@ -53,8 +61,9 @@ struct ErrorBody<'a> {
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
-            Self::Unauthorized(_) => "unauthorized",
-            Self::BadBody(_) | Self::BodyRead(_) => "bad_request",
+            Self::Unauthorized(_) | Self::NeedsToken | Self::BadToken(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::BadBody(_) | Self::BodyRead(_) | Self::BadQuery(_) => "bad_request",
             Self::TooLarge { .. } => "payload_too_large",
             Self::Busy(_) => "busy",
             Self::Unavailable(_) => "unavailable",
@@ -75,8 +84,11 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::BadBody(_) | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) | Self::NeedsToken | Self::BadToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadBody(_) | Self::BodyRead(_) | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Busy(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RoomNotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
@@ -94,7 +106,10 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
-        if matches!(self, Self::Unauthorized(_)) {
+        if matches!(
+            self,
+            Self::Unauthorized(_) | Self::NeedsToken | Self::BadToken(_)
+        ) {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
         response.json(ErrorBody {

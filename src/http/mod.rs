@@ -1,6 +1,8 @@
 //! HTTP routes. Handlers extract, call the domain and map the result; the
 //! status and body of every error is decided in `error.rs`.
 
+mod auth;
+mod debug;
 pub mod error;
 mod health;
 mod rooms;
@@ -8,6 +10,8 @@ mod webhooks;
 
 use actix_web::web;
 use sea_orm::DatabaseConnection;
+
+use livekit_api::access_token::TokenVerifier;
 
 use crate::livekit::WebhookVerifier;
 use crate::room::Rooms;
@@ -18,13 +22,20 @@ pub use error::ApiError;
 pub struct AppState {
     pub rooms: Rooms,
     pub verifier: WebhookVerifier,
+    /// Verifies the LiveKit tokens readers send.
+    pub tokens: TokenVerifier,
+    pub public_counts: bool,
     pub db: DatabaseConnection,
     pub max_body_bytes: usize,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(webhooks::receive)
+        .service(rooms::list)
         .service(rooms::room)
+        .service(rooms::participants)
+        .service(debug::actors)
+        .service(debug::actor)
         .service(health::healthz)
         .service(health::readyz)
         .default_service(web::to(|| async {

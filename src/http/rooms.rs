@@ -1,17 +1,127 @@
-//! Frontend reads, served from the actors' published snapshots.
+//! Frontend reads, served from the actors' published snapshots (a room with
+//! no actor, retired or ended before a restart, is read from the database).
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use serde::{Deserialize, Serialize};
 
+use super::auth::Reader;
 use super::{AppState, error::ApiError};
+use crate::room::snapshot::{ParticipantView, RoomView};
+
+/// Counts are public when `api.public_counts` is set; else they need a token
+/// for the room (or an admin one).
+fn may_read_counts(state: &AppState, reader: &Reader, name: Option<&str>) -> Result<(), ApiError> {
+    if state.public_counts {
+        return Ok(());
+    }
+    match name {
+        Some(name) => reader.require_room(name),
+        None => reader.require_admin(),
+    }
+}
 
 #[get("/v1/rooms/{name}")]
 pub async fn room(
+    req: HttpRequest,
     name: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
+    may_read_counts(&state, &Reader::of(&req, &state.tokens)?, Some(&name))?;
     match state.rooms.room_view(&name).await? {
         Some(view) => Ok(HttpResponse::Ok().json(view)),
         None => Err(ApiError::RoomNotFound(name)),
     }
+}
+
+#[derive(Serialize)]
+struct Participants {
+    room: String,
+    participant_count: usize,
+    participants: Vec<ParticipantView>,
+}
+
+#[get("/v1/rooms/{name}/participants")]
+pub async fn participants(
+    req: HttpRequest,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    Reader::of(&req, &state.tokens)?.require_room(&name)?;
+    let Some(view) = state.rooms.room_view(&name).await? else {
+        return Err(ApiError::RoomNotFound(name));
+    };
+    // A room without a snapshot has nobody in it: actors retire only when
+    // their room is empty or finished.
+    let participants = state
+        .rooms
+        .snapshot(&name)
+        .map(|s| s.participants.clone())
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(Participants {
+        room: name,
+        participant_count: view.participant_count,
+        participants,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// `a,b,c`: just these rooms (a lobby asking for several at once).
+    names: Option<String>,
+    /// Page size (default 100, at most 1000).
+    limit: Option<usize>,
+    /// The last name of the previous page.
+    after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RoomList {
+    rooms: Vec<RoomView>,
+    /// Asked for by `names` but never seen.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unknown: Vec<String>,
+    /// Pass as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+#[get("/v1/rooms")]
+pub async fn list(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    may_read_counts(&state, &Reader::of(&req, &state.tokens)?, None)?;
+    if let Some(names) = &query.names {
+        let mut rooms = Vec::new();
+        let mut unknown = Vec::new();
+        for name in names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .take(1000)
+        {
+            match state.rooms.room_view(name).await? {
+                Some(view) => rooms.push(view),
+                None => unknown.push(name.to_owned()),
+            }
+        }
+        return Ok(HttpResponse::Ok().json(RoomList {
+            rooms,
+            unknown,
+            next: None,
+        }));
+    }
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::BadQuery("limit must be 1..=1000".into()));
+    }
+    let (rooms, next) = state.rooms.live_rooms(query.after.as_deref(), limit);
+    Ok(HttpResponse::Ok().json(RoomList {
+        rooms,
+        unknown: Vec::new(),
+        next,
+    }))
 }

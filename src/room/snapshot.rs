@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use super::record::RoomRecord;
+use uuid::Uuid;
+
+use super::event::ParticipantKind;
+use super::record::{RoomRecord, SessionRecord};
 use super::state::{Instance, RoomState};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -63,10 +66,37 @@ pub struct Counters {
     pub stale: u64,
 }
 
+/// One open session, as the participant list shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantView {
+    pub identity: String,
+    pub sid: Option<String>,
+    pub kind: ParticipantKind,
+    pub joined_at: Option<DateTime<Utc>>,
+    /// Set when the identity is a user's UUID (the seed's convention).
+    pub user_id: Option<Uuid>,
+}
+
+impl From<&SessionRecord> for ParticipantView {
+    fn from(s: &SessionRecord) -> Self {
+        Self {
+            identity: s.identity.clone(),
+            sid: s.sid.clone(),
+            kind: s.kind.clone(),
+            joined_at: s.joined_at,
+            user_id: s.user_id(),
+        }
+    }
+}
+
 /// Everything published about one room name.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomSnapshot {
     pub room: Option<RoomView>,
+    /// Open sessions of the current instance, oldest first.
+    pub participants: Vec<ParticipantView>,
+    /// Closed sessions and tombstones the actor still holds.
+    pub closed_sessions: usize,
     pub last_event: Option<LastEvent>,
     pub counters: Counters,
     pub actor_started_at: DateTime<Utc>,
@@ -79,8 +109,17 @@ impl RoomSnapshot {
         counters: Counters,
         actor_started_at: DateTime<Utc>,
     ) -> Self {
+        let current = state.current();
+        let mut participants: Vec<ParticipantView> = current
+            .into_iter()
+            .flat_map(|c| c.open_sessions())
+            .map(ParticipantView::from)
+            .collect();
+        participants.sort_by(|a, b| (a.joined_at, &a.identity).cmp(&(b.joined_at, &b.identity)));
         Self {
-            room: state.current().map(RoomView::of_instance),
+            room: current.map(RoomView::of_instance),
+            participants,
+            closed_sessions: current.map_or(0, |c| c.closed_sessions().count()),
             last_event,
             counters,
             actor_started_at,

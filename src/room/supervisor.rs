@@ -290,6 +290,37 @@ impl Rooms {
         Ok(room.as_ref().map(RoomView::of_record))
     }
 
+    /// Every published snapshot, by room name.
+    pub fn snapshots(&self) -> Vec<(String, Arc<RoomSnapshot>)> {
+        let mut all: Vec<_> = self
+            .inner
+            .parts
+            .snapshots
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Active rooms held by actors, in name order after `after`, at most
+    /// `limit`; and the name to continue after when there are more.
+    pub fn live_rooms(&self, after: Option<&str>, limit: usize) -> (Vec<RoomView>, Option<String>) {
+        let mut live: Vec<RoomView> = self
+            .inner
+            .parts
+            .snapshots
+            .iter()
+            .filter(|e| after.is_none_or(|a| e.key().as_str() > a))
+            .filter_map(|e| e.value().room.clone())
+            .filter(|r| r.status == "active")
+            .collect();
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        let next = (live.len() > limit).then(|| live[limit - 1].name.clone());
+        live.truncate(limit);
+        (live, next)
+    }
+
     /// Names of the rooms the database holds as active (with or without an actor).
     pub async fn active_room_names(&self) -> Result<Vec<String>, StoreError> {
         store::active_room_names(&self.inner.parts.db).await

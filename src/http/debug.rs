@@ -1,0 +1,48 @@
+//! Admin views of the supervisor and its actors (admin grant required).
+
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use serde_json::json;
+
+use super::auth::Reader;
+use super::{AppState, error::ApiError};
+
+#[get("/v1/debug/actors")]
+pub async fn actors(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Reader::of(&req, &state.tokens)?.require_admin()?;
+    let actors: Vec<_> = state
+        .rooms
+        .snapshots()
+        .into_iter()
+        .map(|(name, s)| {
+            json!({
+                "room": name,
+                "sid": s.room.as_ref().and_then(|r| r.sid.clone()),
+                "status": s.room.as_ref().map(|r| r.status),
+                "participant_count": s.room.as_ref().map_or(0, |r| r.participant_count),
+                "last_event": s.last_event,
+                "counters": s.counters,
+                "actor_started_at": s.actor_started_at,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "supervisor": state.rooms.status(), "actors": actors })))
+}
+
+#[get("/v1/debug/actors/{name}")]
+pub async fn actor(
+    req: HttpRequest,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Reader::of(&req, &state.tokens)?.require_admin()?;
+    let name = name.into_inner();
+    match state.rooms.snapshot(&name) {
+        Some(snapshot) => {
+            Ok(HttpResponse::Ok().json(json!({ "room": name, "snapshot": snapshot })))
+        }
+        None => Err(ApiError::RoomNotFound(name)),
+    }
+}

@@ -1,0 +1,258 @@
+//! The read side: counts, participant lists, live-room lists and admin debug
+//! views, with LiveKit's own tokens as the credentials.
+
+mod common;
+
+use common::{KEY, SECRET, TestApp, lk};
+use livekit_api::access_token::{AccessToken, VideoGrants};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn admin_token() -> String {
+    AccessToken::with_api_key(KEY, SECRET)
+        .with_grants(VideoGrants {
+            room_list: true,
+            ..Default::default()
+        })
+        .to_jwt()
+        .unwrap()
+}
+
+fn join_token(room: &str, identity: &str) -> String {
+    AccessToken::with_api_key(KEY, SECRET)
+        .with_identity(identity)
+        .with_grants(VideoGrants {
+            room_join: true,
+            room: room.into(),
+            ..Default::default()
+        })
+        .to_jwt()
+        .unwrap()
+}
+
+fn expired_token() -> String {
+    let claims = serde_json::json!({
+        "iss": KEY, "exp": chrono::Utc::now().timestamp() - 600, "video": {"roomList": true}
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut request = app.client.get(format!("{}{path}", app.base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn seed(app: &TestApp) {
+    app.ok(&lk::joined("lobby-a", "RM_la", "PA_a1", "ana").body())
+        .await;
+    app.ok(&lk::joined("lobby-a", "RM_la", "PA_a2", "agent-x")
+        .kind("AGENT")
+        .body())
+        .await;
+    app.ok(&lk::joined("lobby-b", "RM_lb", "PA_b1", "ben").body())
+        .await;
+    app.ok(&lk::joined("lobby-c", "RM_lc", "PA_c1", "cy").body())
+        .await;
+    app.ok(&lk::room_finished("lobby-c", "RM_lc").body()).await;
+}
+
+async fn every_read_route_answers(app: &TestApp) {
+    seed(app).await;
+    let admin = admin_token();
+
+    let (status, list) = get(app, "/v1/rooms", None).await;
+    assert_eq!(status, StatusCode::OK, "counts are public by default");
+    let names: Vec<&str> = list["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["lobby-a", "lobby-b"], "live rooms only, by name");
+
+    let (_, page) = get(app, "/v1/rooms?limit=1", None).await;
+    assert_eq!(page["rooms"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next"], "lobby-a");
+    let (_, page2) = get(app, "/v1/rooms?limit=1&after=lobby-a", None).await;
+    assert_eq!(page2["rooms"][0]["name"], "lobby-b");
+    assert!(page2["next"].is_null());
+    let (status, _) = get(app, "/v1/rooms?limit=0", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (_, some) = get(app, "/v1/rooms?names=lobby-b,nowhere,lobby-c", None).await;
+    let counts: Vec<(&str, u64)> = some["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["participant_count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counts, [("lobby-b", 1), ("lobby-c", 0)]);
+    assert_eq!(some["unknown"], serde_json::json!(["nowhere"]));
+
+    let (status, people) = get(app, "/v1/rooms/lobby-a/participants", Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(people["participant_count"], 2);
+    let kinds: Vec<&str> = people["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"agent") && kinds.contains(&"standard"));
+
+    let (status, debug) = get(app, "/v1/debug/actors", Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(debug["supervisor"]["recovered"], true);
+    assert!(
+        debug["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["room"] == "lobby-a")
+    );
+    let (status, one) = get(app, "/v1/debug/actors/lobby-a", Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["snapshot"]["counters"]["applied"], 2);
+    assert_eq!(one["snapshot"]["last_event"]["event"], "participant_joined");
+    let (status, _) = get(app, "/v1/debug/actors/nowhere", Some(&admin)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+on_every_backend!(
+    every_read_route_answers_on_every_backend,
+    every_read_route_answers
+);
+
+async fn livekit_tokens_decide_who_reads_what(app: &TestApp) {
+    seed(app).await;
+    let participants = "/v1/rooms/lobby-a/participants";
+    let wrong_key = AccessToken::with_api_key("APIother", SECRET)
+        .with_grants(VideoGrants {
+            room_list: true,
+            ..Default::default()
+        })
+        .to_jwt()
+        .unwrap();
+    let cases: Vec<(&str, &str, Option<String>, StatusCode)> = vec![
+        ("no token", participants, None, StatusCode::UNAUTHORIZED),
+        (
+            "wrong key",
+            participants,
+            Some(wrong_key),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "expired",
+            participants,
+            Some(expired_token()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "garbage",
+            participants,
+            Some("x.y.z".into()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "join token for another room",
+            participants,
+            Some(join_token("lobby-b", "ben")),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "join token for its room",
+            participants,
+            Some(join_token("lobby-a", "ana")),
+            StatusCode::OK,
+        ),
+        (
+            "admin token",
+            participants,
+            Some(admin_token()),
+            StatusCode::OK,
+        ),
+        (
+            "debug without token",
+            "/v1/debug/actors",
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "debug with a join token",
+            "/v1/debug/actors",
+            Some(join_token("lobby-a", "ana")),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "debug with an admin token",
+            "/v1/debug/actors",
+            Some(admin_token()),
+            StatusCode::OK,
+        ),
+    ];
+    for (what, path, token, expected) in cases {
+        let (status, body) = get(app, path, token.as_deref()).await;
+        assert_eq!(status, expected, "[{}] {what}: {body}", app.backend);
+        if !status.is_success() {
+            assert!(body["error"].is_string(), "{what}: JSON error");
+        }
+    }
+}
+on_every_backend!(
+    livekit_tokens_decide_who_reads_what_on_every_backend,
+    livekit_tokens_decide_who_reads_what
+);
+
+#[actix_web::test]
+async fn counts_can_be_made_private() {
+    let db = common::TestDb::sqlite();
+    let mut settings = common::settings_for(&db);
+    settings.api.public_counts = false;
+    let app = common::spawn_app_with(settings, db.backend).await;
+    seed(&app).await;
+    assert_eq!(
+        get(&app, "/v1/rooms/lobby-a", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(&app, "/v1/rooms", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(
+            &app,
+            "/v1/rooms/lobby-a",
+            Some(&join_token("lobby-b", "ben"))
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, view) = get(
+        &app,
+        "/v1/rooms/lobby-a",
+        Some(&join_token("lobby-a", "ana")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["participant_count"], 2);
+    assert_eq!(
+        get(&app, "/v1/rooms", Some(&admin_token())).await.0,
+        StatusCode::OK
+    );
+    app.stop().await;
+}
