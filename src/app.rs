@@ -16,6 +16,7 @@ use crate::http::{self, AppState};
 use livekit_api::access_token::TokenVerifier;
 
 use crate::livekit::{RoomService, WebhookVerifier};
+use crate::metrics::Metrics;
 use crate::room::reconciler;
 use crate::room::{Lifecycle, Rooms, SupervisorSettings};
 use crate::store::{self, Writer};
@@ -46,10 +47,12 @@ impl Application {
         let db = store::connect(&settings.database).await?;
         store::migrate(&db).await?;
 
+        let metrics = Arc::new(Metrics::new());
         let writer = Writer::start(
             db.clone(),
             settings.writer.max_batch,
             settings.writer.queue_capacity,
+            metrics.clone(),
         );
         let arbiter = Arbiter::new();
         let rooms = Rooms::new(
@@ -66,6 +69,7 @@ impl Application {
                     idle_timeout: Duration::from_secs(settings.rooms.idle_timeout_secs),
                 },
             },
+            metrics,
         );
         let room_service = (!settings.livekit.url.is_empty()).then(|| {
             Arc::new(RoomService::new(
@@ -86,6 +90,7 @@ impl Application {
                 &settings.livekit.api_secret,
             ),
             public_counts: settings.api.public_counts,
+            metrics: rooms.metrics_handle(),
             db: db.clone(),
             max_body_bytes: settings.server.max_body_bytes,
         });

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod livekit;
+pub mod metrics;
 pub mod room;
 pub mod store;
 pub mod telemetry;

@@ -256,3 +256,69 @@ async fn counts_can_be_made_private() {
     );
     app.stop().await;
 }
+
+/// The value of one sample in Prometheus text, 0 when absent.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+async fn metrics_reflect_a_known_sequence_of_events(app: &TestApp) {
+    let join = lk::joined("metered", "RM_m", "PA_m1", "mia")
+        .id("EV_metered_1")
+        .body();
+    app.ok(&join).await;
+    app.ok(&join).await;
+    app.ok(&lk::left("metered", "RM_m", "PA_m1", "mia")
+        .id("EV_metered_2")
+        .body())
+        .await;
+    app.ok(&lk::left("metered", "RM_m", "PA_m1", "mia")
+        .id("EV_metered_3")
+        .body())
+        .await;
+    app.ok(&lk::event("track_published")
+        .room("metered", "RM_m")
+        .participant("PA_m1", "mia")
+        .body())
+        .await;
+    let refused = app.webhook_raw(join.clone(), None).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |labels: &str| sample(&text, &format!("roomd_webhooks_total{{{labels}}}"));
+    assert_eq!(
+        count(r#"event="participant_joined",outcome="applied""#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(r#"event="participant_joined",outcome="duplicate""#),
+        1.0
+    );
+    assert_eq!(count(r#"event="participant_left",outcome="applied""#), 1.0);
+    assert_eq!(count(r#"event="participant_left",outcome="ignored""#), 1.0);
+    assert_eq!(count(r#"event="track_published",outcome="ignored""#), 1.0);
+    assert_eq!(count(r#"event="unknown",outcome="unauthorized""#), 1.0);
+    assert_eq!(sample(&text, "roomd_webhook_duration_seconds_count"), 6.0);
+    assert!(
+        sample(&text, "roomd_commit_batch_size_count") >= 5.0,
+        "every committed delivery is in a batch"
+    );
+    assert_eq!(sample(&text, "roomd_live_actors"), 1.0);
+    assert_eq!(sample(&text, "roomd_actor_restarts_total"), 0.0);
+}
+on_every_backend!(
+    metrics_reflect_a_known_sequence_of_events_on_every_backend,
+    metrics_reflect_a_known_sequence_of_events
+);

@@ -59,7 +59,7 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized(_) | Self::NeedsToken | Self::BadToken(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",

@@ -25,6 +25,7 @@ pub struct AppState {
     /// Verifies the LiveKit tokens readers send.
     pub tokens: TokenVerifier,
     pub public_counts: bool,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub db: DatabaseConnection,
     pub max_body_bytes: usize,
 }
@@ -38,6 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(debug::actor)
         .service(health::healthz)
         .service(health::readyz)
+        .service(health::metrics)
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
         }));

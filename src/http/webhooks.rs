@@ -7,8 +7,11 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::Instrument;
 
+use std::time::Instant;
+
 use super::{AppState, error::ApiError};
 use crate::livekit;
+use crate::room::Delivered;
 
 #[derive(Serialize)]
 struct Ack<'a> {
@@ -24,19 +27,54 @@ pub async fn receive(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let started = Instant::now();
+    // The event's name once the body is verified; unverified requests are
+    // counted as "unknown" so nobody can mint metric labels.
+    let mut event = None;
+    let result = accept(&req, payload, &state, &mut event).await;
+    let outcome = match &result {
+        Ok(delivered) => delivered.as_str(),
+        Err(err) => err.code(),
+    };
+    let event = event.unwrap_or_else(|| "unknown".to_owned());
+    state
+        .metrics
+        .webhooks
+        .with_label_values(&[event.as_str(), outcome])
+        .inc();
+    state
+        .metrics
+        .webhook_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let delivered = result?;
+    Ok(HttpResponse::Ok().json(Ack {
+        status: "ok",
+        event: &event,
+        outcome: delivered.as_str(),
+        duplicate: delivered == Delivered::Duplicate,
+    }))
+}
+
+async fn accept(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    event: &mut Option<String>,
+) -> Result<Delivered, ApiError> {
+    let body = read_body(req, payload, state.max_body_bytes).await?;
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     state.verifier.verify(authorization, &body)?;
     let delivery = livekit::parse(&body, chrono::Utc::now())?;
-    let event = delivery.event.clone();
+    *event = Some(delivery.event.clone());
     let span = tracing::info_span!(
         "webhook",
-        event = %event,
+        event = %delivery.event,
         event_id = delivery.id.as_deref().unwrap_or(""),
         room = delivery.room.as_ref().map_or("", |r| r.name.as_str()),
+        room_sid = delivery.room.as_ref().and_then(|r| r.sid.as_deref()).unwrap_or(""),
         identity = delivery.participant().map_or("", |p| p.identity.as_str()),
     );
     let delivered = state
@@ -45,12 +83,7 @@ pub async fn receive(
         .instrument(span.clone())
         .await?;
     span.in_scope(|| tracing::info!(outcome = delivered.as_str(), "webhook committed"));
-    Ok(HttpResponse::Ok().json(Ack {
-        status: "ok",
-        event: &event,
-        outcome: delivered.as_str(),
-        duplicate: delivered == crate::room::Delivered::Duplicate,
-    }))
+    Ok(delivered)
 }
 
 /// Reads the raw body, refusing more than `limit` bytes before reading them

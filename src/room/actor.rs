@@ -14,7 +14,6 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -27,6 +26,7 @@ use super::event::{Delivery, RoomEvent, RoomRef};
 use super::record::{Changes, StoredRoom};
 use super::snapshot::{Counters, LastEvent, RoomSnapshot};
 use super::state::{Correction, Outcome, RoomState, RoomTruth, Transition};
+use crate::metrics::Metrics;
 use crate::store::{self, Committed, EventRecord, StoreError, Writer};
 
 /// What became of one delivered event.
@@ -105,8 +105,7 @@ pub struct ActorParts {
     pub snapshots: Snapshots,
     pub mailbox_capacity: usize,
     pub lifecycle: Lifecycle,
-    /// Actors rebuilt after a crash or a failed commit.
-    pub restarts: Arc<AtomicU64>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct RoomActor {
@@ -138,7 +137,7 @@ impl RoomActor {
                 snapshots: parts.snapshots.clone(),
                 mailbox_capacity: parts.mailbox_capacity,
                 lifecycle: parts.lifecycle,
-                restarts: parts.restarts.clone(),
+                metrics: parts.metrics.clone(),
             },
             last_event: None,
             last_change: Instant::now(),
@@ -171,7 +170,7 @@ impl RoomActor {
     /// Stops after a failure: the next event for the room starts a new actor
     /// that loads what the database committed.
     fn restart(&mut self, ctx: &mut Context<Self>) {
-        self.parts.restarts.fetch_add(1, Ordering::Relaxed);
+        self.parts.metrics.actor_restarts.inc();
         self.unregister(ctx);
         ctx.stop();
     }

@@ -108,11 +108,19 @@ pub fn spawn(rooms: Rooms, service: Arc<RoomService>, interval: Duration) {
                         corrections = report.corrections.len(),
                         "reconciled with LiveKit"
                     );
+                    for c in &report.corrections {
+                        rooms
+                            .metrics()
+                            .reconcile_corrections
+                            .with_label_values(&[c.what.as_str()])
+                            .inc();
+                    }
                     rooms.set_reconcile_report(report);
                     backoff = Duration::from_secs(1).min(interval);
                     interval
                 }
                 Err(err) => {
+                    rooms.metrics().reconcile_failures.inc();
                     tracing::warn!(error = %err, retry_in_secs = backoff.as_secs(), "cannot reconcile with LiveKit; serving on webhooks alone");
                     rooms.set_reconcile_report(ReconcileReport {
                         finished_at: Utc::now(),

@@ -54,6 +54,17 @@ pub enum CorrectionKind {
     SessionOpened,
 }
 
+impl CorrectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoomEnded => "room_ended",
+            Self::RoomStarted => "room_started",
+            Self::SessionClosed => "session_closed",
+            Self::SessionOpened => "session_opened",
+        }
+    }
+}
+
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

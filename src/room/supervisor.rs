@@ -7,7 +7,7 @@
 //! registry's entry lock, and an actor loads its state after it is
 //! registered (its first message waits for that).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use super::event::{Action, Delivery};
 use super::reconciler::ReconcileReport;
 use super::snapshot::{RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, RoomTruth};
+use crate::metrics::Metrics;
 use crate::store::{self, Committed, EventRecord, StoreError, Writer};
 
 /// Rooms read per query during recovery (bounds its transient memory).
@@ -77,6 +78,7 @@ impl Rooms {
         writer: Writer,
         arbiter: ArbiterHandle,
         settings: SupervisorSettings,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let parts = ActorParts {
             db,
@@ -85,7 +87,7 @@ impl Rooms {
             snapshots: Snapshots::default(),
             mailbox_capacity: settings.mailbox_capacity.max(1),
             lifecycle: settings.lifecycle,
-            restarts: Arc::new(AtomicU64::new(0)),
+            metrics,
         };
         Self {
             inner: Arc::new(Inner {
@@ -150,7 +152,7 @@ impl Rooms {
         match self.registry().entry(name.to_owned()) {
             Entry::Occupied(slot) if slot.get().connected() => slot.get().clone(),
             Entry::Occupied(mut slot) => {
-                self.inner.parts.restarts.fetch_add(1, Ordering::Relaxed);
+                self.inner.parts.metrics.actor_restarts.inc();
                 tracing::warn!(room = %name, "room actor died; restarting it from the database");
                 let addr = self.start_actor(name.to_owned(), None);
                 slot.insert(addr.clone());
@@ -326,6 +328,14 @@ impl Rooms {
         store::active_room_names(&self.inner.parts.db).await
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.parts.metrics
+    }
+
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.inner.parts.metrics.clone()
+    }
+
     pub fn set_reconcile_report(&self, report: ReconcileReport) {
         *self
             .inner
@@ -334,10 +344,15 @@ impl Rooms {
             .expect("reconcile report lock") = Some(report);
     }
 
+    /// How many room actors are registered.
+    pub fn live_actors(&self) -> usize {
+        self.registry().len()
+    }
+
     pub fn status(&self) -> SupervisorStatus {
         SupervisorStatus {
-            live_actors: self.registry().len(),
-            restarts: self.inner.parts.restarts.load(Ordering::Relaxed),
+            live_actors: self.live_actors(),
+            restarts: self.inner.parts.metrics.actor_restarts.get(),
             recovered: self.is_recovered(),
             last_reconcile: self
                 .inner

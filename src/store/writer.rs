@@ -13,6 +13,7 @@
 //! from before a restart) commits none of its changes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -25,6 +26,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::entity::{participants, rooms, webhook_events};
+use crate::metrics::Metrics;
 use crate::room::record::{Changes, RoomRecord, SessionRecord};
 
 /// Rows per multi-row upsert: well inside SQLite's and PostgreSQL's limits on
@@ -70,9 +72,14 @@ pub struct Writer {
 
 impl Writer {
     /// Spawns the writer on the current runtime.
-    pub fn start(db: DatabaseConnection, max_batch: usize, queue: usize) -> Self {
+    pub fn start(
+        db: DatabaseConnection,
+        max_batch: usize,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (jobs, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(db, rx, max_batch.max(1)));
+        tokio::spawn(run(db, rx, max_batch.max(1), metrics));
         Self { jobs }
     }
 
@@ -95,12 +102,18 @@ impl Writer {
     }
 }
 
-async fn run(db: DatabaseConnection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+async fn run(
+    db: DatabaseConnection,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
         let started = std::time::Instant::now();
         match write(&db, &batch).await {
             Ok(results) => {
+                metrics.commit_batch_size.observe(batch.len() as f64);
                 tracing::debug!(
                     events = batch.len(),
                     elapsed_us = started.elapsed().as_micros() as u64,
