@@ -6,6 +6,7 @@ mod debug;
 pub mod error;
 mod health;
 mod rooms;
+mod stream;
 mod webhooks;
 
 use actix_web::web;
@@ -35,6 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(rooms::list)
         .service(rooms::room)
         .service(rooms::participants)
+        .service(stream::room_stream)
         .service(debug::actors)
         .service(debug::actor)
         .service(health::healthz)

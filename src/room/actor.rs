@@ -23,8 +23,9 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::event::{Delivery, RoomEvent, RoomRef};
+use super::feed::Feeds;
 use super::record::{Changes, StoredRoom};
-use super::snapshot::{Counters, LastEvent, RoomSnapshot};
+use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
 use super::state::{Correction, Outcome, RoomState, RoomTruth, Transition};
 use crate::metrics::Metrics;
 use crate::store::{self, Committed, EventRecord, StoreError, Writer};
@@ -106,6 +107,7 @@ pub struct ActorParts {
     pub mailbox_capacity: usize,
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
+    pub feeds: Arc<Feeds>,
 }
 
 pub struct RoomActor {
@@ -138,6 +140,7 @@ impl RoomActor {
                 mailbox_capacity: parts.mailbox_capacity,
                 lifecycle: parts.lifecycle,
                 metrics: parts.metrics.clone(),
+                feeds: parts.feeds.clone(),
             },
             last_event: None,
             last_change: Instant::now(),
@@ -158,6 +161,15 @@ impl RoomActor {
             self.parts
                 .snapshots
                 .insert(self.name.clone(), Arc::new(snapshot));
+        }
+    }
+
+    /// Tells live subscribers what the last commit changed.
+    fn publish_update(&self, event: &str, identity: Option<String>) {
+        if let Some(room) = self.state.as_ref().and_then(|s| s.current()) {
+            self.parts
+                .feeds
+                .publish(&self.name, event, identity, RoomView::of_instance(room));
         }
     }
 
@@ -210,6 +222,7 @@ impl RoomActor {
                     // actor; and the snapshot goes: reads fall back to the database.
                     act.unregister(ctx);
                     act.parts.snapshots.remove(&act.name);
+                    act.parts.feeds.close(&act.name);
                     ctx.stop();
                 }
                 _ => act.schedule_retirement(ctx),
@@ -348,6 +361,7 @@ impl Handler<Apply> for RoomActor {
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         let participant = event.participant();
+        let identity = participant.map(|p| p.identity.clone());
         let record = EventRecord {
             event_id: delivery.id.clone(),
             event: delivery.event.clone(),
@@ -365,7 +379,10 @@ impl Handler<Apply> for RoomActor {
             let result = committed.map(|c| match c {
                 Committed::Stored => {
                     match outcome {
-                        Outcome::Applied => act.counters.applied += 1,
+                        Outcome::Applied => {
+                            act.counters.applied += 1;
+                            act.publish_update(&delivery.event, identity.clone());
+                        }
                         Outcome::Ignored => act.counters.ignored += 1,
                         Outcome::Stale => act.counters.stale += 1,
                     }
@@ -441,6 +458,7 @@ impl Handler<Reconcile> for RoomActor {
         };
         self.commit(next, transition, record, reply, move |act, committed| {
             if committed.is_ok() {
+                act.publish_update("reconcile", None);
                 for c in &corrections {
                     tracing::info!(room = %act.name, correction = ?c.what, identity = ?c.identity, sid = ?c.sid, "reconciled with LiveKit");
                 }

@@ -4,6 +4,7 @@
 
 pub mod actor;
 pub mod event;
+pub mod feed;
 pub mod reconciler;
 pub mod record;
 pub mod snapshot;

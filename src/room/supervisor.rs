@@ -23,6 +23,7 @@ use super::actor::{
     Snapshots,
 };
 use super::event::{Action, Delivery};
+use super::feed::{Feeds, Subscription};
 use super::reconciler::ReconcileReport;
 use super::snapshot::{RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, RoomTruth};
@@ -88,6 +89,7 @@ impl Rooms {
             mailbox_capacity: settings.mailbox_capacity.max(1),
             lifecycle: settings.lifecycle,
             metrics,
+            feeds: Arc::new(Feeds::default()),
         };
         Self {
             inner: Arc::new(Inner {
@@ -290,6 +292,11 @@ impl Rooms {
         }
         let room = store::find_latest_room(&self.inner.parts.db, name).await?;
         Ok(room.as_ref().map(RoomView::of_record))
+    }
+
+    /// Live updates of a room, for a new subscriber.
+    pub fn subscribe(&self, name: &str, last_event_id: Option<&str>) -> Subscription {
+        self.inner.parts.feeds.subscribe(name, last_event_id)
     }
 
     /// Every published snapshot, by room name.

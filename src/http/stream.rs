@@ -1,0 +1,91 @@
+//! `GET /v1/rooms/{name}/stream`: Server-Sent Events with the room's count and
+//! its joins and leaves as they commit, so frontends need not poll. The first
+//! event is the current snapshot, or, for a client reconnecting with
+//! `Last-Event-ID`, exactly the updates it missed.
+
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use futures_util::{StreamExt, stream};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::auth::Reader;
+use super::{AppState, error::ApiError};
+use crate::room::Rooms;
+
+fn sse(id: &str, event: &str, data: &serde_json::Value) -> Result<Bytes, actix_web::Error> {
+    Ok(Bytes::from(format!(
+        "id: {id}\nevent: {event}\ndata: {data}\n\n"
+    )))
+}
+
+/// The room now, as a `snapshot` event standing for update `id`.
+async fn snapshot(rooms: &Rooms, name: &str, id: &str) -> Result<Bytes, actix_web::Error> {
+    let room = rooms.room_view(name).await.ok().flatten();
+    let participants = rooms
+        .snapshot(name)
+        .map(|s| s.participants.clone())
+        .unwrap_or_default();
+    sse(
+        id,
+        "snapshot",
+        &json!({ "room": room, "participants": participants }),
+    )
+}
+
+#[get("/v1/rooms/{name}/stream")]
+pub async fn room_stream(
+    req: HttpRequest,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    Reader::of(&req, &state.tokens)?.require_room(&name)?;
+    if state.rooms.room_view(&name).await?.is_none() {
+        return Err(ApiError::RoomNotFound(name));
+    }
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok());
+    let subscription = state.rooms.subscribe(&name, last_event_id);
+    let rooms = state.rooms.clone();
+
+    let first: Vec<Result<Bytes, actix_web::Error>> = match subscription.replay {
+        Some(missed) => missed
+            .iter()
+            .map(|u| {
+                sse(
+                    &u.id,
+                    "update",
+                    &serde_json::to_value(u.as_ref()).unwrap_or_default(),
+                )
+            })
+            .collect(),
+        None => vec![snapshot(&rooms, &name, &subscription.snapshot_id).await],
+    };
+    let live = stream::unfold(
+        (subscription.updates, rooms, name),
+        |(mut updates, rooms, name)| async move {
+            let item = match updates.recv().await {
+                Ok(u) => sse(
+                    &u.id,
+                    "update",
+                    &serde_json::to_value(u.as_ref()).unwrap_or_default(),
+                ),
+                // This client fell behind: it gets the room as it is now instead
+                // of the updates it missed (the room never waited for it).
+                Err(RecvError::Lagged(_)) => {
+                    let id = rooms.subscribe(&name, None).snapshot_id;
+                    snapshot(&rooms, &name, &id).await
+                }
+                Err(RecvError::Closed) => return None,
+            };
+            Some((item, (updates, rooms, name)))
+        },
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(stream::iter(first).chain(live)))
+}

@@ -1,0 +1,203 @@
+//! Live updates for frontends: what each room's actor committed, fanned out
+//! to Server-Sent-Events subscribers.
+//!
+//! The actor only pushes into a `broadcast` channel, which never waits: a
+//! subscriber that does not keep up lags and is sent a fresh snapshot, it
+//! never slows the room down. The last `RING` updates are kept, so a client
+//! that reconnects with `Last-Event-ID` gets exactly what it missed, or a
+//! fresh snapshot when that is no longer possible (too old, or an id from
+//! before a restart: ids carry the process's epoch).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::snapshot::RoomView;
+
+/// Updates kept per room for resuming clients.
+const RING: usize = 128;
+
+/// One committed change, as subscribers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Update {
+    #[serde(skip)]
+    pub id: String,
+    /// What happened: the webhook's event name, or `reconcile`.
+    pub event: String,
+    pub identity: Option<String>,
+    pub room: RoomView,
+}
+
+/// The sequence number of the last update and the last `RING` updates.
+#[derive(Default)]
+struct Ring {
+    last: u64,
+    kept: VecDeque<(u64, Arc<Update>)>,
+}
+
+struct Feed {
+    /// One lock for both publishing and subscribing, so nobody sees a gap.
+    ring: Mutex<Ring>,
+    tx: broadcast::Sender<Arc<Update>>,
+}
+
+/// What a new subscriber starts from.
+pub struct Subscription {
+    /// Updates missed since `Last-Event-ID`, or `None`: start from a snapshot.
+    pub replay: Option<Vec<Arc<Update>>>,
+    /// The id a snapshot sent now stands for.
+    pub snapshot_id: String,
+    pub updates: broadcast::Receiver<Arc<Update>>,
+}
+
+pub struct Feeds {
+    epoch: String,
+    rooms: DashMap<String, Arc<Feed>>,
+}
+
+impl Default for Feeds {
+    fn default() -> Self {
+        Self {
+            epoch: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            rooms: DashMap::new(),
+        }
+    }
+}
+
+impl Feeds {
+    fn id(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.epoch)
+    }
+
+    /// Records a committed change; a no-op for rooms nobody subscribed to.
+    pub fn publish(&self, name: &str, event: &str, identity: Option<String>, room: RoomView) {
+        let Some(feed) = self.rooms.get(name).map(|f| f.clone()) else {
+            return;
+        };
+        let mut ring = feed.ring.lock().expect("feed lock");
+        ring.last += 1;
+        let seq = ring.last;
+        let update = Arc::new(Update {
+            id: self.id(seq),
+            event: event.to_owned(),
+            identity,
+            room,
+        });
+        if ring.kept.len() == RING {
+            ring.kept.pop_front();
+        }
+        ring.kept.push_back((seq, update.clone()));
+        // Never waits: a receiver that falls behind lags instead.
+        let _ = feed.tx.send(update);
+    }
+
+    pub fn subscribe(&self, name: &str, last_event_id: Option<&str>) -> Subscription {
+        let feed = self
+            .rooms
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Feed {
+                    ring: Mutex::new(Ring::default()),
+                    tx: broadcast::channel(RING).0,
+                })
+            })
+            .clone();
+        let ring = feed.ring.lock().expect("feed lock");
+        let Ring { last, kept } = &*ring;
+        let resume_after = last_event_id
+            .and_then(|id| id.split_once('-'))
+            .filter(|(epoch, _)| *epoch == self.epoch)
+            .and_then(|(_, seq)| seq.parse::<u64>().ok())
+            .filter(|seq| seq <= last);
+        let replay = resume_after.and_then(|after| {
+            let oldest = kept.front().map_or(last + 1, |(seq, _)| *seq);
+            (after + 1 >= oldest).then(|| {
+                kept.iter()
+                    .filter(|(seq, _)| *seq > after)
+                    .map(|(_, u)| u.clone())
+                    .collect()
+            })
+        });
+        Subscription {
+            replay,
+            snapshot_id: self.id(*last),
+            updates: feed.tx.subscribe(),
+        }
+    }
+
+    /// Ends a room's feed (its actor retired): subscribers' streams close and
+    /// they reconnect to a snapshot.
+    pub fn close(&self, name: &str) {
+        self.rooms.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::record::{RoomRecord, RoomStatus};
+
+    fn view(count: i32) -> RoomView {
+        RoomView::of_record(&RoomRecord {
+            id: uuid::Uuid::nil(),
+            name: "r".into(),
+            sid: None,
+            status: RoomStatus::Active,
+            current_participants: count,
+            started_at: chrono::Utc::now(),
+            ended_at: None,
+            end_reason: None,
+        })
+    }
+
+    #[test]
+    fn a_subscriber_that_falls_behind_lags_and_the_publisher_never_waits() {
+        let feeds = Feeds::default();
+        let mut sub = feeds.subscribe("r", None);
+        for i in 0..(RING as i32 * 3) {
+            feeds.publish("r", "participant_joined", None, view(i));
+        }
+        assert!(matches!(
+            sub.updates.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+    }
+
+    #[test]
+    fn resuming_replays_what_was_missed_or_asks_for_a_snapshot() {
+        let feeds = Feeds::default();
+        let first = feeds.subscribe("r", None);
+        assert!(first.replay.is_none());
+        for i in 1..=3 {
+            feeds.publish("r", "participant_joined", None, view(i));
+        }
+        let after_one = format!("{}-1", feeds.epoch);
+        let replay = feeds
+            .subscribe("r", Some(&after_one))
+            .replay
+            .expect("resumable");
+        assert_eq!(
+            replay
+                .iter()
+                .map(|u| u.room.participant_count)
+                .collect::<Vec<_>>(),
+            [2, 3]
+        );
+        // Too old to replay: the ring has moved past it.
+        for i in 4..(RING as i32 + 10) {
+            feeds.publish("r", "participant_joined", None, view(i));
+        }
+        assert!(feeds.subscribe("r", Some(&after_one)).replay.is_none());
+        // From the future, or another process: a snapshot.
+        assert!(
+            feeds
+                .subscribe("r", Some(&format!("{}-99999", feeds.epoch)))
+                .replay
+                .is_none()
+        );
+        assert!(feeds.subscribe("r", Some("other-1")).replay.is_none());
+    }
+}

@@ -1,0 +1,198 @@
+//! Server-Sent Events: a connected client sees joins and leaves in commit
+//! order; a reconnect with Last-Event-ID misses nothing; a client that never
+//! reads does not hold the room up.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{KEY, SECRET, TestApp, lk};
+use livekit_api::access_token::{AccessToken, VideoGrants};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn token(room: &str) -> String {
+    AccessToken::with_api_key(KEY, SECRET)
+        .with_identity("viewer")
+        .with_grants(VideoGrants {
+            room_join: true,
+            room: room.into(),
+            ..Default::default()
+        })
+        .to_jwt()
+        .unwrap()
+}
+
+/// One SSE connection, read event by event.
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+struct Event {
+    id: String,
+    kind: String,
+    data: Value,
+}
+
+impl Events {
+    async fn open(app: &TestApp, room: &str, last_event_id: Option<&str>) -> Self {
+        let mut request = app
+            .client
+            .get(format!("{}/v1/rooms/{room}/stream", app.base))
+            .bearer_auth(token(room));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Event {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                return Event {
+                    id: field("id"),
+                    kind: field("event"),
+                    data: serde_json::from_str(&field("data")).unwrap(),
+                };
+            }
+            // A guard against a hung test, not a speed requirement.
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.response.chunk())
+                .await
+                .expect("an event within 20 s")
+                .unwrap()
+                .expect("the stream is open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+async fn a_connected_client_sees_joins_and_leaves_in_order(app: &TestApp) {
+    app.ok(&lk::joined("live", "RM_live", "PA_0", "host").body())
+        .await;
+    let mut events = Events::open(app, "live", None).await;
+    let first = events.next().await;
+    assert_eq!(first.kind, "snapshot");
+    assert_eq!(first.data["room"]["participant_count"], 1);
+    assert_eq!(first.data["participants"][0]["identity"], "host");
+
+    for who in ["ann", "bob"] {
+        app.ok(&lk::joined("live", "RM_live", &format!("PA_{who}"), who).body())
+            .await;
+    }
+    app.ok(&lk::left("live", "RM_live", "PA_ann", "ann").body())
+        .await;
+    let seen: Vec<(String, String, u64)> = {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let e = events.next().await;
+            assert_eq!(e.kind, "update");
+            seen.push((
+                e.data["event"].as_str().unwrap().to_owned(),
+                e.data["identity"].as_str().unwrap().to_owned(),
+                e.data["room"]["participant_count"].as_u64().unwrap(),
+            ));
+        }
+        seen
+    };
+    assert_eq!(
+        seen,
+        [
+            ("participant_joined".into(), "ann".into(), 2),
+            ("participant_joined".into(), "bob".into(), 3),
+            ("participant_left".into(), "ann".into(), 2),
+        ]
+    );
+}
+on_every_backend!(
+    a_connected_client_sees_joins_and_leaves_in_order_on_every_backend,
+    a_connected_client_sees_joins_and_leaves_in_order
+);
+
+async fn a_reconnect_with_last_event_id_misses_nothing(app: &TestApp) {
+    app.ok(&lk::joined("resume", "RM_res", "PA_0", "host").body())
+        .await;
+    let mut events = Events::open(app, "resume", None).await;
+    assert_eq!(events.next().await.kind, "snapshot");
+    app.ok(&lk::joined("resume", "RM_res", "PA_1", "one").body())
+        .await;
+    let seen = events.next().await;
+    drop(events);
+
+    // While the client is away:
+    app.ok(&lk::joined("resume", "RM_res", "PA_2", "two").body())
+        .await;
+    app.ok(&lk::joined("resume", "RM_res", "PA_3", "three").body())
+        .await;
+
+    let mut events = Events::open(app, "resume", Some(&seen.id)).await;
+    let missed = [events.next().await, events.next().await];
+    let who: Vec<&str> = missed
+        .iter()
+        .map(|e| e.data["identity"].as_str().unwrap())
+        .collect();
+    assert!(
+        missed.iter().all(|e| e.kind == "update"),
+        "replayed, not a snapshot"
+    );
+    assert_eq!(who, ["two", "three"]);
+    assert_eq!(missed[1].data["room"]["participant_count"], 4);
+
+    // An id this process never issued (an earlier run's) gets a fresh snapshot.
+    let mut events = Events::open(app, "resume", Some("0badc0de-7")).await;
+    let fresh = events.next().await;
+    assert_eq!(fresh.kind, "snapshot");
+    assert_eq!(fresh.data["room"]["participant_count"], 4);
+}
+on_every_backend!(
+    a_reconnect_with_last_event_id_misses_nothing_on_every_backend,
+    a_reconnect_with_last_event_id_misses_nothing
+);
+
+async fn a_client_that_never_reads_does_not_hold_the_room_up(app: &TestApp) {
+    app.ok(&lk::joined("slow", "RM_slow", "PA_0", "host").body())
+        .await;
+    let stalled = Events::open(app, "slow", None).await;
+    // More updates than the feed keeps for a subscriber; each must be
+    // committed and answered while the client reads nothing.
+    for i in 1..=400 {
+        app.ok(&lk::joined("slow", "RM_slow", &format!("PA_{i}"), &format!("p{i}")).body())
+            .await;
+    }
+    assert_eq!(app.count("slow").await, 401);
+    // When it finally reads, it catches up (with the updates the socket held,
+    // or a snapshot if it fell too far behind) and ends at the room as it is.
+    let mut stalled = stalled;
+    let mut last_count = 0;
+    while last_count != 401 {
+        let e = stalled.next().await;
+        let count = e.data["room"]["participant_count"].as_u64().unwrap();
+        assert!(count >= last_count, "counts never go back");
+        last_count = count;
+    }
+    drop(stalled);
+    let (status, _) = app.get("/v1/rooms/slow/stream").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the stream needs a token for the room"
+    );
+}
+on_every_backend!(
+    a_client_that_never_reads_does_not_hold_the_room_up_on_every_backend,
+    a_client_that_never_reads_does_not_hold_the_room_up
+);
