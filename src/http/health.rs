@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness, metrics and the API description.
 
 use actix_web::{HttpResponse, get, web};
 use serde_json::json;
@@ -36,4 +36,12 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
+}
+
+/// The OpenAPI document of this API.
+#[get("/openapi.json")]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("openapi.json"))
 }

@@ -42,6 +42,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(health::healthz)
         .service(health::readyz)
         .service(health::metrics)
+        .service(health::openapi)
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
         }));
