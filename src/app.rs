@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actix::Arbiter;
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::Condition;
 use actix_web::{App, HttpServer, web};
 
 use crate::config::Settings;
@@ -94,8 +95,13 @@ impl Application {
             db: db.clone(),
             max_body_bytes: settings.server.max_body_bytes,
         });
+        let cors_origins = settings.api.cors_origins.clone();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(Condition::new(
+                    !cors_origins.is_empty(),
+                    http::cors(&cors_origins),
+                ))
                 .app_data(state.clone())
                 .configure(http::configure)
         })

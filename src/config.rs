@@ -29,6 +29,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
     pub public_counts: bool,
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -135,6 +136,7 @@ impl Default for Settings {
             },
             api: ApiSettings {
                 public_counts: true,
+                cors_origins: Vec::new(),
             },
             log: LogSettings {
                 level: "info".into(),

@@ -322,3 +322,49 @@ on_every_backend!(
     metrics_reflect_a_known_sequence_of_events_on_every_backend,
     metrics_reflect_a_known_sequence_of_events
 );
+
+#[actix_web::test]
+async fn cors_lets_the_configured_frontend_read() {
+    let db = common::TestDb::sqlite();
+    let mut settings = common::settings_for(&db);
+    settings.api.cors_origins = vec!["https://app.example.com".into()];
+    let app = common::spawn_app_with(settings, db.backend).await;
+    seed(&app).await;
+    let response = app
+        .client
+        .get(format!("{}/v1/rooms/lobby-a", app.base))
+        .header("Origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let preflight = app
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/rooms/lobby-a/participants", app.base),
+        )
+        .header("Origin", "https://app.example.com")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), StatusCode::OK);
+    let other = app
+        .client
+        .get(format!("{}/v1/rooms/lobby-a", app.base))
+        .header("Origin", "https://evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // LiveKit's server-to-server webhooks carry no Origin and are unaffected.
+    app.ok(&lk::joined("lobby-a", "RM_la", "PA_a3", "amy").body())
+        .await;
+    app.stop().await;
+}

@@ -31,6 +31,24 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
+/// CORS for the frontend's origins: reads only (GET), with the Authorization
+/// header for LiveKit tokens and Last-Event-ID for resuming streams.
+pub fn cors(origins: &[String]) -> actix_cors::Cors {
+    let cors = actix_cors::Cors::default()
+        .allowed_methods(["GET"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(3600);
+    if origins.iter().any(|o| o == "*") {
+        return cors.allow_any_origin();
+    }
+    origins
+        .iter()
+        .fold(cors, |cors, origin| cors.allowed_origin(origin))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(webhooks::receive)
         .service(rooms::list)
