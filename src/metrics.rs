@@ -16,6 +16,8 @@ pub struct Metrics {
     /// Events per committed transaction.
     pub commit_batch_size: Histogram,
     pub live_actors: IntGauge,
+    /// Messages waiting in room mailboxes, all rooms together.
+    pub mailbox_depth: IntGauge,
     pub actor_restarts: IntCounter,
     pub reconcile_corrections: IntCounterVec,
     pub reconcile_failures: IntCounter,
@@ -45,6 +47,8 @@ impl Metrics {
         .expect("valid metric");
         let live_actors =
             IntGauge::new("live_actors", "Room actors running").expect("valid metric");
+        let mailbox_depth = IntGauge::new("mailbox_depth", "Messages waiting in room mailboxes")
+            .expect("valid metric");
         let actor_restarts = IntCounter::new(
             "actor_restarts_total",
             "Room actors rebuilt after a crash or a failed commit",
@@ -68,6 +72,7 @@ impl Metrics {
             Box::new(webhook_seconds.clone()),
             Box::new(commit_batch_size.clone()),
             Box::new(live_actors.clone()),
+            Box::new(mailbox_depth.clone()),
             Box::new(actor_restarts.clone()),
             Box::new(reconcile_corrections.clone()),
             Box::new(reconcile_failures.clone()),
@@ -82,6 +87,7 @@ impl Metrics {
             webhook_seconds,
             commit_batch_size,
             live_actors,
+            mailbox_depth,
             actor_restarts,
             reconcile_corrections,
             reconcile_failures,

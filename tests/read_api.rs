@@ -129,6 +129,13 @@ async fn every_read_route_answers(app: &TestApp) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["snapshot"]["counters"]["applied"], 2);
     assert_eq!(one["snapshot"]["last_event"]["event"], "participant_joined");
+    assert_eq!(
+        one["mailbox_depth"], 0,
+        "nothing waits once the replies are in"
+    );
+    let recent = one["snapshot"]["recent_events"].as_array().unwrap();
+    assert_eq!(recent.len(), 2);
+    assert!(recent.iter().all(|e| e["outcome"] == "applied"));
     let (status, _) = get(app, "/v1/debug/actors/nowhere", Some(&admin)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
@@ -317,6 +324,7 @@ async fn metrics_reflect_a_known_sequence_of_events(app: &TestApp) {
     );
     assert_eq!(sample(&text, "roomd_live_actors"), 1.0);
     assert_eq!(sample(&text, "roomd_actor_restarts_total"), 0.0);
+    assert_eq!(sample(&text, "roomd_mailbox_depth"), 0.0);
 }
 on_every_backend!(
     metrics_reflect_a_known_sequence_of_events_on_every_backend,

@@ -22,6 +22,7 @@ pub async fn actors(
                 "sid": s.room.as_ref().and_then(|r| r.sid.clone()),
                 "status": s.room.as_ref().map(|r| r.status),
                 "participant_count": s.room.as_ref().map_or(0, |r| r.participant_count),
+                "mailbox_depth": state.rooms.mailbox_depth(&name),
                 "last_event": s.last_event,
                 "counters": s.counters,
                 "actor_started_at": s.actor_started_at,
@@ -40,9 +41,11 @@ pub async fn actor(
     Reader::of(&req, &state.tokens)?.require_admin()?;
     let name = name.into_inner();
     match state.rooms.snapshot(&name) {
-        Some(snapshot) => {
-            Ok(HttpResponse::Ok().json(json!({ "room": name, "snapshot": snapshot })))
-        }
+        Some(snapshot) => Ok(HttpResponse::Ok().json(json!({
+            "room": name,
+            "mailbox_depth": state.rooms.mailbox_depth(&name),
+            "snapshot": snapshot,
+        }))),
         None => Err(ApiError::RoomNotFound(name)),
     }
 }

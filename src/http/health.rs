@@ -33,6 +33,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .metrics
         .live_actors
         .set(state.rooms.live_actors() as i64);
+    state
+        .metrics
+        .mailbox_depth
+        .set(state.rooms.mailbox_depth_total() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -12,8 +12,10 @@
 //! An actor retires itself a grace period after its room finishes, and after
 //! an idle timeout with nobody in; the room stays readable from the database.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -58,6 +60,23 @@ pub enum RoomError {
     Crashed(String),
 }
 
+/// A message's place in its room's mailbox: counted from `try_send` until
+/// the actor takes the message (or it is dropped with a dead actor).
+pub struct QueueSlot(Arc<AtomicUsize>);
+
+impl QueueSlot {
+    pub fn new(depth: &Arc<AtomicUsize>) -> Self {
+        depth.fetch_add(1, Ordering::Relaxed);
+        Self(depth.clone())
+    }
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Apply one event to the room. Carries its own reply channel: the sender
 /// `try_send`s it and awaits the channel, so a full mailbox is refused at
 /// once and a caller that goes away does not cancel an event already queued.
@@ -68,6 +87,7 @@ pub struct Apply {
     pub room: RoomRef,
     pub event: RoomEvent,
     pub reply: oneshot::Sender<Result<Delivered, RoomError>>,
+    pub slot: QueueSlot,
 }
 
 /// Make the room agree with LiveKit's RoomService, unless a webhook for it
@@ -79,6 +99,7 @@ pub struct Reconcile {
     pub truth: Option<RoomTruth>,
     pub fetched_at: Instant,
     pub reply: oneshot::Sender<Result<Reconciled, RoomError>>,
+    pub slot: QueueSlot,
 }
 
 #[derive(Debug)]
@@ -87,6 +108,9 @@ pub enum Reconciled {
     /// A webhook raced the fetch; nothing was changed.
     Skipped,
 }
+
+/// Events an actor keeps for the debug view.
+const RECENT: usize = 16;
 
 pub type Registry = Arc<DashMap<String, Addr<RoomActor>>>;
 pub type Snapshots = Arc<DashMap<String, Arc<RoomSnapshot>>>;
@@ -116,7 +140,8 @@ pub struct RoomActor {
     state: Option<RoomState>,
     preloaded: Option<RoomState>,
     parts: ActorParts,
-    last_event: Option<LastEvent>,
+    /// The last events handled, newest last (at most `RECENT`).
+    recent: VecDeque<Arc<LastEvent>>,
     /// When this actor last committed a change (webhook or reconcile).
     last_change: Instant,
     counters: Counters,
@@ -142,7 +167,7 @@ impl RoomActor {
                 metrics: parts.metrics.clone(),
                 feeds: parts.feeds.clone(),
             },
-            last_event: None,
+            recent: VecDeque::new(),
             last_change: Instant::now(),
             counters: Counters::default(),
             started_at: Utc::now(),
@@ -150,14 +175,16 @@ impl RoomActor {
         }
     }
 
+    fn remember(&mut self, event: LastEvent) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Arc::new(event));
+    }
+
     fn publish(&self) {
         if let Some(state) = &self.state {
-            let snapshot = RoomSnapshot::of(
-                state,
-                self.last_event.clone(),
-                self.counters,
-                self.started_at,
-            );
+            let snapshot = RoomSnapshot::of(state, &self.recent, self.counters, self.started_at);
             self.parts
                 .snapshots
                 .insert(self.name.clone(), Arc::new(snapshot));
@@ -341,7 +368,9 @@ impl Handler<Apply> for RoomActor {
             room,
             event,
             reply,
+            slot,
         } = msg;
+        drop(slot);
         let Some(state) = &self.state else {
             // Only reachable if loading failed; the actor is stopping.
             let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
@@ -395,7 +424,7 @@ impl Handler<Apply> for RoomActor {
             });
             if let Ok(delivered) = &result {
                 tracing::debug!(room = %act.name, event_id = ?delivery.id, event = %delivery.event, outcome = delivered.as_str(), "event committed");
-                act.last_event = Some(LastEvent {
+                act.remember(LastEvent {
                     id: delivery.id.clone(),
                     event: delivery.event.clone(),
                     outcome: delivered.as_str(),
@@ -415,9 +444,11 @@ impl Handler<Reconcile> for RoomActor {
             truth,
             fetched_at,
             reply,
+            slot,
         } = msg;
+        drop(slot);
         let state = match &self.state {
-            Some(state) if self.last_change <= fetched_at || self.last_event.is_none() => state,
+            Some(state) if self.last_change <= fetched_at || self.recent.is_empty() => state,
             Some(_) => {
                 let _ = reply.send(Ok(Reconciled::Skipped));
                 return AtomicResponse::new(Box::pin(fut::ready(())));
@@ -462,7 +493,7 @@ impl Handler<Reconcile> for RoomActor {
                 for c in &corrections {
                     tracing::info!(room = %act.name, correction = ?c.what, identity = ?c.identity, sid = ?c.sid, "reconciled with LiveKit");
                 }
-                act.last_event = Some(LastEvent {
+                act.remember(LastEvent {
                     id: None,
                     event: "reconcile".into(),
                     outcome: Outcome::Applied.as_str(),

@@ -1,7 +1,8 @@
 //! Immutable pictures of a room, published by its actor after each commit.
 //! Reads take the latest one without going through the actor's mailbox.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -97,7 +98,9 @@ pub struct RoomSnapshot {
     pub participants: Vec<ParticipantView>,
     /// Closed sessions and tombstones the actor still holds.
     pub closed_sessions: usize,
-    pub last_event: Option<LastEvent>,
+    pub last_event: Option<Arc<LastEvent>>,
+    /// The last events the actor handled, oldest first, with their outcomes.
+    pub recent_events: Vec<Arc<LastEvent>>,
     pub counters: Counters,
     pub actor_started_at: DateTime<Utc>,
 }
@@ -105,7 +108,7 @@ pub struct RoomSnapshot {
 impl RoomSnapshot {
     pub fn of(
         state: &RoomState,
-        last_event: Option<LastEvent>,
+        recent: &VecDeque<Arc<LastEvent>>,
         counters: Counters,
         actor_started_at: DateTime<Utc>,
     ) -> Self {
@@ -120,7 +123,8 @@ impl RoomSnapshot {
             room: current.map(RoomView::of_instance),
             participants,
             closed_sessions: current.map_or(0, |c| c.closed_sessions().count()),
-            last_event,
+            last_event: recent.back().cloned(),
+            recent_events: recent.iter().cloned().collect(),
             counters,
             actor_started_at,
         }

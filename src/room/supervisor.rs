@@ -7,7 +7,7 @@
 //! registry's entry lock, and an actor loads its state after it is
 //! registered (its first message waits for that).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::actor::{
-    ActorParts, Apply, Delivered, Lifecycle, Reconcile, Reconciled, Registry, RoomActor, RoomError,
-    Snapshots,
+    ActorParts, Apply, Delivered, Lifecycle, QueueSlot, Reconcile, Reconciled, Registry, RoomActor,
+    RoomError, Snapshots,
 };
 use super::event::{Action, Delivery};
 use super::feed::{Feeds, Subscription};
@@ -63,6 +63,8 @@ struct Inner {
     arbiter: ArbiterHandle,
     settings: SupervisorSettings,
     recovered: AtomicBool,
+    /// Messages waiting in each room's mailbox.
+    depths: DashMap<String, Arc<AtomicUsize>>,
     last_reconcile: Mutex<Option<ReconcileReport>>,
 }
 
@@ -97,6 +99,7 @@ impl Rooms {
                 arbiter,
                 settings,
                 recovered: AtomicBool::new(false),
+                depths: DashMap::new(),
                 last_reconcile: Mutex::new(None),
             }),
         }
@@ -118,8 +121,12 @@ impl Rooms {
             count += page.len();
             for (name, stored) in page {
                 let state = RoomState::restore(name.clone(), stored);
-                let snapshot =
-                    RoomSnapshot::of(&state, None, Default::default(), chrono::Utc::now());
+                let snapshot = RoomSnapshot::of(
+                    &state,
+                    &Default::default(),
+                    Default::default(),
+                    chrono::Utc::now(),
+                );
                 self.inner
                     .parts
                     .snapshots
@@ -188,11 +195,12 @@ impl Rooms {
             }
         };
         let (reply, done) = oneshot::channel();
-        let msg = Apply {
+        let msg = |slot| Apply {
             delivery,
             room,
             event,
             reply,
+            slot,
         };
         self.ask(&room_name, msg, done).await
     }
@@ -202,7 +210,7 @@ impl Rooms {
     async fn ask<M, T>(
         &self,
         room: &str,
-        msg: M,
+        msg: impl FnOnce(QueueSlot) -> M,
         done: oneshot::Receiver<Result<T, RoomError>>,
     ) -> Result<T, DeliverError>
     where
@@ -213,7 +221,13 @@ impl Rooms {
             room: room.to_owned(),
             reason,
         };
-        match self.actor(room).try_send(msg) {
+        let depth = self
+            .inner
+            .depths
+            .entry(room.to_owned())
+            .or_default()
+            .clone();
+        match self.actor(room).try_send(msg(QueueSlot::new(&depth))) {
             Ok(()) => {}
             Err(SendError::Full(_)) => {
                 return Err(DeliverError::Busy {
@@ -242,10 +256,11 @@ impl Rooms {
         fetched_at: Instant,
     ) -> Result<Reconciled, DeliverError> {
         let (reply, done) = oneshot::channel();
-        let msg = Reconcile {
+        let msg = |slot| Reconcile {
             truth,
             fetched_at,
             reply,
+            slot,
         };
         self.ask(name, msg, done).await
     }
@@ -349,6 +364,23 @@ impl Rooms {
             .last_reconcile
             .lock()
             .expect("reconcile report lock") = Some(report);
+    }
+
+    /// Messages waiting in a room's mailbox.
+    pub fn mailbox_depth(&self, room: &str) -> usize {
+        self.inner
+            .depths
+            .get(room)
+            .map_or(0, |d| d.load(Ordering::Relaxed))
+    }
+
+    /// Messages waiting in every mailbox.
+    pub fn mailbox_depth_total(&self) -> usize {
+        self.inner
+            .depths
+            .iter()
+            .map(|d| d.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// How many room actors are registered.
