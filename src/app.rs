@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::Arbiter;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::Condition;
+use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::config::Settings;
@@ -98,6 +98,7 @@ impl Application {
         let cors_origins = settings.api.cors_origins.clone();
         let mut server = HttpServer::new(move || {
             App::new()
+                .wrap(from_fn(http::request_id::request_id))
                 .wrap(Condition::new(
                     !cors_origins.is_empty(),
                     http::cors(&cors_origins),

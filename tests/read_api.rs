@@ -376,3 +376,34 @@ async fn cors_lets_the_configured_frontend_read() {
         .await;
     app.stop().await;
 }
+
+async fn every_response_carries_a_request_id(app: &TestApp) {
+    let response = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    let made = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(made.len(), 32, "a fresh id when the caller sent none");
+    let response = app
+        .client
+        .get(format!("{}/v1/rooms/none", app.base))
+        .header("X-Request-Id", "proxy-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "proxy-42",
+        "the proxy's id is kept, errors too"
+    );
+}
+on_every_backend!(
+    every_response_carries_a_request_id_on_every_backend,
+    every_response_carries_a_request_id
+);

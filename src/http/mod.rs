@@ -5,6 +5,7 @@ mod auth;
 mod debug;
 pub mod error;
 mod health;
+pub mod request_id;
 mod rooms;
 mod stream;
 mod webhooks;
