@@ -1,0 +1,157 @@
+//! Reconciliation in the state machine: making a room agree with what
+//! LiveKit's RoomService lists, when webhooks were lost. Pure like the rest:
+//! it returns the rows to write and the corrections it made.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    Changes, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord, Transition,
+};
+use crate::room::event::{ParticipantRef, RoomRef};
+
+/// LiveKit's own view of one room, from its RoomService.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomTruth {
+    pub room: RoomRef,
+    /// The participants LiveKit lists as ACTIVE.
+    pub participants: Vec<ParticipantRef>,
+}
+
+/// One change reconciliation made because a webhook was lost.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Correction {
+    pub room: String,
+    pub what: CorrectionKind,
+    pub identity: Option<String>,
+    pub sid: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CorrectionKind {
+    /// LiveKit no longer has the room: its `room_finished` was lost.
+    RoomEnded,
+    /// LiveKit has a room roomd never heard of: its `room_started` was lost.
+    RoomStarted,
+    /// LiveKit no longer lists the session: its leave was lost.
+    SessionClosed,
+    /// LiveKit lists a session roomd never saw: its join was lost.
+    SessionOpened,
+}
+
+impl CorrectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoomEnded => "room_ended",
+            Self::RoomStarted => "room_started",
+            Self::SessionClosed => "session_closed",
+            Self::SessionOpened => "session_opened",
+        }
+    }
+}
+
+impl RoomState {
+    /// Makes the room agree with LiveKit's RoomService (`truth`; `None` when
+    /// LiveKit does not have the room). The caller makes sure no webhook for
+    /// the room was applied after `truth` was fetched.
+    pub fn reconcile(
+        &mut self,
+        truth: Option<&RoomTruth>,
+        at: DateTime<Utc>,
+    ) -> (Transition, Vec<Correction>) {
+        let mut corrections = Vec::new();
+        let name = self.name.clone();
+        let correction = |what, session: Option<&SessionRecord>| Correction {
+            room: name.clone(),
+            what,
+            identity: session.map(|s| s.identity.clone()),
+            sid: session.and_then(|s| s.sid.clone()),
+        };
+        let Some(truth) = truth else {
+            let Some(instance) = self.current.as_mut().filter(|c| c.is_active()) else {
+                return (Transition::nothing(None), corrections);
+            };
+            let mut changes = Changes::default();
+            instance.end(at, "reconciled", &LeaveReason::Reconciled, &mut changes);
+            corrections.push(correction(CorrectionKind::RoomEnded, None));
+            corrections.extend(
+                changes
+                    .sessions
+                    .iter()
+                    .map(|s| correction(CorrectionKind::SessionClosed, Some(s))),
+            );
+            changes.rooms.push(instance.room.clone());
+            if let Some(sid) = &instance.room.sid {
+                self.ended_sids.insert(sid.clone());
+            }
+            let room_id = Some(instance.room.id);
+            return (
+                Transition {
+                    outcome: Outcome::Applied,
+                    room_id,
+                    changes,
+                },
+                corrections,
+            );
+        };
+
+        let before = self.current.as_ref().map(|c| c.room.id);
+        let mut transition = self.apply(&truth.room, &RoomEvent::RoomStarted, at);
+        if transition.outcome == Outcome::Stale {
+            return (transition, corrections);
+        }
+        let instance = self.current.as_mut().expect("apply selected an instance");
+        if before != Some(instance.room.id) {
+            corrections.push(correction(CorrectionKind::RoomStarted, None));
+        }
+        let listed: HashSet<&str> = truth
+            .participants
+            .iter()
+            .filter_map(|p| p.sid.as_deref())
+            .collect();
+        let changes = &mut transition.changes;
+        for session in instance.sessions.values_mut() {
+            let gone = session.is_open()
+                && session
+                    .sid
+                    .as_deref()
+                    .is_some_and(|sid| !listed.contains(sid));
+            if gone {
+                session.left_at = Some(at);
+                session.leave_reason = Some(LeaveReason::Reconciled.as_string());
+                changes.sessions.push(session.clone());
+                corrections.push(correction(CorrectionKind::SessionClosed, Some(session)));
+            }
+        }
+        for p in &truth.participants {
+            let known = p.sid.as_ref().is_some_and(|sid| {
+                instance
+                    .sessions
+                    .contains_key(&SessionKey::Sid(sid.clone()))
+            });
+            if !known && instance.join(p, at, changes) == Outcome::Applied {
+                corrections.push(correction(
+                    CorrectionKind::SessionOpened,
+                    changes.sessions.last(),
+                ));
+            }
+        }
+        let count_before = instance.room.current_participants;
+        instance.refresh_count();
+        let room_in_changes = changes.rooms.iter().any(|r| r.id == instance.room.id);
+        if count_before != instance.room.current_participants
+            || (!corrections.is_empty() && !room_in_changes)
+        {
+            changes.rooms.retain(|r| r.id != instance.room.id);
+            changes.rooms.push(instance.room.clone());
+        }
+        transition.outcome = if corrections.is_empty() && transition.changes.is_empty() {
+            Outcome::Ignored
+        } else {
+            Outcome::Applied
+        };
+        (transition, corrections)
+    }
+}
