@@ -3,32 +3,10 @@
 
 mod common;
 
-use common::{KEY, SECRET, TestApp, lk};
+use common::{KEY, SECRET, TestApp, admin_token, join_token, lk};
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn admin_token() -> String {
-    AccessToken::with_api_key(KEY, SECRET)
-        .with_grants(VideoGrants {
-            room_list: true,
-            ..Default::default()
-        })
-        .to_jwt()
-        .unwrap()
-}
-
-fn join_token(room: &str, identity: &str) -> String {
-    AccessToken::with_api_key(KEY, SECRET)
-        .with_identity(identity)
-        .with_grants(VideoGrants {
-            room_join: true,
-            room: room.into(),
-            ..Default::default()
-        })
-        .to_jwt()
-        .unwrap()
-}
 
 fn expired_token() -> String {
     let claims = serde_json::json!({

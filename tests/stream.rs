@@ -6,22 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{KEY, SECRET, TestApp, lk};
-use livekit_api::access_token::{AccessToken, VideoGrants};
+use common::{TestApp, join_token, lk};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn token(room: &str) -> String {
-    AccessToken::with_api_key(KEY, SECRET)
-        .with_identity("viewer")
-        .with_grants(VideoGrants {
-            room_join: true,
-            room: room.into(),
-            ..Default::default()
-        })
-        .to_jwt()
-        .unwrap()
-}
 
 /// One SSE connection, read event by event.
 struct Events {
@@ -40,7 +27,7 @@ impl Events {
         let mut request = app
             .client
             .get(format!("{}/v1/rooms/{room}/stream", app.base))
-            .bearer_auth(token(room));
+            .bearer_auth(join_token(room, "viewer"));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }

@@ -52,13 +52,7 @@ pub async fn participants(
     let Some(view) = state.rooms.room_view(&name).await? else {
         return Err(ApiError::RoomNotFound(name));
     };
-    // A room without a snapshot has nobody in it: actors retire only when
-    // their room is empty or finished.
-    let participants = state
-        .rooms
-        .snapshot(&name)
-        .map(|s| s.participants.clone())
-        .unwrap_or_default();
+    let participants = state.rooms.participants(&name);
     Ok(HttpResponse::Ok().json(Participants {
         room: name,
         participant_count: view.participant_count,

@@ -22,10 +22,7 @@ fn sse(id: &str, event: &str, data: &serde_json::Value) -> Result<Bytes, actix_w
 /// The room now, as a `snapshot` event standing for update `id`.
 async fn snapshot(rooms: &Rooms, name: &str, id: &str) -> Result<Bytes, actix_web::Error> {
     let room = rooms.room_view(name).await.ok().flatten();
-    let participants = rooms
-        .snapshot(name)
-        .map(|s| s.participants.clone())
-        .unwrap_or_default();
+    let participants = rooms.participants(name);
     sse(
         id,
         "snapshot",

@@ -25,7 +25,7 @@ use super::actor::{
 use super::event::{Action, Delivery};
 use super::feed::{Feeds, Subscription};
 use super::reconciler::ReconcileReport;
-use super::snapshot::{RoomSnapshot, RoomView};
+use super::snapshot::{ParticipantView, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, RoomTruth};
 use crate::metrics::Metrics;
 use crate::store::{self, Committed, EventRecord, StoreError, Writer};
@@ -312,6 +312,14 @@ impl Rooms {
     /// Live updates of a room, for a new subscriber.
     pub fn subscribe(&self, name: &str, last_event_id: Option<&str>) -> Subscription {
         self.inner.parts.feeds.subscribe(name, last_event_id)
+    }
+
+    /// Who is in the room now. A room without a snapshot has nobody in it:
+    /// actors retire only when their room is empty or finished.
+    pub fn participants(&self, name: &str) -> Vec<ParticipantView> {
+        self.snapshot(name)
+            .map(|s| s.participants.clone())
+            .unwrap_or_default()
     }
 
     /// Every published snapshot, by room name.

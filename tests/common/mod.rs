@@ -174,6 +174,30 @@ pub fn sign_with(key: &str, secret: &str, body: &str) -> String {
         .expect("sign")
 }
 
+/// A read token with the admin grant (`roomList`), as `lk token create --list` makes.
+pub fn admin_token() -> String {
+    livekit_api::access_token::AccessToken::with_api_key(KEY, SECRET)
+        .with_grants(livekit_api::access_token::VideoGrants {
+            room_list: true,
+            ..Default::default()
+        })
+        .to_jwt()
+        .unwrap()
+}
+
+/// A participant's join token for `room`: what a frontend joined with.
+pub fn join_token(room: &str, identity: &str) -> String {
+    livekit_api::access_token::AccessToken::with_api_key(KEY, SECRET)
+        .with_identity(identity)
+        .with_grants(livekit_api::access_token::VideoGrants {
+            room_join: true,
+            room: room.into(),
+            ..Default::default()
+        })
+        .to_jwt()
+        .unwrap()
+}
+
 pub struct Reply {
     pub status: StatusCode,
     pub retry_after: Option<String>,
