@@ -5,6 +5,7 @@
 pub mod actor;
 pub mod event;
 pub mod feed;
+pub mod messages;
 pub mod reconciler;
 pub mod record;
 pub mod snapshot;
