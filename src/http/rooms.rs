@@ -34,6 +34,21 @@ pub async fn room(
     }
 }
 
+/// The room `name`, for a reader whose token grants it (or an admin): 401/403
+/// without the grant, 404 for a name never seen.
+pub(super) async fn granted_room(
+    req: &HttpRequest,
+    state: &AppState,
+    name: &str,
+) -> Result<RoomView, ApiError> {
+    Reader::of(req, &state.tokens)?.require_room(name)?;
+    state
+        .rooms
+        .room_view(name)
+        .await?
+        .ok_or_else(|| ApiError::RoomNotFound(name.to_owned()))
+}
+
 #[derive(Serialize)]
 struct Participants {
     room: String,
@@ -48,10 +63,7 @@ pub async fn participants(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
-    Reader::of(&req, &state.tokens)?.require_room(&name)?;
-    let Some(view) = state.rooms.room_view(&name).await? else {
-        return Err(ApiError::RoomNotFound(name));
-    };
+    let view = granted_room(&req, &state, &name).await?;
     let participants = state.rooms.participants(&name);
     Ok(HttpResponse::Ok().json(Participants {
         room: name,

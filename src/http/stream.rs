@@ -9,7 +9,6 @@ use futures_util::{StreamExt, stream};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::auth::Reader;
 use super::{AppState, error::ApiError};
 use crate::room::Rooms;
 
@@ -37,10 +36,7 @@ pub async fn room_stream(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
-    Reader::of(&req, &state.tokens)?.require_room(&name)?;
-    if state.rooms.room_view(&name).await?.is_none() {
-        return Err(ApiError::RoomNotFound(name));
-    }
+    super::rooms::granted_room(&req, &state, &name).await?;
     let last_event_id = req
         .headers()
         .get("last-event-id")

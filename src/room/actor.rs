@@ -118,7 +118,7 @@ impl RoomActor {
         if let Some(room) = self.state.as_ref().and_then(|s| s.current()) {
             self.parts
                 .feeds
-                .publish(&self.name, event, identity, RoomView::of_instance(room));
+                .publish(&self.name, event, identity, || RoomView::of_instance(room));
         }
     }
 

@@ -72,8 +72,15 @@ impl Feeds {
         format!("{}-{seq}", self.epoch)
     }
 
-    /// Records a committed change; a no-op for rooms nobody subscribed to.
-    pub fn publish(&self, name: &str, event: &str, identity: Option<String>, room: RoomView) {
+    /// Records a committed change; a no-op for rooms nobody subscribed to
+    /// (`room` is only built when someone listens).
+    pub fn publish(
+        &self,
+        name: &str,
+        event: &str,
+        identity: Option<String>,
+        room: impl FnOnce() -> RoomView,
+    ) {
         let Some(feed) = self.rooms.get(name).map(|f| f.clone()) else {
             return;
         };
@@ -84,7 +91,7 @@ impl Feeds {
             id: self.id(seq),
             event: event.to_owned(),
             identity,
-            room,
+            room: room(),
         });
         if ring.kept.len() == RING {
             ring.kept.pop_front();
@@ -158,7 +165,7 @@ mod tests {
         let feeds = Feeds::default();
         let mut sub = feeds.subscribe("r", None);
         for i in 0..(RING as i32 * 3) {
-            feeds.publish("r", "participant_joined", None, view(i));
+            feeds.publish("r", "participant_joined", None, || view(i));
         }
         assert!(matches!(
             sub.updates.try_recv(),
@@ -172,7 +179,7 @@ mod tests {
         let first = feeds.subscribe("r", None);
         assert!(first.replay.is_none());
         for i in 1..=3 {
-            feeds.publish("r", "participant_joined", None, view(i));
+            feeds.publish("r", "participant_joined", None, || view(i));
         }
         let after_one = format!("{}-1", feeds.epoch);
         let replay = feeds
@@ -188,7 +195,7 @@ mod tests {
         );
         // Too old to replay: the ring has moved past it.
         for i in 4..(RING as i32 + 10) {
-            feeds.publish("r", "participant_joined", None, view(i));
+            feeds.publish("r", "participant_joined", None, || view(i));
         }
         assert!(feeds.subscribe("r", Some(&after_one)).replay.is_none());
         // From the future, or another process: a snapshot.

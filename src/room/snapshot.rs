@@ -26,9 +26,10 @@ pub struct RoomView {
 }
 
 impl RoomView {
+    /// The room's count is the record's `current_participants`, which the
+    /// state machine keeps equal to the distinct identities present.
     pub fn of_instance(instance: &Instance) -> Self {
         Self {
-            participant_count: instance.participant_count(),
             counts_by_kind: instance.counts_by_kind(),
             ..Self::of_record(instance.record())
         }
