@@ -53,6 +53,7 @@ impl Application {
             db.clone(),
             settings.writer.max_batch,
             settings.writer.queue_capacity,
+            settings.writer.transactions_for(&settings.database.url),
             metrics.clone(),
         );
         let arbiter = Arbiter::new();
@@ -62,6 +63,7 @@ impl Application {
             arbiter.handle(),
             SupervisorSettings {
                 mailbox_capacity: settings.rooms.mailbox_capacity,
+                max_in_flight: settings.rooms.max_in_flight,
                 commit_timeout: Duration::from_millis(settings.rooms.commit_timeout_ms),
                 lifecycle: Lifecycle {
                     retire_after_finish: Duration::from_secs(

@@ -76,6 +76,7 @@ impl std::fmt::Debug for LivekitSettings {
 #[serde(deny_unknown_fields)]
 pub struct RoomSettings {
     pub mailbox_capacity: usize,
+    pub max_in_flight: usize,
     pub commit_timeout_ms: u64,
     pub retire_after_finish_secs: u64,
     pub idle_timeout_secs: u64,
@@ -86,6 +87,18 @@ pub struct RoomSettings {
 pub struct WriterSettings {
     pub max_batch: usize,
     pub queue_capacity: usize,
+    pub transactions: usize,
+}
+
+impl WriterSettings {
+    /// `transactions`, with 0 resolved for the database at `url`.
+    pub fn transactions_for(&self, url: &str) -> usize {
+        match self.transactions {
+            0 if url.starts_with("sqlite:") => 1,
+            0 => 4,
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -126,6 +139,7 @@ impl Default for Settings {
             },
             rooms: RoomSettings {
                 mailbox_capacity: 256,
+                max_in_flight: 4096,
                 commit_timeout_ms: 10_000,
                 retire_after_finish_secs: 60,
                 idle_timeout_secs: 600,
@@ -133,6 +147,7 @@ impl Default for Settings {
             writer: WriterSettings {
                 max_batch: 512,
                 queue_capacity: 8192,
+                transactions: 0,
             },
             api: ApiSettings {
                 public_counts: true,

@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::Roomd;
 use common::{KEY, SECRET, TestDb, lk, sign_with};
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -80,86 +79,6 @@ async fn a_restarted_roomd_serves_the_same_counts_and_keeps_applying() {
         );
         second.stop().await;
         db.drop_database().await;
-    }
-}
-
-/// roomd as a separate process, so it can be killed for real.
-struct Roomd {
-    child: Child,
-    base: String,
-}
-
-impl Roomd {
-    fn start(database_url: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roomd"))
-            .args(["serve", "--config", "/nonexistent/roomd.toml"])
-            .env_clear()
-            .env("DATABASE_URL", database_url)
-            .env("LIVEKIT_API_KEY", KEY)
-            .env("LIVEKIT_API_SECRET", SECRET)
-            .env("ROOMD__SERVER__BIND", "127.0.0.1:0")
-            .env("ROOMD__SERVER__WORKERS", "2")
-            .env("ROOMD__LOG__FORMAT", "json")
-            .env("ROOMD__LOG__LEVEL", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start roomd");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = loop {
-            let line = lines
-                .next()
-                .expect("roomd exited before listening")
-                .unwrap();
-            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if log["message"] == "roomd listening" {
-                break log["port"].as_u64().expect("port in the log");
-            }
-        };
-        // Keep draining stdout so roomd never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Waits (bounded) until `/readyz` says 200; every answer before is 503.
-    async fn ready(self, client: &reqwest::Client) -> Self {
-        for _ in 0..500 {
-            let status = client
-                .get(format!("{}/readyz", self.base))
-                .send()
-                .await
-                .unwrap()
-                .status();
-            if status == StatusCode::OK {
-                return self;
-            }
-            assert_eq!(
-                status,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "/readyz before recovery"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("roomd did not become ready");
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then the exit status once roomd has drained.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
-        // SAFETY: sends a signal to our own child, which has not been waited for.
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "SIGTERM sent");
-        self.child.wait().unwrap()
     }
 }
 

@@ -40,7 +40,7 @@ pub enum ApiError {
 impl From<DeliverError> for ApiError {
     fn from(e: DeliverError) -> Self {
         match e {
-            DeliverError::Busy { .. } => Self::Busy(e),
+            DeliverError::Busy { .. } | DeliverError::Overloaded { .. } => Self::Busy(e),
             DeliverError::Unavailable { .. } => Self::Unavailable(e.to_string()),
         }
     }

@@ -180,12 +180,12 @@ impl RoomActor {
     }
 
     /// Commits `transition` with its audit row and, once committed, makes
-    /// `next` the room's state. `done` turns the result into the answer,
+    /// `next` the room's state (`None`: the state was changed in place). `done` turns the result into the answer,
     /// which is sent on `reply` only after the new snapshot is published: a
     /// read after the 200 sees what the 200 acknowledged.
     fn commit<T: 'static>(
         &mut self,
-        next: RoomState,
+        next: Option<RoomState>,
         transition: Transition,
         record: EventRecord,
         reply: oneshot::Sender<T>,
@@ -193,16 +193,27 @@ impl RoomActor {
     ) -> AtomicResponse<Self, ()> {
         let writer = self.parts.writer.clone();
         let changes: Changes = transition.changes;
+        let changed = !changes.rooms.is_empty() || !changes.sessions.is_empty();
         let outcome = transition.outcome;
         let commit = async move { writer.commit(record, changes).await };
         AtomicResponse::new(Box::pin(commit.into_actor(self).map(
             move |committed, act, ctx| {
                 match &committed {
                     Ok(Committed::Stored) => {
-                        act.state = Some(next);
+                        if let Some(next) = next {
+                            act.state = Some(next);
+                        }
                         if outcome == Outcome::Applied {
                             act.last_change = Instant::now();
                         }
+                    }
+                    // A redelivery changes nothing in a state that has seen
+                    // the event; one that changed it here (the state was
+                    // rebuilt, or lost a race) must not stay ahead of the
+                    // database.
+                    Ok(Committed::Duplicate) if changed && next.is_none() => {
+                        tracing::info!(room = %act.name, "a redelivery changed the in-memory room; rebuilding it from the database");
+                        act.restart(ctx);
                     }
                     Ok(Committed::Duplicate) => {}
                     Err(err) => {
@@ -293,7 +304,7 @@ impl Handler<Apply> for RoomActor {
             slot,
         } = msg;
         drop(slot);
-        let Some(state) = &self.state else {
+        let Some(state) = &mut self.state else {
             // Only reachable if loading failed; the actor is stopping.
             let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
@@ -301,11 +312,14 @@ impl Handler<Apply> for RoomActor {
         let applied = guarded(|| {
             #[cfg(feature = "fault-injection")]
             inject_fault(&delivery);
-            let mut next = state.clone();
-            let transition = next.apply(&room, &event, delivery.at());
-            (next, transition)
+            // In place, not on a copy: a room of hundreds would be copied on
+            // every event. Nobody sees the new state before the commit (the
+            // actor handles one message at a time and publishes after it),
+            // and every way the commit can disagree restarts the actor from
+            // the database (see `commit`).
+            state.apply(&room, &event, delivery.at())
         });
-        let Some((next, transition)) = applied else {
+        let Some(transition) = applied else {
             tracing::error!(room = %self.name, event_id = ?delivery.id, event = %delivery.event, "room state machine panicked; restarting the room");
             self.restart(ctx);
             let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
@@ -326,7 +340,7 @@ impl Handler<Apply> for RoomActor {
             outcome: transition.outcome.as_str(),
         };
         let outcome = transition.outcome;
-        self.commit(next, transition, record, reply, move |act, committed| {
+        self.commit(None, transition, record, reply, move |act, committed| {
             let result = committed.map(|c| match c {
                 Committed::Stored => {
                     match outcome {
@@ -409,7 +423,7 @@ impl Handler<Reconcile> for RoomActor {
             received_at: now,
             outcome: transition.outcome.as_str(),
         };
-        self.commit(next, transition, record, reply, move |act, committed| {
+        self.commit(Some(next), transition, record, reply, move |act, committed| {
             if committed.is_ok() {
                 act.publish_update("reconcile", None);
                 for c in &corrections {

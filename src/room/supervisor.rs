@@ -37,6 +37,8 @@ const RECOVERY_PAGE: u64 = 500;
 pub enum DeliverError {
     #[error("room {room:?} is busy: its mailbox is full")]
     Busy { room: String },
+    #[error("roomd is busy: {limit} webhooks are already waiting for their commits")]
+    Overloaded { limit: usize },
     #[error("the event for room {room:?} could not be committed: {reason}")]
     Unavailable { room: String, reason: String },
 }
@@ -44,6 +46,8 @@ pub enum DeliverError {
 #[derive(Debug, Clone)]
 pub struct SupervisorSettings {
     pub mailbox_capacity: usize,
+    /// Deliveries handled at once across all rooms.
+    pub max_in_flight: usize,
     /// How long a delivery waits for its commit before it is answered 503.
     pub commit_timeout: Duration,
     pub lifecycle: Lifecycle,
@@ -65,6 +69,8 @@ struct Inner {
     recovered: AtomicBool,
     /// Messages waiting in each room's mailbox.
     depths: DashMap<String, Arc<AtomicUsize>>,
+    /// Deliveries between arrival and answer, all rooms together.
+    in_flight: AtomicUsize,
     last_reconcile: Mutex<Option<ReconcileReport>>,
 }
 
@@ -100,6 +106,7 @@ impl Rooms {
                 settings,
                 recovered: AtomicBool::new(false),
                 depths: DashMap::new(),
+                in_flight: AtomicUsize::new(0),
                 last_reconcile: Mutex::new(None),
             }),
         }
@@ -185,6 +192,10 @@ impl Rooms {
         if !self.is_recovered() {
             return Err(unavailable("roomd is still rebuilding its rooms".into()));
         }
+        let _admitted = InFlight::admit(&self.inner.in_flight, self.inner.settings.max_in_flight)
+            .ok_or(DeliverError::Overloaded {
+            limit: self.inner.settings.max_in_flight,
+        })?;
         let (room, event) = match (&delivery.action, &delivery.room) {
             (Action::Apply(event), Some(room)) => (room.clone(), event.clone()),
             _ => {
@@ -408,5 +419,26 @@ impl Rooms {
                 .expect("reconcile report lock")
                 .clone(),
         }
+    }
+}
+
+/// One admitted delivery; admission ends when it is dropped (answered,
+/// timed out, or the request went away).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn admit(count: &'a AtomicUsize, limit: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

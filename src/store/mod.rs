@@ -22,6 +22,8 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("the writer has stopped")]
     WriterStopped,
+    #[error("the database cannot be reached: {0}")]
+    Unreachable(String),
     #[error("room {0:?} could not be loaded from the database")]
     NotLoaded(String),
     #[error("a stored row is not what roomd writes: {0}")]

@@ -21,7 +21,7 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
     QueryFilter, TransactionTrait, TryInsertResult,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -72,14 +72,27 @@ pub struct Writer {
 
 impl Writer {
     /// Spawns the writer on the current runtime.
+    /// Spawns the writer on the current runtime: `transactions` tasks that
+    /// each take the next batch from one queue, so that many batches can be
+    /// in flight. Ordering within a room does not depend on this: a room's
+    /// actor hands over its next event only after the last one committed.
     pub fn start(
         db: DatabaseConnection,
         max_batch: usize,
         queue: usize,
+        transactions: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         let (jobs, rx) = mpsc::channel(queue.max(1));
-        tokio::spawn(run(db, rx, max_batch.max(1), metrics));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..transactions.max(1) {
+            tokio::spawn(run(
+                db.clone(),
+                rx.clone(),
+                max_batch.max(1),
+                metrics.clone(),
+            ));
+        }
         Self { jobs }
     }
 
@@ -104,12 +117,14 @@ impl Writer {
 
 async fn run(
     db: DatabaseConnection,
-    mut rx: mpsc::Receiver<Job>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     max_batch: usize,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
+    // The lock is held only while waiting for work, so the next idle task
+    // takes the next batch while this one commits.
+    while rx.lock().await.recv_many(&mut batch, max_batch).await > 0 {
         let started = std::time::Instant::now();
         match write(&db, &batch).await {
             Ok(results) => {
@@ -123,10 +138,18 @@ async fn run(
                     let _ = job.reply.send(Ok(result));
                 }
             }
+            Err(err) if batch.len() > 1 && db.ping().await.is_err() => {
+                // Down, not a bad event: retrying events one by one would
+                // hold this writer for a connect timeout per event.
+                tracing::warn!(events = batch.len(), error = %err, "batch commit failed; the database is unreachable");
+                let reason = err.to_string();
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Unreachable(reason.clone())));
+                }
+            }
             Err(err) if batch.len() > 1 => {
                 // One bad event must not keep the others from committing: retry
-                // each alone, so only the culprit (or everyone, if the database
-                // is down) gets the error.
+                // each alone, so only the culprit gets the error.
                 tracing::warn!(events = batch.len(), error = %err, "batch commit failed; retrying events one by one");
                 for job in batch.drain(..) {
                     let result = write(&db, std::slice::from_ref(&job)).await;

@@ -5,6 +5,8 @@
 
 pub mod livekit;
 pub mod lk;
+pub mod process;
+pub mod proxy;
 
 use std::time::Duration;
 

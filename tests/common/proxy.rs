@@ -1,0 +1,112 @@
+//! A TCP proxy between roomd and PostgreSQL that a drill can cut (every
+//! connection closed, new ones refused: the server is gone) or slow down
+//! (each chunk held back: a database under strain).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub struct Proxy {
+    pub port: u16,
+    down: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    cuts: watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (cuts, _) = watch::channel(0);
+        let (d, delay, c) = (down.clone(), delay_ms.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let (delay, cut) = (delay.clone(), c.subscribe());
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        pipe(client, server, delay, cut).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            down,
+            delay_ms,
+            cuts,
+        }
+    }
+
+    /// The server is gone: open connections close, new ones are refused.
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+
+    /// Holds every chunk, both ways, for `delay`.
+    pub fn slow(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// `url` (a PostgreSQL URL) pointed at this proxy.
+    pub fn url_for(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+}
+
+async fn pipe(
+    client: TcpStream,
+    server: TcpStream,
+    delay: Arc<AtomicU64>,
+    mut cut: watch::Receiver<u64>,
+) {
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let up = copy(cr, sw, delay.clone());
+    let down = copy(sr, cw, delay);
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = cut.changed() => {}
+    }
+}
+
+async fn copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let ms = delay.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

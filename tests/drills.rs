@@ -1,0 +1,222 @@
+//! Fault drills under load, with roomd as a real process and the load
+//! generator keeping the ground truth: PostgreSQL going away for ten
+//! seconds, roomd killed with SIGKILL and restarted, and a database so slow
+//! that roomd must shed load. In each, every request is answered 200 or 503
+//! (none hangs until the client's timeout), nothing answered 200 is missing
+//! from the database, and once the 503s are redelivered the served counts
+//! and stored rows equal the ground truth.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::TestDb;
+use common::process::{LoadReport, Roomd, loadgen};
+use common::proxy::Proxy;
+
+/// Asserts what every drill must end with.
+fn assert_converged(report: &LoadReport) {
+    let out = &report.stdout;
+    assert!(report.success, "the load generator found a mismatch");
+    assert!(out.contains("ok: roomd matches the ground truth"), "{out}");
+    assert!(
+        out.contains(", 0 not committed"),
+        "every 200 committed: {out}"
+    );
+    assert_eq!(report.status("timeout"), 0, "no request may hang: {out}");
+    let answered: u64 = ["200", "503"].iter().map(|k| report.status(k)).sum();
+    let all: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("status: "))
+        .unwrap()
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k != "connect")
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(answered, all, "only 200 and 503 answers: {out}");
+}
+
+/// Where PostgreSQL listens, from the test database's URL.
+fn postgres_addr(url: &str) -> SocketAddr {
+    let url = url::Url::parse(url).unwrap();
+    let host = url.host_str().unwrap();
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", url.port().unwrap_or(5432))
+        .parse()
+        .expect("PostgreSQL on an IP address")
+}
+
+/// Short timeouts, so a request that cannot commit is answered 503 quickly.
+const IMPATIENT: &[(&str, &str)] = &[
+    ("ROOMD__ROOMS__COMMIT_TIMEOUT_MS", "2000"),
+    ("ROOMD__DATABASE__ACQUIRE_TIMEOUT_SECS", "1"),
+    ("ROOMD__DATABASE__CONNECT_TIMEOUT_SECS", "1"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_gone_for_ten_seconds_mid_load() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let proxy = Proxy::start(postgres_addr(&db.url)).await;
+    let client = reqwest::Client::new();
+    let roomd = Roomd::start_with(&proxy.url_for(&db.url), "127.0.0.1:0", IMPATIENT)
+        .ready(&client)
+        .await;
+    let load = loadgen(
+        &roomd.base,
+        &[
+            "--rooms",
+            "40",
+            "--participants",
+            "4",
+            "--concurrency",
+            "32",
+            "--duration",
+            "6",
+            "--reorder",
+            "3",
+            "--duplicates",
+            "0.1",
+            "--give-up-secs",
+            "120",
+            "--database-url",
+            &db.url,
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    proxy.restore();
+    let report = load.await.unwrap();
+    assert_converged(&report);
+    assert!(
+        report.status("503") > 0,
+        "the outage was felt: {}",
+        report.stdout
+    );
+    roomd.kill_9();
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roomd_killed_mid_load_and_restarted() {
+    for db in TestDb::all().await {
+        let client = reqwest::Client::new();
+        let roomd = Roomd::start(&db.url).ready(&client).await;
+        let bind = roomd.base.trim_start_matches("http://").to_owned();
+        let load = loadgen(
+            &roomd.base,
+            &[
+                "--rooms",
+                "40",
+                "--participants",
+                "4",
+                "--concurrency",
+                "32",
+                "--duration",
+                "5",
+                "--reorder",
+                "3",
+                "--duplicates",
+                "0.1",
+                "--give-up-secs",
+                "120",
+                "--database-url",
+                &db.url,
+            ],
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        roomd.kill_9();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let roomd = Roomd::start_with(&db.url, &bind, &[]).ready(&client).await;
+        let report = load.await.unwrap();
+        assert_converged(&report);
+        assert!(
+            report.status("connect") > 0,
+            "{}: the kill was felt: {}",
+            db.backend,
+            report.stdout
+        );
+        roomd.kill_9();
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_database_makes_roomd_shed_load_with_bounded_memory() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let proxy = Proxy::start(postgres_addr(&db.url)).await;
+    let client = reqwest::Client::new();
+    let mut settings = IMPATIENT.to_vec();
+    settings.push(("ROOMD__ROOMS__MAX_IN_FLIGHT", "64"));
+    let roomd = Roomd::start_with(&proxy.url_for(&db.url), "127.0.0.1:0", &settings)
+        .ready(&client)
+        .await;
+    let rss_before = rss_kib(roomd.pid());
+    proxy.slow(Duration::from_millis(150));
+    let load = loadgen(
+        &roomd.base,
+        &[
+            "--rooms",
+            "300",
+            "--participants",
+            "4",
+            "--concurrency",
+            "300",
+            "--duration",
+            "4",
+            "--give-up-secs",
+            "120",
+            "--database-url",
+            &db.url,
+        ],
+    );
+    let mut rss_peak = rss_before;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss_peak = rss_peak.max(rss_kib(roomd.pid()));
+    }
+    proxy.slow(Duration::ZERO);
+    let report = load.await.unwrap();
+    assert_converged(&report);
+    assert!(
+        report.status("503") > 0,
+        "a slow database must turn into 503s: {}",
+        report.stdout
+    );
+    eprintln!(
+        "roomd RSS: {rss_before} KiB before, {rss_peak} KiB at most while the database was slow"
+    );
+    // 300 rooms' worth of requests wait on at most 64 admissions; a server
+    // queueing them all would hold far more than this.
+    assert!(
+        rss_peak - rss_before < 128 * 1024,
+        "memory grew by {} KiB",
+        rss_peak - rss_before
+    );
+    roomd.kill_9();
+    db.drop_database().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
