@@ -8,6 +8,9 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod harness;
 pub mod http;
 pub mod livekit;
 pub mod metrics;

@@ -251,8 +251,21 @@ impl Instance {
                 close(s, changes);
                 closed_any = true;
             }
-            if closed_any {
-                return Outcome::Applied;
+            // The leave is also remembered under the identity, as a
+            // tombstone when it closed sessions keyed by sid: a sid-less join
+            // from before it must not reopen, and a redelivery of it must
+            // find it and change nothing (found by fuzzing: it used to add a
+            // tombstone the second time).
+            if self
+                .sessions
+                .get(&key)
+                .is_some_and(|s| s.left_at.is_some_and(|left| left >= at))
+            {
+                return if closed_any {
+                    Outcome::Applied
+                } else {
+                    Outcome::Ignored
+                };
             }
         }
         match self.sessions.get_mut(&key) {
