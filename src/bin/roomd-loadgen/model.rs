@@ -82,7 +82,8 @@ impl RoomModel {
     pub fn new(run: &str, index: usize, seed: u64) -> Self {
         Self {
             name: format!("lg-{run}-{index}"),
-            sid: format!("RM_{run}{index}"),
+            // Separated, so that runs "a" and "a1" never share a room sid.
+            sid: format!("RM_{run}_{index}"),
             run: run.to_owned(),
             index,
             rng: Rng::new(seed ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)),
