@@ -52,6 +52,29 @@ fn postgres_addr(url: &str) -> SocketAddr {
         .expect("PostgreSQL on an IP address")
 }
 
+/// 40 rooms churning for `secs` seconds, late and duplicate deliveries,
+/// retried for up to two minutes, checked against `database_url`.
+fn churn_with_retries<'a>(secs: &'a str, database_url: &'a str) -> [&'a str; 16] {
+    [
+        "--rooms",
+        "40",
+        "--participants",
+        "4",
+        "--concurrency",
+        "32",
+        "--duration",
+        secs,
+        "--reorder",
+        "3",
+        "--duplicates",
+        "0.1",
+        "--give-up-secs",
+        "120",
+        "--database-url",
+        database_url,
+    ]
+}
+
 /// Short timeouts, so a request that cannot commit is answered 503 quickly.
 const IMPATIENT: &[(&str, &str)] = &[
     ("ROOMD__ROOMS__COMMIT_TIMEOUT_MS", "2000"),
@@ -69,27 +92,7 @@ async fn postgres_gone_for_ten_seconds_mid_load() {
     let roomd = Roomd::start_with(&proxy.url_for(&db.url), "127.0.0.1:0", IMPATIENT)
         .ready(&client)
         .await;
-    let load = loadgen(
-        &roomd.base,
-        &[
-            "--rooms",
-            "40",
-            "--participants",
-            "4",
-            "--concurrency",
-            "32",
-            "--duration",
-            "6",
-            "--reorder",
-            "3",
-            "--duplicates",
-            "0.1",
-            "--give-up-secs",
-            "120",
-            "--database-url",
-            &db.url,
-        ],
-    );
+    let load = loadgen(&roomd.base, &churn_with_retries("6", &db.url));
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -111,27 +114,7 @@ async fn roomd_killed_mid_load_and_restarted() {
         let client = reqwest::Client::new();
         let roomd = Roomd::start(&db.url).ready(&client).await;
         let bind = roomd.base.trim_start_matches("http://").to_owned();
-        let load = loadgen(
-            &roomd.base,
-            &[
-                "--rooms",
-                "40",
-                "--participants",
-                "4",
-                "--concurrency",
-                "32",
-                "--duration",
-                "5",
-                "--reorder",
-                "3",
-                "--duplicates",
-                "0.1",
-                "--give-up-secs",
-                "120",
-                "--database-url",
-                &db.url,
-            ],
-        );
+        let load = loadgen(&roomd.base, &churn_with_retries("5", &db.url));
         tokio::time::sleep(Duration::from_secs(2)).await;
         roomd.kill_9();
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -5,8 +5,8 @@
 //! state machine changed) and wait for their own reply. It takes whatever has
 //! queued up, up to `max_batch`, and commits it in one transaction, so the
 //! commit rate of the disk bounds batches per second, not events per second.
-//! SQLite has a single writer anyway; one writer task means no lock contention
-//! on PostgreSQL either.
+//! SQLite has a single writer anyway, so it gets one writer task; on
+//! PostgreSQL a few tasks overlap their batches' round trips (`start`).
 //!
 //! The event log decides duplicates: its insert is `ON CONFLICT (event_id) DO
 //! NOTHING`, and an event whose row already exists (a LiveKit retry, also one
@@ -63,7 +63,7 @@ struct Job {
     reply: oneshot::Sender<Result<Committed, StoreError>>,
 }
 
-/// A handle to the writer task. Cloning it is cheap; the task stops when the
+/// A handle to the writer tasks. Cloning it is cheap; they stop when the
 /// last handle is dropped, after committing what was queued.
 #[derive(Clone)]
 pub struct Writer {
