@@ -53,7 +53,7 @@ impl Application {
             db.clone(),
             settings.writer.max_batch,
             settings.writer.queue_capacity,
-            settings.writer.transactions_for(&settings.database.url),
+            settings.writer.transactions,
             metrics.clone(),
         );
         let arbiter = Arbiter::new();

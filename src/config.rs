@@ -90,17 +90,6 @@ pub struct WriterSettings {
     pub transactions: usize,
 }
 
-impl WriterSettings {
-    /// `transactions`, with 0 resolved for the database at `url`.
-    pub fn transactions_for(&self, url: &str) -> usize {
-        match self.transactions {
-            0 if url.starts_with("sqlite:") => 1,
-            0 => 4,
-            n => n,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {

@@ -75,6 +75,16 @@ fn churn_with_retries<'a>(secs: &'a str, database_url: &'a str) -> [&'a str; 16]
     ]
 }
 
+/// A ready roomd with `settings` that reaches PostgreSQL through a proxy
+/// the drill controls.
+async fn behind_a_proxy(db: &TestDb, settings: &[(&str, &str)]) -> (Proxy, Roomd) {
+    let proxy = Proxy::start(postgres_addr(&db.url)).await;
+    let roomd = Roomd::start_with(&proxy.url_for(&db.url), "127.0.0.1:0", settings)
+        .ready(&reqwest::Client::new())
+        .await;
+    (proxy, roomd)
+}
+
 /// Short timeouts, so a request that cannot commit is answered 503 quickly.
 const IMPATIENT: &[(&str, &str)] = &[
     ("ROOMD__ROOMS__COMMIT_TIMEOUT_MS", "2000"),
@@ -87,11 +97,7 @@ async fn postgres_gone_for_ten_seconds_mid_load() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let proxy = Proxy::start(postgres_addr(&db.url)).await;
-    let client = reqwest::Client::new();
-    let roomd = Roomd::start_with(&proxy.url_for(&db.url), "127.0.0.1:0", IMPATIENT)
-        .ready(&client)
-        .await;
+    let (proxy, roomd) = behind_a_proxy(&db, IMPATIENT).await;
     let load = loadgen(&roomd.base, &churn_with_retries("6", &db.url));
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.cut();
@@ -137,13 +143,9 @@ async fn a_slow_database_makes_roomd_shed_load_with_bounded_memory() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let proxy = Proxy::start(postgres_addr(&db.url)).await;
-    let client = reqwest::Client::new();
     let mut settings = IMPATIENT.to_vec();
     settings.push(("ROOMD__ROOMS__MAX_IN_FLIGHT", "64"));
-    let roomd = Roomd::start_with(&proxy.url_for(&db.url), "127.0.0.1:0", &settings)
-        .ready(&client)
-        .await;
+    let (proxy, roomd) = behind_a_proxy(&db, &settings).await;
     let rss_before = rss_kib(roomd.pid());
     proxy.slow(Duration::from_millis(150));
     let load = loadgen(

@@ -180,9 +180,10 @@ impl RoomActor {
     }
 
     /// Commits `transition` with its audit row and, once committed, makes
-    /// `next` the room's state (`None`: the state was changed in place). `done` turns the result into the answer,
-    /// which is sent on `reply` only after the new snapshot is published: a
-    /// read after the 200 sees what the 200 acknowledged.
+    /// `next` the room's state (`None`: the state was changed in place).
+    /// `done` turns the result into the answer, which is sent on `reply` only
+    /// after the new snapshot is published: a read after the 200 sees what
+    /// the 200 acknowledged.
     fn commit<T: 'static>(
         &mut self,
         next: Option<RoomState>,

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, TransactionTrait, TryInsertResult,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, TransactionTrait, TryInsertResult,
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -71,11 +71,11 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Spawns the writer on the current runtime.
-    /// Spawns the writer on the current runtime: `transactions` tasks that
-    /// each take the next batch from one queue, so that many batches can be
-    /// in flight. Ordering within a room does not depend on this: a room's
-    /// actor hands over its next event only after the last one committed.
+    /// Spawns the writer on the current runtime: `transactions` tasks (0: 1
+    /// on SQLite, 4 on PostgreSQL) that each take the next batch from one
+    /// queue, so that many batches can be in flight. Ordering within a room
+    /// does not depend on this: a room's actor hands over its next event
+    /// only after the last one committed.
     pub fn start(
         db: DatabaseConnection,
         max_batch: usize,
@@ -83,9 +83,14 @@ impl Writer {
         transactions: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let transactions = match (transactions, db.get_database_backend()) {
+            (0, DbBackend::Sqlite) => 1,
+            (0, _) => 4,
+            (n, _) => n,
+        };
         let (jobs, rx) = mpsc::channel(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..transactions.max(1) {
+        for _ in 0..transactions {
             tokio::spawn(run(
                 db.clone(),
                 rx.clone(),
