@@ -30,6 +30,8 @@ pub struct Application {
     /// LiveKit's RoomService, when `livekit.url` is set.
     room_service: Option<Arc<RoomService>>,
     reconcile_interval: Duration,
+    /// How long audit rows are kept; `None`: forever.
+    audit_retention: Option<Duration>,
     /// The thread room actors run on, away from the HTTP workers.
     arbiter: Arbiter,
 }
@@ -45,17 +47,11 @@ impl Application {
                 "running with livekit-server --dev's well-known API key/secret: anyone can forge webhooks; set LIVEKIT_API_KEY and LIVEKIT_API_SECRET in production"
             );
         }
-        let db = store::connect(&settings.database).await?;
+        let db = store::connect(&settings.database, settings.writer.transaction_timeout_ms).await?;
         store::migrate(&db).await?;
 
         let metrics = Arc::new(Metrics::new());
-        let writer = Writer::start(
-            db.clone(),
-            settings.writer.max_batch,
-            settings.writer.queue_capacity,
-            settings.writer.transactions,
-            metrics.clone(),
-        );
+        let writer = Writer::start(db.clone(), &settings.writer, metrics.clone());
         let arbiter = Arbiter::new();
         let rooms = Rooms::new(
             db.clone(),
@@ -70,6 +66,7 @@ impl Application {
                         settings.rooms.retire_after_finish_secs,
                     ),
                     idle_timeout: Duration::from_secs(settings.rooms.idle_timeout_secs),
+                    history_horizon: Duration::from_secs(settings.rooms.history_horizon_secs),
                 },
             },
             metrics,
@@ -121,6 +118,8 @@ impl Application {
             db,
             room_service,
             reconcile_interval: Duration::from_secs(settings.livekit.reconcile_interval_secs),
+            audit_retention: (settings.audit.retention_days > 0)
+                .then(|| Duration::from_secs(settings.audit.retention_days * 86_400)),
             arbiter,
         })
     }
@@ -141,6 +140,9 @@ impl Application {
                 reconciler::spawn(self.rooms.clone(), service.clone(), self.reconcile_interval)
             }
             None => tracing::info!("livekit.url is not set: no reconciliation, webhooks alone"),
+        }
+        if let Some(keep) = self.audit_retention {
+            spawn_audit_retention(self.db.clone(), self.rooms.metrics_handle(), keep);
         }
         Ok(())
     }
@@ -171,6 +173,31 @@ impl Application {
         self.db.close().await.ok();
         Ok(())
     }
+}
+
+/// How often the audit retention job runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(300);
+
+/// Deletes audit rows older than `keep` now and every few minutes.
+fn spawn_audit_retention(db: sea_orm::DatabaseConnection, metrics: Arc<Metrics>, keep: Duration) {
+    actix::spawn(async move {
+        let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::TimeDelta::MAX);
+        loop {
+            let cutoff = chrono::Utc::now() - keep;
+            let deleted = store::delete_audit_before(&db, cutoff, |n| {
+                metrics.audit_rows_deleted.inc_by(n);
+            })
+            .await;
+            match deleted {
+                Ok(0) => {}
+                Ok(rows) => {
+                    tracing::info!(rows, %cutoff, "deleted audit rows past their retention")
+                }
+                Err(err) => tracing::warn!(error = %err, "audit retention failed; retrying later"),
+            }
+            tokio::time::sleep(RETENTION_EVERY).await;
+        }
+    });
 }
 
 /// Recovery reads every active room at once; hand the transient garbage back

@@ -22,7 +22,15 @@ pub struct Settings {
     pub rooms: RoomSettings,
     pub writer: WriterSettings,
     pub api: ApiSettings,
+    pub audit: AuditSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// `webhook_events` rows older than this are deleted; 0 keeps them all.
+    pub retention_days: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +88,7 @@ pub struct RoomSettings {
     pub commit_timeout_ms: u64,
     pub retire_after_finish_secs: u64,
     pub idle_timeout_secs: u64,
+    pub history_horizon_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +97,7 @@ pub struct WriterSettings {
     pub max_batch: usize,
     pub queue_capacity: usize,
     pub transactions: usize,
+    pub transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -132,16 +142,19 @@ impl Default for Settings {
                 commit_timeout_ms: 10_000,
                 retire_after_finish_secs: 60,
                 idle_timeout_secs: 600,
+                history_horizon_secs: 3600,
             },
             writer: WriterSettings {
                 max_batch: 512,
                 queue_capacity: 8192,
                 transactions: 0,
+                transaction_timeout_ms: 5000,
             },
             api: ApiSettings {
                 public_counts: true,
                 cors_origins: Vec::new(),
             },
+            audit: AuditSettings { retention_days: 30 },
             log: LogSettings {
                 level: "info".into(),
                 format: LogFormat::Text,
@@ -218,6 +231,17 @@ impl Settings {
             return Err(invalid(
                 "livekit.reconcile_interval_secs",
                 "must be positive",
+            ));
+        }
+        if self.writer.transaction_timeout_ms == 0 {
+            return Err(invalid("writer.transaction_timeout_ms", "must be positive"));
+        }
+        // A horizon inside LiveKit's redelivery window (retries over ~15 s,
+        // 30 s in its queue) would let a late join reopen a closed session.
+        if self.rooms.history_horizon_secs < 300 {
+            return Err(invalid(
+                "rooms.history_horizon_secs",
+                "must be at least 300 (well past LiveKit's redelivery window)",
             ));
         }
         if self.database.max_connections == 0 {

@@ -46,7 +46,8 @@ async fn main() -> anyhow::Result<()> {
             app.run().await?;
         }
         Command::Migrate => {
-            let db = store::connect(&settings.database).await?;
+            let db =
+                store::connect(&settings.database, settings.writer.transaction_timeout_ms).await?;
             store::migrate(&db).await?;
             tracing::info!("migrations applied");
         }

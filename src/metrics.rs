@@ -21,6 +21,8 @@ pub struct Metrics {
     pub actor_restarts: IntCounter,
     pub reconcile_corrections: IntCounterVec,
     pub reconcile_failures: IntCounter,
+    /// Audit rows removed by the retention job.
+    pub audit_rows_deleted: IntCounter,
 }
 
 impl Metrics {
@@ -67,6 +69,11 @@ impl Metrics {
             "Reconciliation rounds that could not reach LiveKit",
         )
         .expect("valid metric");
+        let audit_rows_deleted = IntCounter::new(
+            "audit_rows_deleted_total",
+            "webhook_events rows deleted past audit.retention_days",
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhook_seconds.clone()),
@@ -76,6 +83,7 @@ impl Metrics {
             Box::new(actor_restarts.clone()),
             Box::new(reconcile_corrections.clone()),
             Box::new(reconcile_failures.clone()),
+            Box::new(audit_rows_deleted.clone()),
         ] {
             registry
                 .register(metric)
@@ -91,6 +99,7 @@ impl Metrics {
             actor_restarts,
             reconcile_corrections,
             reconcile_failures,
+            audit_rows_deleted,
         }
     }
 

@@ -119,7 +119,7 @@ async fn assert_committed(
     events: &[(String, String, String)],
     acked: &HashSet<String>,
 ) {
-    let store = roomd::store::connect(&common::settings_for(db).database)
+    let store = roomd::store::connect(&common::settings_for(db).database, 5000)
         .await
         .unwrap();
     let committed: HashSet<String> = webhook_events::Entity::find()

@@ -165,7 +165,7 @@ impl Db {
                 .rooms
                 .values()
                 .filter(|(_, r)| r.status == RoomStatus::Ended)
-                .filter_map(|(_, r)| r.sid.clone())
+                .filter_map(|(_, r)| Some((r.sid.clone()?, r.ended_at?)))
                 .collect(),
         }
     }

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_rooms;
 mod m20261128_000002_create_participants;
 mod m20261128_000003_create_webhook_events;
+mod m20261129_000004_add_rooms_changed_at;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_rooms::Migration),
             Box::new(m20261128_000002_create_participants::Migration),
             Box::new(m20261128_000003_create_webhook_events::Migration),
+            Box::new(m20261129_000004_add_rooms_changed_at::Migration),
         ]
     }
 }

@@ -7,10 +7,13 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use futures_util::{StreamExt, stream};
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{AppState, error::ApiError};
+use std::sync::Arc;
+
 use crate::room::Rooms;
+use crate::room::feed::Update;
 
 fn sse(id: &str, event: &str, data: &serde_json::Value) -> Result<Bytes, actix_web::Error> {
     Ok(Bytes::from(format!(
@@ -27,6 +30,24 @@ async fn snapshot(rooms: &Rooms, name: &str, id: &str) -> Result<Bytes, actix_we
         "snapshot",
         &json!({ "room": room, "participants": participants }),
     )
+}
+
+/// One client's subscription; its room's feed is released when the client
+/// goes (the stream is dropped).
+struct Listener {
+    rooms: Rooms,
+    name: String,
+    updates: Option<broadcast::Receiver<Arc<Update>>>,
+    /// Updates up to this one are in what the client was already sent.
+    skip_through: u64,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // The receiver must be gone before the feed counts its listeners.
+        drop(self.updates.take());
+        self.rooms.unsubscribe(&self.name);
+    }
 }
 
 #[get("/v1/rooms/{name}/stream")]
@@ -57,26 +78,36 @@ pub async fn room_stream(
             .collect(),
         None => vec![snapshot(&rooms, &name, &subscription.snapshot_id).await],
     };
-    let live = stream::unfold(
-        (subscription.updates, rooms, name),
-        |(mut updates, rooms, name)| async move {
+    let listener = Listener {
+        rooms,
+        name,
+        updates: Some(subscription.updates),
+        skip_through: subscription.snapshot_seq,
+    };
+    let live = stream::unfold(listener, |mut l| async move {
+        loop {
+            let updates = l.updates.as_mut()?;
             let item = match updates.recv().await {
+                // Already in the snapshot this client was sent.
+                Ok(u) if u.seq <= l.skip_through => continue,
                 Ok(u) => sse(
                     &u.id,
                     "update",
                     &serde_json::to_value(u.as_ref()).unwrap_or_default(),
                 ),
-                // This client fell behind: it gets the room as it is now instead
-                // of the updates it missed (the room never waited for it).
+                // This client fell behind: it gets the room as it is now
+                // instead of the updates it missed (the room never waited
+                // for it), and then only what is newer than that.
                 Err(RecvError::Lagged(_)) => {
-                    let id = rooms.subscribe(&name, None).snapshot_id;
-                    snapshot(&rooms, &name, &id).await
+                    let (id, seq) = l.rooms.feed_position(&l.name).unwrap_or_default();
+                    l.skip_through = seq;
+                    snapshot(&l.rooms, &l.name, &id).await
                 }
                 Err(RecvError::Closed) => return None,
             };
-            Some((item, (updates, rooms, name)))
-        },
-    );
+            return Some((item, l));
+        }
+    });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -24,8 +25,10 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::feed::Feeds;
-pub use super::messages::{Apply, Delivered, QueueSlot, Reconcile, Reconciled, RoomError};
-use super::record::{Changes, StoredRoom};
+pub use super::messages::{
+    Admission, Apply, Delivered, QueueSlot, Reconcile, Reconciled, RoomError,
+};
+use super::record::StoredRoom;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, Transition};
 use crate::metrics::Metrics;
@@ -34,14 +37,36 @@ use crate::store::{self, Committed, EventRecord, StoreError, Writer};
 /// Events an actor keeps for the debug view.
 const RECENT: usize = 16;
 
-pub type Registry = Arc<DashMap<String, Addr<RoomActor>>>;
+/// A live actor and the messages waiting in its mailbox: the room's
+/// bookkeeping, which leaves the registry with the actor.
+#[derive(Clone)]
+pub struct RoomEntry {
+    pub addr: Addr<RoomActor>,
+    pub depth: Arc<AtomicUsize>,
+}
+
+pub type Registry = Arc<DashMap<String, RoomEntry>>;
 pub type Snapshots = Arc<DashMap<String, Arc<RoomSnapshot>>>;
 
-/// When actors retire themselves.
+/// How often an actor forgets history older than its horizon.
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// When actors retire themselves, and how much history they keep.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifecycle {
     pub retire_after_finish: Duration,
     pub idle_timeout: Duration,
+    /// Closed sessions, tombstones and ended sids older than this are
+    /// forgotten (the database keeps them).
+    pub history_horizon: Duration,
+}
+
+impl Lifecycle {
+    /// The oldest history worth keeping, as of now.
+    pub fn horizon(&self) -> DateTime<Utc> {
+        Utc::now()
+            - chrono::Duration::from_std(self.history_horizon).unwrap_or(chrono::TimeDelta::MAX)
+    }
 }
 
 /// What every room actor shares with the supervisor.
@@ -69,6 +94,8 @@ pub struct RoomActor {
     counters: Counters,
     started_at: DateTime<Utc>,
     retire_check: Option<SpawnHandle>,
+    /// When history past the horizon was last forgotten.
+    forgot_at: Instant,
 }
 
 impl RoomActor {
@@ -94,6 +121,7 @@ impl RoomActor {
             counters: Counters::default(),
             started_at: Utc::now(),
             retire_check: None,
+            forgot_at: Instant::now(),
         }
     }
 
@@ -128,19 +156,45 @@ impl RoomActor {
         self.schedule_retirement(ctx);
     }
 
-    /// Stops after a failure: the next event for the room starts a new actor
-    /// that loads what the database committed.
+    /// Rebuilds the room from what the database committed, after a failed
+    /// commit or a panic: the in-memory state may be ahead of it. Until the
+    /// load is in, no message is handled and the published snapshot stays
+    /// the last committed one, so readers never see the attempted state.
     fn restart(&mut self, ctx: &mut Context<Self>) {
         self.parts.metrics.actor_restarts.inc();
-        self.unregister(ctx);
-        ctx.stop();
+        self.state = None;
+        self.load(ctx);
+    }
+
+    /// Loads the committed state before the next message is handled
+    /// (`ctx.wait`). If the database cannot answer, the actor stops: the
+    /// next event for the room starts a new one, which tries again.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let db = self.parts.db.clone();
+        let name = self.name.clone();
+        let horizon = self.parts.lifecycle.horizon();
+        ctx.wait(
+            async move { store::load_room(&db, &name, horizon).await }
+                .into_actor(self)
+                .map(|loaded: Result<StoredRoom, StoreError>, act, ctx| match loaded {
+                    Ok(stored) => {
+                        let state = RoomState::restore(act.name.clone(), stored);
+                        act.loaded(state, ctx);
+                    }
+                    Err(err) => {
+                        tracing::warn!(room = %act.name, error = %err, "cannot load room; its events get 503 until the database answers");
+                        act.unregister(ctx);
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 
     fn unregister(&self, ctx: &Context<Self>) {
         let me = ctx.address();
         self.parts
             .registry
-            .remove_if(&self.name, |_, addr| *addr == me);
+            .remove_if(&self.name, |_, entry| entry.addr == me);
     }
 
     /// How long until this actor may retire, if it may at all.
@@ -179,27 +233,46 @@ impl RoomActor {
         }));
     }
 
-    /// Commits `transition` with its audit row and, once committed, makes
-    /// `next` the room's state (`None`: the state was changed in place).
-    /// `done` turns the result into the answer, which is sent on `reply` only
-    /// after the new snapshot is published: a read after the 200 sees what
-    /// the 200 acknowledged.
+    /// Forgets history past the horizon, now and then.
+    fn forget_old_history(&mut self) {
+        if self.forgot_at.elapsed() < FORGET_EVERY {
+            return;
+        }
+        self.forgot_at = Instant::now();
+        let horizon = self.parts.lifecycle.horizon();
+        if let Some(state) = &mut self.state {
+            state.forget_before(horizon);
+        }
+    }
+
+    /// The one path from "the state machine said X" to "committed,
+    /// published, answered". `transition` is committed with its audit row;
+    /// once committed, `next` becomes the room's state (`None`: the state
+    /// was changed in place) and `done` turns the result into the answer and
+    /// the live update. The snapshot is published before the update and the
+    /// answer, so a read after the 200 sees what the 200 acknowledged, and a
+    /// stream never shows an update its snapshot lacks.
+    ///
+    /// The failure rule: when the database did not take the change (or took
+    /// it before, from a state this actor does not have), the actor stops
+    /// without publishing, and the next event rebuilds the room from the
+    /// database.
     fn commit<T: 'static>(
         &mut self,
         next: Option<RoomState>,
         transition: Transition,
         record: EventRecord,
         reply: oneshot::Sender<T>,
-        done: impl FnOnce(&mut Self, Result<Committed, RoomError>) -> T + 'static,
+        done: impl FnOnce(&mut Self, Result<Committed, RoomError>) -> (T, Option<Update>) + 'static,
     ) -> AtomicResponse<Self, ()> {
         let writer = self.parts.writer.clone();
-        let changes: Changes = transition.changes;
-        let changed = !changes.rooms.is_empty() || !changes.sessions.is_empty();
+        let changed = !transition.changes.is_empty();
         let outcome = transition.outcome;
+        let changes = transition.changes;
         let commit = async move { writer.commit(record, changes).await };
         AtomicResponse::new(Box::pin(commit.into_actor(self).map(
             move |committed, act, ctx| {
-                match &committed {
+                let keep = match &committed {
                     Ok(Committed::Stored) => {
                         if let Some(next) = next {
                             act.state = Some(next);
@@ -207,6 +280,7 @@ impl RoomActor {
                         if outcome == Outcome::Applied {
                             act.last_change = Instant::now();
                         }
+                        true
                     }
                     // A redelivery changes nothing in a state that has seen
                     // the event; one that changed it here (the state was
@@ -214,24 +288,37 @@ impl RoomActor {
                     // database.
                     Ok(Committed::Duplicate) if changed && next.is_none() => {
                         tracing::info!(room = %act.name, "a redelivery changed the in-memory room; rebuilding it from the database");
-                        act.restart(ctx);
+                        false
                     }
-                    Ok(Committed::Duplicate) => {}
+                    Ok(Committed::Duplicate) => true,
                     Err(err) => {
                         // The commit may or may not have happened: only the
                         // database knows. Rebuild from it on the next event.
                         tracing::warn!(room = %act.name, error = %err, "commit failed; restarting the room from the database");
-                        act.restart(ctx);
+                        false
                     }
+                };
+                let (answer, update) = done(act, committed.map_err(RoomError::from));
+                if keep {
+                    act.forget_old_history();
+                    act.publish();
+                    if let Some(update) = update {
+                        act.publish_update(&update.event, update.identity);
+                    }
+                    act.schedule_retirement(ctx);
+                } else {
+                    act.restart(ctx);
                 }
-                let result = committed.map_err(RoomError::from);
-                let answer = done(act, result);
-                act.publish();
-                act.schedule_retirement(ctx);
                 let _ = reply.send(answer);
             },
         )))
     }
+}
+
+/// What a committed change tells live subscribers.
+pub struct Update {
+    event: String,
+    identity: Option<String>,
 }
 
 impl Actor for RoomActor {
@@ -243,24 +330,7 @@ impl Actor for RoomActor {
             self.loaded(state, ctx);
             return;
         }
-        let db = self.parts.db.clone();
-        let name = self.name.clone();
-        // `wait`: no message is handled before the committed state is in.
-        ctx.wait(
-            async move { store::load_room(&db, &name).await }
-                .into_actor(self)
-                .map(|loaded: Result<StoredRoom, StoreError>, act, ctx| match loaded {
-                    Ok(stored) => {
-                        let state = RoomState::restore(act.name.clone(), stored);
-                        act.loaded(state, ctx);
-                    }
-                    Err(err) => {
-                        tracing::warn!(room = %act.name, error = %err, "cannot load room; its events get 503 until the database answers");
-                        act.unregister(ctx);
-                        ctx.stop();
-                    }
-                }),
-        );
+        self.load(ctx);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
@@ -303,8 +373,11 @@ impl Handler<Apply> for RoomActor {
             event,
             reply,
             slot,
+            admission,
+            span,
         } = msg;
         drop(slot);
+        let _request = span.enter();
         let Some(state) = &mut self.state else {
             // Only reachable if loading failed; the actor is stopping.
             let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
@@ -317,8 +390,12 @@ impl Handler<Apply> for RoomActor {
             // every event. Nobody sees the new state before the commit (the
             // actor handles one message at a time and publishes after it),
             // and every way the commit can disagree restarts the actor from
-            // the database (see `commit`).
-            state.apply(&room, &event, delivery.at())
+            // the database without publishing (see `commit`).
+            let mut transition = state.apply(&room, &event, delivery.at());
+            // Now, not when the webhook arrived: a reconcile list fetched
+            // before this moment may not show the change yet.
+            state.mark_changed(&mut transition, Utc::now());
+            transition
         });
         let Some(transition) = applied else {
             tracing::error!(room = %self.name, event_id = ?delivery.id, event = %delivery.event, "room state machine panicked; restarting the room");
@@ -341,13 +418,22 @@ impl Handler<Apply> for RoomActor {
             outcome: transition.outcome.as_str(),
         };
         let outcome = transition.outcome;
+        let span = span.clone();
         self.commit(None, transition, record, reply, move |act, committed| {
+            let _request = span.enter();
+            // The event is handled: it no longer counts against the
+            // in-flight bound, whatever became of its request.
+            drop(admission);
+            let mut update = None;
             let result = committed.map(|c| match c {
                 Committed::Stored => {
                     match outcome {
                         Outcome::Applied => {
                             act.counters.applied += 1;
-                            act.publish_update(&delivery.event, identity.clone());
+                            update = Some(Update {
+                                event: delivery.event.clone(),
+                                identity,
+                            });
                         }
                         Outcome::Ignored => act.counters.ignored += 1,
                         Outcome::Stale => act.counters.stale += 1,
@@ -368,7 +454,7 @@ impl Handler<Apply> for RoomActor {
                     at: delivery.received_at,
                 });
             }
-            result
+            (result, update)
         })
     }
 }
@@ -384,27 +470,28 @@ impl Handler<Reconcile> for RoomActor {
             slot,
         } = msg;
         drop(slot);
-        let state = match &self.state {
-            Some(state) if self.last_change <= fetched_at || self.recent.is_empty() => state,
-            Some(_) => {
-                let _ = reply.send(Ok(Reconciled::Skipped));
-                return AtomicResponse::new(Box::pin(fut::ready(())));
-            }
-            None => {
-                let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
-                return AtomicResponse::new(Box::pin(fut::ready(())));
-            }
+        let Some(state) = &self.state else {
+            let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
+            return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         let now = Utc::now();
         let reconciled = guarded(|| {
             let mut next = state.clone();
-            let (transition, corrections) = next.reconcile(truth.as_ref(), now);
-            (next, transition, corrections)
+            next.reconcile(truth.as_ref(), fetched_at, now)
+                .map(|(mut transition, corrections)| {
+                    next.mark_changed(&mut transition, now);
+                    (next, transition, corrections)
+                })
         });
-        let Some((next, transition, corrections)) = reconciled else {
+        let Some(reconciled) = reconciled else {
             tracing::error!(room = %self.name, "room state machine panicked in reconcile; restarting the room");
             self.restart(ctx);
             let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        };
+        let Some((next, transition, corrections)) = reconciled else {
+            // The room changed after LiveKit's list was fetched.
+            let _ = reply.send(Ok(Reconciled::Skipped));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         if corrections.is_empty() {
@@ -425,8 +512,8 @@ impl Handler<Reconcile> for RoomActor {
             outcome: transition.outcome.as_str(),
         };
         self.commit(Some(next), transition, record, reply, move |act, committed| {
+            let mut update = None;
             if committed.is_ok() {
-                act.publish_update("reconcile", None);
                 for c in &corrections {
                     tracing::info!(room = %act.name, correction = ?c.what, identity = ?c.identity, sid = ?c.sid, "reconciled with LiveKit");
                 }
@@ -436,8 +523,12 @@ impl Handler<Reconcile> for RoomActor {
                     outcome: Outcome::Applied.as_str(),
                     at: now,
                 });
+                update = Some(Update {
+                    event: "reconcile".into(),
+                    identity: None,
+                });
             }
-            committed.map(|_| Reconciled::Corrected(corrections))
+            (committed.map(|_| Reconciled::Corrected(corrections)), update)
         })
     }
 }

@@ -5,8 +5,14 @@
 //! subscriber that does not keep up lags and is sent a fresh snapshot, it
 //! never slows the room down. The last `RING` updates are kept, so a client
 //! that reconnects with `Last-Event-ID` gets exactly what it missed, or a
-//! fresh snapshot when that is no longer possible (too old, or an id from
-//! before a restart: ids carry the process's epoch).
+//! fresh snapshot when that is no longer possible (too old, or an id of
+//! another feed). Each feed has an id of its own that its event ids carry,
+//! so an id is never reused for a room: not after its actor retires and a
+//! new feed starts counting again, nor after a restart.
+//!
+//! A feed lives while its room has an actor or a subscriber: the actor's
+//! retirement closes it, the last subscriber of a room without an actor
+//! removes it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,6 +31,10 @@ const RING: usize = 128;
 pub struct Update {
     #[serde(skip)]
     pub id: String,
+    /// Its place in the feed: a stream that sent a snapshot standing for
+    /// `seq` skips updates up to it.
+    #[serde(skip)]
+    pub seq: u64,
     /// What happened: the webhook's event name, or `reconcile`.
     pub event: String,
     pub identity: Option<String>,
@@ -39,39 +49,43 @@ struct Ring {
 }
 
 struct Feed {
+    /// What this feed's event ids start with.
+    uid: String,
     /// One lock for both publishing and subscribing, so nobody sees a gap.
     ring: Mutex<Ring>,
     tx: broadcast::Sender<Arc<Update>>,
+}
+
+impl Feed {
+    fn new() -> Self {
+        Self {
+            uid: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            ring: Mutex::new(Ring::default()),
+            tx: broadcast::channel(RING).0,
+        }
+    }
+
+    fn id(&self, seq: u64) -> String {
+        format!("{}-{seq}", self.uid)
+    }
 }
 
 /// What a new subscriber starts from.
 pub struct Subscription {
     /// Updates missed since `Last-Event-ID`, or `None`: start from a snapshot.
     pub replay: Option<Vec<Arc<Update>>>,
-    /// The id a snapshot sent now stands for.
+    /// The id a snapshot sent now stands for, and its place in the feed.
     pub snapshot_id: String,
+    pub snapshot_seq: u64,
     pub updates: broadcast::Receiver<Arc<Update>>,
 }
 
+#[derive(Default)]
 pub struct Feeds {
-    epoch: String,
     rooms: DashMap<String, Arc<Feed>>,
 }
 
-impl Default for Feeds {
-    fn default() -> Self {
-        Self {
-            epoch: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
-            rooms: DashMap::new(),
-        }
-    }
-}
-
 impl Feeds {
-    fn id(&self, seq: u64) -> String {
-        format!("{}-{seq}", self.epoch)
-    }
-
     /// Records a committed change; a no-op for rooms nobody subscribed to
     /// (`room` is only built when someone listens).
     pub fn publish(
@@ -88,7 +102,8 @@ impl Feeds {
         ring.last += 1;
         let seq = ring.last;
         let update = Arc::new(Update {
-            id: self.id(seq),
+            id: feed.id(seq),
+            seq,
             event: event.to_owned(),
             identity,
             room: room(),
@@ -102,21 +117,18 @@ impl Feeds {
     }
 
     pub fn subscribe(&self, name: &str, last_event_id: Option<&str>) -> Subscription {
-        let feed = self
+        // The receiver is taken inside the map's entry lock, so `release`
+        // never removes a feed between its lookup and the subscription.
+        let entry = self
             .rooms
             .entry(name.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Feed {
-                    ring: Mutex::new(Ring::default()),
-                    tx: broadcast::channel(RING).0,
-                })
-            })
-            .clone();
+            .or_insert_with(|| Arc::new(Feed::new()));
+        let feed = entry.value();
         let ring = feed.ring.lock().expect("feed lock");
         let Ring { last, kept } = &*ring;
         let resume_after = last_event_id
             .and_then(|id| id.split_once('-'))
-            .filter(|(epoch, _)| *epoch == self.epoch)
+            .filter(|(uid, _)| *uid == feed.uid)
             .and_then(|(_, seq)| seq.parse::<u64>().ok())
             .filter(|seq| seq <= last);
         let replay = resume_after.and_then(|after| {
@@ -130,9 +142,36 @@ impl Feeds {
         });
         Subscription {
             replay,
-            snapshot_id: self.id(*last),
+            snapshot_id: feed.id(*last),
+            snapshot_seq: *last,
             updates: feed.tx.subscribe(),
         }
+    }
+
+    /// The id and place a snapshot taken now stands for, for a subscriber
+    /// that fell behind.
+    pub fn position(&self, name: &str) -> Option<(String, u64)> {
+        let feed = self.rooms.get(name)?;
+        let last = feed.ring.lock().expect("feed lock").last;
+        Some((feed.id(last), last))
+    }
+
+    /// A subscriber of `name` left: the feed goes when nobody listens and
+    /// `keep` (the room has an actor, whose feed lets clients resume) is false.
+    pub fn release(&self, name: &str, keep: bool) {
+        if !keep {
+            self.rooms
+                .remove_if(name, |_, feed| feed.tx.receiver_count() == 0);
+        }
+    }
+
+    /// Rooms with a feed.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
     }
 
     /// Ends a room's feed (its actor retired): subscribers' streams close and
@@ -157,6 +196,7 @@ mod tests {
             started_at: chrono::Utc::now(),
             ended_at: None,
             end_reason: None,
+            changed_at: None,
         })
     }
 
@@ -181,7 +221,7 @@ mod tests {
         for i in 1..=3 {
             feeds.publish("r", "participant_joined", None, || view(i));
         }
-        let after_one = format!("{}-1", feeds.epoch);
+        let after_one = first.snapshot_id.replace("-0", "-1");
         let replay = feeds
             .subscribe("r", Some(&after_one))
             .replay
@@ -201,7 +241,7 @@ mod tests {
         // From the future, or another process: a snapshot.
         assert!(
             feeds
-                .subscribe("r", Some(&format!("{}-99999", feeds.epoch)))
+                .subscribe("r", Some(&first.snapshot_id.replace("-0", "-99999")))
                 .replay
                 .is_none()
         );

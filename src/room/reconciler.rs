@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -46,7 +46,7 @@ pub async fn reconcile_once(
     rooms: &Rooms,
     service: &RoomService,
 ) -> Result<ReconcileReport, ReconcileError> {
-    let fetched_at = Instant::now();
+    let fetched_at = Utc::now();
     let live = service.rooms().await?;
     let live_names: HashSet<&str> = live.iter().map(|r| r.name.as_str()).collect();
     let gone: Vec<String> = rooms
@@ -63,7 +63,7 @@ pub async fn reconcile_once(
     }
     let mut per_room = futures_util::stream::iter(live)
         .map(|room| async move {
-            let fetched_at = Instant::now();
+            let fetched_at = Utc::now();
             let name = room.name.clone();
             let truth = service.truth(room).await?;
             Ok::<_, ServiceError>(rooms.reconcile_room(&name, Some(truth), fetched_at).await)

@@ -40,6 +40,9 @@ pub struct RoomRecord {
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub end_reason: Option<String>,
+    /// When roomd last applied a change to this room (roomd's clock, not
+    /// LiveKit's): reconciliation must not act on a list fetched before it.
+    pub changed_at: Option<DateTime<Utc>>,
 }
 
 /// One row of `participants`: one session (or a tombstone for a leave that
@@ -87,6 +90,7 @@ impl Changes {
 pub struct StoredRoom {
     /// The newest instance under the name, with all of its sessions.
     pub latest: Option<(RoomRecord, Vec<SessionRecord>)>,
-    /// Sids of every ended instance under the name: their late events are stale.
-    pub ended_sids: Vec<String>,
+    /// Sids of the ended instances under the name, with when they ended:
+    /// their late events are stale.
+    pub ended_sids: Vec<(String, DateTime<Utc>)>,
 }

@@ -16,7 +16,7 @@
 //! - bodies without sids (the seed's curl test) fall back to identity keys,
 //!   ordered by the event's timestamp.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -103,6 +103,7 @@ impl Instance {
                 started_at: room.created_at.unwrap_or(at),
                 ended_at: None,
                 end_reason: None,
+                changed_at: None,
             },
             sessions: BTreeMap::new(),
         }
@@ -215,8 +216,11 @@ impl Instance {
             (Some(s), _) if s.is_open() => return Outcome::Ignored,
             // A sid is one session: once closed (or tombstoned) it never reopens.
             (Some(_), SessionKey::Sid(_)) => return Outcome::Ignored,
-            // Without sids only time can tell a rejoin from a late duplicate.
-            (Some(s), SessionKey::Identity(_)) if s.left_at.is_some_and(|left| left >= at) => {
+            // Without sids only time can tell a rejoin from a late duplicate:
+            // a join older than the leave is late. A tie (createdAt has whole
+            // seconds) goes to the later arrival, so a rejoin in the second
+            // of the leave counts.
+            (Some(s), SessionKey::Identity(_)) if s.left_at.is_some_and(|left| left > at) => {
                 return Outcome::Ignored;
             }
             _ => {}
@@ -240,13 +244,17 @@ impl Instance {
             changes.sessions.push(s.clone());
         };
         let key = SessionKey::of(&p.identity, p.sid.as_deref());
+        // A sid-less leave is ordered by time: it ends only sessions that
+        // began at or before it (a tie goes to the later arrival), so a late
+        // copy of an earlier leave cannot end a rejoin.
+        let began_by = |s: &SessionRecord| s.joined_at.is_none_or(|joined| joined <= at);
         if p.sid.is_none() {
             // Without a sid the leave means "this person left": close all of them.
             let mut closed_any = false;
             for s in self
                 .sessions
                 .values_mut()
-                .filter(|s| s.is_open() && s.identity == p.identity)
+                .filter(|s| s.is_open() && s.identity == p.identity && began_by(s))
             {
                 close(s, changes);
                 closed_any = true;
@@ -256,11 +264,10 @@ impl Instance {
             // from before it must not reopen, and a redelivery of it must
             // find it and change nothing (found by fuzzing: it used to add a
             // tombstone the second time).
-            if self
-                .sessions
-                .get(&key)
-                .is_some_and(|s| s.left_at.is_some_and(|left| left >= at))
-            {
+            let settled = self.sessions.get(&key).is_some_and(|s| {
+                s.left_at.is_some_and(|left| left >= at) || (s.is_open() && !began_by(s))
+            });
+            if settled {
                 return if closed_any {
                     Outcome::Applied
                 } else {
@@ -287,31 +294,35 @@ impl Instance {
 }
 
 /// Everything roomd knows about one room name: the newest instance and the
-/// sids of the finished ones.
+/// sids of the finished ones, with when they ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomState {
     name: String,
     current: Option<Instance>,
-    ended_sids: HashSet<String>,
+    ended_sids: HashMap<String, DateTime<Utc>>,
 }
+
+/// Why an instance ended, as `rooms.end_reason` spells it.
+pub(crate) const END_RECONCILED: &str = "reconciled";
 
 impl RoomState {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
             current: None,
-            ended_sids: HashSet::new(),
+            ended_sids: HashMap::new(),
         }
     }
 
     /// Rebuilds the state from what the store committed.
     pub fn restore(name: impl Into<String>, stored: StoredRoom) -> Self {
-        let mut ended_sids: HashSet<String> = stored.ended_sids.into_iter().collect();
+        let mut ended_sids: HashMap<String, DateTime<Utc>> =
+            stored.ended_sids.into_iter().collect();
         let current = stored.latest.map(|(room, sessions)| {
             if room.status == RoomStatus::Ended
                 && let Some(sid) = &room.sid
             {
-                ended_sids.insert(sid.clone());
+                ended_sids.insert(sid.clone(), room.ended_at.unwrap_or(room.started_at));
             }
             Instance::restore(room, sessions)
         });
@@ -335,6 +346,62 @@ impl RoomState {
         self.current.as_ref().is_some_and(Instance::is_active)
     }
 
+    /// When (roomd's clock) the room last changed, as committed: what
+    /// reconciliation compares its fetch time with, across actor lifetimes.
+    pub fn changed_at(&self) -> Option<DateTime<Utc>> {
+        self.current.as_ref().and_then(|c| c.room.changed_at)
+    }
+
+    /// Stamps an applied transition with roomd's time of applying it, so
+    /// the stamp is committed with it.
+    pub fn mark_changed(&mut self, transition: &mut Transition, now: DateTime<Utc>) {
+        if transition.outcome != Outcome::Applied {
+            return;
+        }
+        let Some(instance) = self.current.as_mut() else {
+            return;
+        };
+        instance.room.changed_at = Some(now);
+        let rooms = &mut transition.changes.rooms;
+        rooms.retain(|r| r.id != instance.room.id);
+        rooms.push(instance.room.clone());
+    }
+
+    /// Forgets closed sessions, tombstones and ended sids older than
+    /// `cutoff`: far past LiveKit's redelivery window, they only cost memory.
+    /// The database keeps them; the loader skips them too.
+    pub fn forget_before(&mut self, cutoff: DateTime<Utc>) {
+        self.ended_sids.retain(|_, ended| *ended >= cutoff);
+        if let Some(instance) = self.current.as_mut() {
+            instance
+                .sessions
+                .retain(|_, s| s.left_at.is_none_or(|left| left >= cutoff));
+        }
+    }
+
+    /// An instance that reconciliation ended comes back when LiveKit shows
+    /// it is live after all: a webhook that happened after the end (other
+    /// than its `room_finished`), or LiveKit listing it again.
+    fn revives(&self, sid: &str, event: &RoomEvent, at: DateTime<Utc>) -> bool {
+        self.current.as_ref().is_some_and(|cur| {
+            cur.room.sid.as_deref() == Some(sid)
+                && cur.room.end_reason.as_deref() == Some(END_RECONCILED)
+                && !matches!(event, RoomEvent::RoomFinished)
+                && cur.room.ended_at.is_some_and(|ended| at > ended)
+        })
+    }
+
+    fn revive(&mut self) {
+        if let Some(cur) = self.current.as_mut() {
+            if let Some(sid) = &cur.room.sid {
+                self.ended_sids.remove(sid);
+            }
+            cur.room.status = RoomStatus::Active;
+            cur.room.ended_at = None;
+            cur.room.end_reason = None;
+        }
+    }
+
     /// Applies one event that happened at `at` (LiveKit's clock).
     pub fn apply(&mut self, room: &RoomRef, event: &RoomEvent, at: DateTime<Utc>) -> Transition {
         let mut changes = Changes::default();
@@ -344,18 +411,29 @@ impl RoomState {
             changes: Changes::default(),
         };
 
-        if room
-            .sid
-            .as_ref()
-            .is_some_and(|sid| self.ended_sids.contains(sid))
-        {
-            return stale(None);
-        }
         let mut room_changed = false;
+        if let Some(sid) = room
+            .sid
+            .as_deref()
+            .filter(|sid| self.ended_sids.contains_key(*sid))
+        {
+            if !self.revives(sid, event, at) {
+                return stale(None);
+            }
+            self.revive();
+            room_changed = true;
+        }
         let same_instance = match (&mut self.current, &room.sid) {
             (None, _) => false,
             (Some(cur), Some(sid)) => match &cur.room.sid {
-                Some(cur_sid) => cur_sid == sid,
+                Some(cur_sid) if cur_sid == sid => true,
+                // A sid roomd has not seen: LiveKit never has two live rooms
+                // of one name, so it is either a newer instance or a late
+                // event of an older one. Its creation time tells which.
+                Some(_) if room.created_at.unwrap_or(at) < cur.room.started_at => {
+                    return stale(None);
+                }
+                Some(_) => false,
                 // First sight of the sid of an instance opened from a sid-less body.
                 None if cur.is_active() => {
                     cur.room.sid = Some(sid.clone());
@@ -364,7 +442,14 @@ impl RoomState {
                 }
                 None => false,
             },
-            (Some(cur), None) if cur.is_active() => true,
+            // Sid-less bodies are ordered by time: one from before the
+            // instance began belongs to an older one.
+            (Some(cur), None) if cur.is_active() => {
+                if at < cur.room.started_at {
+                    return stale(Some(cur.room.id));
+                }
+                true
+            }
             (Some(cur), None) => {
                 let later = cur.room.ended_at.is_some_and(|ended| at > ended);
                 let opens = matches!(
@@ -385,8 +470,11 @@ impl RoomState {
                 old.end(at, "replaced", &LeaveReason::RoomReplaced, &mut changes);
                 changes.rooms.push(old.room.clone());
             }
-            if let Some(old_sid) = self.current.as_ref().and_then(|old| old.room.sid.clone()) {
-                self.ended_sids.insert(old_sid);
+            if let Some(old) = self.current.as_ref()
+                && let Some(sid) = &old.room.sid
+            {
+                self.ended_sids
+                    .insert(sid.clone(), old.room.ended_at.unwrap_or(at));
             }
             self.current = Some(Instance::start(room, at));
             room_changed = true;
@@ -416,7 +504,7 @@ impl RoomState {
                     &mut changes,
                 );
                 if let Some(sid) = &instance.room.sid {
-                    self.ended_sids.insert(sid.clone());
+                    self.ended_sids.insert(sid.clone(), at);
                 }
                 room_changed = true;
                 Outcome::Applied

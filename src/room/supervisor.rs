@@ -9,7 +9,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use actix::prelude::*;
 use dashmap::DashMap;
@@ -19,8 +21,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::actor::{
-    ActorParts, Apply, Delivered, Lifecycle, QueueSlot, Reconcile, Reconciled, Registry, RoomActor,
-    RoomError, Snapshots,
+    ActorParts, Admission, Apply, Delivered, Lifecycle, QueueSlot, Reconcile, Reconciled, Registry,
+    RoomActor, RoomEntry, RoomError, Snapshots,
 };
 use super::event::{Action, Delivery};
 use super::feed::{Feeds, Subscription};
@@ -67,10 +69,8 @@ struct Inner {
     arbiter: ArbiterHandle,
     settings: SupervisorSettings,
     recovered: AtomicBool,
-    /// Messages waiting in each room's mailbox.
-    depths: DashMap<String, Arc<AtomicUsize>>,
-    /// Deliveries between arrival and answer, all rooms together.
-    in_flight: AtomicUsize,
+    /// Deliveries admitted and not yet handled, all rooms together.
+    in_flight: Arc<AtomicUsize>,
     last_reconcile: Mutex<Option<ReconcileReport>>,
 }
 
@@ -105,14 +105,13 @@ impl Rooms {
                 arbiter,
                 settings,
                 recovered: AtomicBool::new(false),
-                depths: DashMap::new(),
-                in_flight: AtomicUsize::new(0),
+                in_flight: Arc::new(AtomicUsize::new(0)),
                 last_reconcile: Mutex::new(None),
             }),
         }
     }
 
-    fn registry(&self) -> &DashMap<String, Addr<RoomActor>> {
+    fn registry(&self) -> &DashMap<String, RoomEntry> {
         &self.inner.parts.registry
     }
 
@@ -121,8 +120,11 @@ impl Rooms {
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let mut count = 0;
         let mut after = None;
+        let horizon = self.inner.parts.lifecycle.horizon();
         loop {
-            let page = store::load_active_rooms(&self.inner.parts.db, after, RECOVERY_PAGE).await?;
+            let page =
+                store::load_active_rooms(&self.inner.parts.db, after, RECOVERY_PAGE, horizon)
+                    .await?;
             let Some((_, last)) = page.last() else { break };
             after = last.latest.as_ref().map(|(room, _)| room.id);
             count += page.len();
@@ -151,28 +153,32 @@ impl Rooms {
         self.inner.recovered.load(Ordering::Acquire)
     }
 
-    fn start_actor(&self, name: String, preloaded: Option<RoomState>) -> Addr<RoomActor> {
+    fn start_actor(&self, name: String, preloaded: Option<RoomState>) -> RoomEntry {
         let inner = self.inner.clone();
-        RoomActor::start_in_arbiter(&self.inner.arbiter, move |_| {
+        let addr = RoomActor::start_in_arbiter(&self.inner.arbiter, move |_| {
             RoomActor::new(name, preloaded, &inner.parts)
-        })
+        });
+        RoomEntry {
+            addr,
+            depth: Arc::default(),
+        }
     }
 
     /// The actor for `name`, started if there is none. An entry whose actor
     /// died without unregistering (it panicked) is replaced: the new actor
     /// loads the committed state.
-    fn actor(&self, name: &str) -> Addr<RoomActor> {
-        if let Some(addr) = self.registry().get(name).filter(|a| a.connected()) {
-            return addr.clone();
+    fn actor(&self, name: &str) -> RoomEntry {
+        if let Some(entry) = self.registry().get(name).filter(|e| e.addr.connected()) {
+            return entry.clone();
         }
         match self.registry().entry(name.to_owned()) {
-            Entry::Occupied(slot) if slot.get().connected() => slot.get().clone(),
+            Entry::Occupied(slot) if slot.get().addr.connected() => slot.get().clone(),
             Entry::Occupied(mut slot) => {
                 self.inner.parts.metrics.actor_restarts.inc();
                 tracing::warn!(room = %name, "room actor died; restarting it from the database");
-                let addr = self.start_actor(name.to_owned(), None);
-                slot.insert(addr.clone());
-                addr
+                let entry = self.start_actor(name.to_owned(), None);
+                slot.insert(entry.clone());
+                entry
             }
             Entry::Vacant(slot) => slot.insert(self.start_actor(name.to_owned(), None)).clone(),
         }
@@ -192,17 +198,16 @@ impl Rooms {
         if !self.is_recovered() {
             return Err(unavailable("roomd is still rebuilding its rooms".into()));
         }
-        let _admitted = InFlight::admit(&self.inner.in_flight, self.inner.settings.max_in_flight)
+        let admission = Admission::admit(&self.inner.in_flight, self.inner.settings.max_in_flight)
             .ok_or(DeliverError::Overloaded {
-            limit: self.inner.settings.max_in_flight,
-        })?;
+                limit: self.inner.settings.max_in_flight,
+            })?;
         let (room, event) = match (&delivery.action, &delivery.room) {
             (Action::Apply(event), Some(room)) => (room.clone(), event.clone()),
             _ => {
-                return self
-                    .record_only(delivery)
-                    .await
-                    .map_err(|e| unavailable(e.to_string()));
+                let recorded = self.record_only(delivery).await;
+                drop(admission);
+                return recorded.map_err(|e| unavailable(e.to_string()));
             }
         };
         let (reply, done) = oneshot::channel();
@@ -212,6 +217,8 @@ impl Rooms {
             event,
             reply,
             slot,
+            admission: Some(admission),
+            span: tracing::Span::current(),
         };
         self.ask(&room_name, msg, done).await
     }
@@ -232,19 +239,15 @@ impl Rooms {
             room: room.to_owned(),
             reason,
         };
-        let depth = self
-            .inner
-            .depths
-            .entry(room.to_owned())
-            .or_default()
-            .clone();
-        match self.actor(room).try_send(msg(QueueSlot::new(&depth))) {
+        let busy = || DeliverError::Busy {
+            room: room.to_owned(),
+        };
+        let entry = self.actor(room);
+        let slot =
+            QueueSlot::claim(&entry.depth, self.inner.parts.mailbox_capacity).ok_or_else(busy)?;
+        match entry.addr.try_send(msg(slot)) {
             Ok(()) => {}
-            Err(SendError::Full(_)) => {
-                return Err(DeliverError::Busy {
-                    room: room.to_owned(),
-                });
-            }
+            Err(SendError::Full(_)) => return Err(busy()),
             Err(SendError::Closed(_)) => {
                 return Err(unavailable("the room's actor is restarting".into()));
             }
@@ -264,7 +267,7 @@ impl Rooms {
         &self,
         name: &str,
         truth: Option<RoomTruth>,
-        fetched_at: Instant,
+        fetched_at: DateTime<Utc>,
     ) -> Result<Reconciled, DeliverError> {
         let (reply, done) = oneshot::channel();
         let msg = |slot| Reconcile {
@@ -323,6 +326,22 @@ impl Rooms {
     /// Live updates of a room, for a new subscriber.
     pub fn subscribe(&self, name: &str, last_event_id: Option<&str>) -> Subscription {
         self.inner.parts.feeds.subscribe(name, last_event_id)
+    }
+
+    /// The id and place in the room's feed that a snapshot taken now stands for.
+    pub fn feed_position(&self, name: &str) -> Option<(String, u64)> {
+        self.inner.parts.feeds.position(name)
+    }
+
+    /// A subscriber left: a room without an actor keeps no feed nobody reads.
+    pub fn unsubscribe(&self, name: &str) {
+        let keep = self.registry().contains_key(name);
+        self.inner.parts.feeds.release(name, keep);
+    }
+
+    /// Rooms with a live-update feed.
+    pub fn feeds(&self) -> usize {
+        self.inner.parts.feeds.len()
     }
 
     /// Who is in the room now. A room without a snapshot has nobody in it:
@@ -387,19 +406,22 @@ impl Rooms {
 
     /// Messages waiting in a room's mailbox.
     pub fn mailbox_depth(&self, room: &str) -> usize {
-        self.inner
-            .depths
+        self.registry()
             .get(room)
-            .map_or(0, |d| d.load(Ordering::Relaxed))
+            .map_or(0, |e| e.depth.load(Ordering::Relaxed))
     }
 
     /// Messages waiting in every mailbox.
     pub fn mailbox_depth_total(&self) -> usize {
-        self.inner
-            .depths
+        self.registry()
             .iter()
-            .map(|d| d.load(Ordering::Relaxed))
+            .map(|e| e.depth.load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Deliveries admitted and not yet handled, all rooms together.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
     }
 
     /// How many room actors are registered.
@@ -419,26 +441,5 @@ impl Rooms {
                 .expect("reconcile report lock")
                 .clone(),
         }
-    }
-}
-
-/// One admitted delivery; admission ends when it is dropped (answered,
-/// timed out, or the request went away).
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn admit(count: &'a AtomicUsize, limit: usize) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(count))
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -26,6 +29,7 @@ fn room_record(m: rooms::Model) -> Result<RoomRecord, StoreError> {
         started_at: m.started_at,
         ended_at: m.ended_at,
         end_reason: m.end_reason,
+        changed_at: m.changed_at,
     })
 }
 
@@ -67,26 +71,68 @@ pub async fn find_latest_room(
     latest.map(room_record).transpose()
 }
 
-async fn ended_sids(db: &impl ConnectionTrait, name: &str) -> Result<Vec<String>, StoreError> {
-    let sids: Vec<Option<String>> = rooms::Entity::find()
+/// Sessions an actor keeps: open ones, and closed ones and tombstones that
+/// closed at or after `horizon` (older ones only matter to the history).
+fn kept_sessions(horizon: DateTime<Utc>) -> Condition {
+    Condition::any()
+        .add(participants::Column::LeftAt.is_null())
+        .add(participants::Column::LeftAt.gte(horizon))
+}
+
+/// Ended instances whose late events an actor still recognises.
+fn kept_ended(horizon: DateTime<Utc>) -> Condition {
+    Condition::all()
+        .add(rooms::Column::Status.eq(ENDED))
+        .add(rooms::Column::LivekitSid.is_not_null())
+        .add(
+            Condition::any()
+                .add(rooms::Column::EndedAt.is_null())
+                .add(rooms::Column::EndedAt.gte(horizon)),
+        )
+}
+
+/// `(name, sid, ended_at, started_at)` of an ended instance.
+type EndedRow = (String, Option<String>, Option<DateTime<Utc>>, DateTime<Utc>);
+
+fn ended_pair(
+    (name, sid, ended_at, started_at): EndedRow,
+) -> Option<(String, (String, DateTime<Utc>))> {
+    Some((name, (sid?, ended_at.unwrap_or(started_at))))
+}
+
+/// `(name, (sid, ended_at))` of the ended instances of `names` kept by `horizon`.
+async fn ended_sids(
+    db: &impl ConnectionTrait,
+    names: Vec<String>,
+    horizon: DateTime<Utc>,
+) -> Result<Vec<(String, (String, DateTime<Utc>))>, StoreError> {
+    let rows: Vec<EndedRow> = rooms::Entity::find()
         .select_only()
+        .column(rooms::Column::LivekitName)
         .column(rooms::Column::LivekitSid)
-        .filter(rooms::Column::LivekitName.eq(name))
-        .filter(rooms::Column::Status.eq(ENDED))
-        .filter(rooms::Column::LivekitSid.is_not_null())
+        .column(rooms::Column::EndedAt)
+        .column(rooms::Column::StartedAt)
+        .filter(kept_ended(horizon))
+        .filter(rooms::Column::LivekitName.is_in(names))
         .into_tuple()
         .all(db)
         .await?;
-    Ok(sids.into_iter().flatten().collect())
+    Ok(rows.into_iter().filter_map(ended_pair).collect())
 }
 
-/// Everything an actor for `name` needs to rebuild itself.
-pub async fn load_room(db: &impl ConnectionTrait, name: &str) -> Result<StoredRoom, StoreError> {
+/// Everything an actor for `name` needs to rebuild itself; closed sessions
+/// and ended instances from before `horizon` are left out.
+pub async fn load_room(
+    db: &impl ConnectionTrait,
+    name: &str,
+    horizon: DateTime<Utc>,
+) -> Result<StoredRoom, StoreError> {
     let Some(room) = find_latest_room(db, name).await? else {
         return Ok(StoredRoom::default());
     };
     let sessions = participants::Entity::find()
         .filter(participants::Column::RoomId.eq(room.id))
+        .filter(kept_sessions(horizon))
         .all(db)
         .await?
         .into_iter()
@@ -94,7 +140,11 @@ pub async fn load_room(db: &impl ConnectionTrait, name: &str) -> Result<StoredRo
         .collect();
     Ok(StoredRoom {
         latest: Some((room, sessions)),
-        ended_sids: ended_sids(db, name).await?,
+        ended_sids: ended_sids(db, vec![name.to_owned()], horizon)
+            .await?
+            .into_iter()
+            .map(|(_, ended)| ended)
+            .collect(),
     })
 }
 
@@ -106,6 +156,7 @@ pub async fn load_active_rooms(
     db: &impl ConnectionTrait,
     after: Option<Uuid>,
     page: u64,
+    horizon: DateTime<Utc>,
 ) -> Result<Vec<(String, StoredRoom)>, StoreError> {
     let mut query = rooms::Entity::find()
         .filter(rooms::Column::Status.eq(ACTIVE))
@@ -124,6 +175,7 @@ pub async fn load_active_rooms(
     let mut sessions: HashMap<Uuid, Vec<SessionRecord>> = HashMap::with_capacity(active.len());
     for p in participants::Entity::find()
         .filter(participants::Column::RoomId.is_in(ids))
+        .filter(kept_sessions(horizon))
         .all(db)
         .await?
     {
@@ -132,20 +184,9 @@ pub async fn load_active_rooms(
             .or_default()
             .push(session_record(p));
     }
-    let mut ended: HashMap<String, Vec<String>> = HashMap::new();
-    let pairs: Vec<(String, Option<String>)> = rooms::Entity::find()
-        .select_only()
-        .column(rooms::Column::LivekitName)
-        .column(rooms::Column::LivekitSid)
-        .filter(rooms::Column::Status.eq(ENDED))
-        .filter(rooms::Column::LivekitName.is_in(names))
-        .into_tuple()
-        .all(db)
-        .await?;
-    for (name, sid) in pairs {
-        if let Some(sid) = sid {
-            ended.entry(name).or_default().push(sid);
-        }
+    let mut ended: HashMap<String, Vec<(String, DateTime<Utc>)>> = HashMap::new();
+    for (name, sid) in ended_sids(db, names, horizon).await? {
+        ended.entry(name).or_default().push(sid);
     }
 
     active

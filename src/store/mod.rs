@@ -4,6 +4,7 @@
 
 pub mod entity;
 mod load;
+mod retention;
 mod writer;
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 pub use load::{active_room_names, find_latest_room, load_active_rooms, load_room};
+pub use retention::delete_audit_before;
 pub use writer::{Committed, EventRecord, Writer};
 
 use crate::config::DatabaseSettings;
@@ -24,8 +26,8 @@ pub enum StoreError {
     WriterStopped,
     #[error("the database cannot be reached: {0}")]
     Unreachable(String),
-    #[error("room {0:?} could not be loaded from the database")]
-    NotLoaded(String),
+    #[error("the transaction did not finish within {0:?}; it was abandoned")]
+    TimedOut(Duration),
     #[error("a stored row is not what roomd writes: {0}")]
     Corrupt(String),
 }
@@ -33,7 +35,12 @@ pub enum StoreError {
 /// Opens the pool. SQLite runs in WAL mode with `synchronous = NORMAL`: a
 /// commit survives a killed process (not a power cut), which is the promise
 /// roomd makes when it answers 200.
-pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+/// `transaction_timeout_ms` is the writer's deadline, which PostgreSQL
+/// enforces on its side too.
+pub async fn connect(
+    settings: &DatabaseSettings,
+    transaction_timeout_ms: u64,
+) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(settings.url.clone());
     options
         .max_connections(settings.max_connections)
@@ -41,6 +48,16 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .sqlx_logging(false)
+        .map_sqlx_postgres_opts(move |opts| {
+            // The server's side of the writer's deadline: a transaction
+            // whose client stopped talking is rolled back, not left holding
+            // its row locks.
+            let ms = transaction_timeout_ms.to_string();
+            opts.options([
+                ("statement_timeout", ms.as_str()),
+                ("idle_in_transaction_session_timeout", ms.as_str()),
+            ])
+        })
         .map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             opts.journal_mode(SqliteJournalMode::Wal)

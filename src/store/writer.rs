@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
@@ -26,6 +27,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::entity::{participants, rooms, webhook_events};
+use crate::config::WriterSettings;
 use crate::metrics::Metrics;
 use crate::room::record::{Changes, RoomRecord, SessionRecord};
 
@@ -71,32 +73,27 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Spawns the writer on the current runtime: `transactions` tasks (0: 1
-    /// on SQLite, 4 on PostgreSQL) that each take the next batch from one
-    /// queue, so that many batches can be in flight. Ordering within a room
-    /// does not depend on this: a room's actor hands over its next event
-    /// only after the last one committed.
-    pub fn start(
-        db: DatabaseConnection,
-        max_batch: usize,
-        queue: usize,
-        transactions: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let transactions = match (transactions, db.get_database_backend()) {
+    /// Spawns the writer on the current runtime: `settings.transactions`
+    /// tasks (0: 1 on SQLite, 4 on PostgreSQL) that each take the next batch
+    /// from one queue, so that many batches can be in flight. Ordering within
+    /// a room does not depend on this: a room's actor hands over its next
+    /// event only after the last one committed.
+    pub fn start(db: DatabaseConnection, settings: &WriterSettings, metrics: Arc<Metrics>) -> Self {
+        let transactions = match (settings.transactions, db.get_database_backend()) {
             (0, DbBackend::Sqlite) => 1,
             (0, _) => 4,
             (n, _) => n,
         };
-        let (jobs, rx) = mpsc::channel(queue.max(1));
+        let (jobs, rx) = mpsc::channel(settings.queue_capacity.max(1));
         let rx = Arc::new(Mutex::new(rx));
+        let task = Task {
+            db,
+            max_batch: settings.max_batch.max(1),
+            deadline: Duration::from_millis(settings.transaction_timeout_ms),
+            metrics,
+        };
         for _ in 0..transactions {
-            tokio::spawn(run(
-                db.clone(),
-                rx.clone(),
-                max_batch.max(1),
-                metrics.clone(),
-            ));
+            tokio::spawn(task.clone().run(rx.clone()));
         }
         Self { jobs }
     }
@@ -120,57 +117,81 @@ impl Writer {
     }
 }
 
-async fn run(
+/// One writer task's parts.
+#[derive(Clone)]
+struct Task {
     db: DatabaseConnection,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     max_batch: usize,
+    /// How long one transaction may take before it is abandoned.
+    deadline: Duration,
     metrics: Arc<Metrics>,
-) {
-    let mut batch = Vec::with_capacity(max_batch);
-    // The lock is held only while waiting for work, so the next idle task
-    // takes the next batch while this one commits.
-    while rx.lock().await.recv_many(&mut batch, max_batch).await > 0 {
-        let started = std::time::Instant::now();
-        match write(&db, &batch).await {
-            Ok(results) => {
-                metrics.commit_batch_size.observe(batch.len() as f64);
-                tracing::debug!(
-                    events = batch.len(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "committed batch"
-                );
-                for (job, result) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(Ok(result));
+}
+
+impl Task {
+    async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        // The lock is held only while waiting for work, so the next idle task
+        // takes the next batch while this one commits.
+        while rx.lock().await.recv_many(&mut batch, self.max_batch).await > 0 {
+            let started = std::time::Instant::now();
+            match self.write(&batch).await {
+                Ok(results) => {
+                    self.metrics.commit_batch_size.observe(batch.len() as f64);
+                    tracing::debug!(
+                        events = batch.len(),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "committed batch"
+                    );
+                    for (job, result) in batch.drain(..).zip(results) {
+                        let _ = job.reply.send(Ok(result));
+                    }
                 }
-            }
-            Err(err) if batch.len() > 1 && db.ping().await.is_err() => {
-                // Down, not a bad event: retrying events one by one would
-                // hold this writer for a connect timeout per event.
-                tracing::warn!(events = batch.len(), error = %err, "batch commit failed; the database is unreachable");
-                let reason = err.to_string();
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Unreachable(reason.clone())));
+                Err(err) if batch.len() > 1 && !self.reachable().await => {
+                    // Down, not a bad event: retrying events one by one would
+                    // hold this writer for a connect timeout per event.
+                    tracing::warn!(events = batch.len(), error = %err, "batch commit failed; the database is unreachable");
+                    let reason = err.to_string();
+                    for job in batch.drain(..) {
+                        let _ = job.reply.send(Err(StoreError::Unreachable(reason.clone())));
+                    }
                 }
-            }
-            Err(err) if batch.len() > 1 => {
-                // One bad event must not keep the others from committing: retry
-                // each alone, so only the culprit gets the error.
-                tracing::warn!(events = batch.len(), error = %err, "batch commit failed; retrying events one by one");
-                for job in batch.drain(..) {
-                    let result = write(&db, std::slice::from_ref(&job)).await;
-                    let _ = job
-                        .reply
-                        .send(result.map(|r| r[0]).map_err(StoreError::from));
+                Err(err) if batch.len() > 1 => {
+                    // One bad event must not keep the others from committing: retry
+                    // each alone, so only the culprit gets the error.
+                    tracing::warn!(events = batch.len(), error = %err, "batch commit failed; retrying events one by one");
+                    for job in batch.drain(..) {
+                        let result = self.write(std::slice::from_ref(&job)).await;
+                        let _ = job.reply.send(result.map(|r| r[0]));
+                    }
                 }
-            }
-            Err(err) => {
-                let job = batch.pop().expect("batch has one job");
-                tracing::warn!(event_id = ?job.event.event_id, error = %err, "commit failed");
-                let _ = job.reply.send(Err(err.into()));
+                Err(err) => {
+                    let job = batch.pop().expect("batch has one job");
+                    tracing::warn!(event_id = ?job.event.event_id, error = %err, "commit failed");
+                    let _ = job.reply.send(Err(err));
+                }
             }
         }
+        tracing::debug!("writer stopped");
     }
-    tracing::debug!("writer stopped");
+
+    /// One transaction, abandoned at the deadline: a connection that stopped
+    /// answering must not hold its rooms (they are rebuilt from the database
+    /// after the error). Dropping the future drops the connection's
+    /// transaction; sqlx tests a connection before reusing it and closes one
+    /// that does not answer.
+    async fn write(&self, jobs: &[Job]) -> Result<Vec<Committed>, StoreError> {
+        match tokio::time::timeout(self.deadline, write(&self.db, jobs)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::TimedOut(self.deadline)),
+        }
+    }
+
+    async fn reachable(&self) -> bool {
+        matches!(
+            tokio::time::timeout(self.deadline, self.db.ping()).await,
+            Ok(Ok(()))
+        )
+    }
 }
 
 async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Committed>, DbErr> {
@@ -239,18 +260,27 @@ async fn insert_events<'a>(
 }
 
 /// Counts redeliveries on the original rows: an audit of LiveKit's retries.
+/// Copies of one id in one batch each count: `IN (...)` would fold them, so
+/// ids are grouped by how many copies came, one statement per group size.
 async fn count_redeliveries(db: &impl ConnectionTrait, event_ids: Vec<&str>) -> Result<(), DbErr> {
-    if event_ids.is_empty() {
-        return Ok(());
+    let mut copies: HashMap<&str, i32> = HashMap::new();
+    for id in event_ids {
+        *copies.entry(id).or_default() += 1;
     }
-    webhook_events::Entity::update_many()
-        .col_expr(
-            webhook_events::Column::Deliveries,
-            Expr::col(webhook_events::Column::Deliveries).add(1),
-        )
-        .filter(webhook_events::Column::EventId.is_in(event_ids))
-        .exec(db)
-        .await?;
+    let mut by_count: HashMap<i32, Vec<&str>> = HashMap::new();
+    for (id, n) in copies {
+        by_count.entry(n).or_default().push(id);
+    }
+    for (n, ids) in by_count {
+        webhook_events::Entity::update_many()
+            .col_expr(
+                webhook_events::Column::Deliveries,
+                Expr::col(webhook_events::Column::Deliveries).add(n),
+            )
+            .filter(webhook_events::Column::EventId.is_in(ids))
+            .exec(db)
+            .await?;
+    }
     Ok(())
 }
 
@@ -271,6 +301,7 @@ async fn upsert_rooms<'a>(
             end_reason: Set(r.end_reason.clone()),
             created_at: Set(now),
             updated_at: Set(now),
+            changed_at: Set(r.changed_at),
         })
         .collect();
     use rooms::Column as C;
@@ -286,6 +317,7 @@ async fn upsert_rooms<'a>(
                         C::EndedAt,
                         C::EndReason,
                         C::UpdatedAt,
+                        C::ChangedAt,
                     ])
                     .to_owned(),
             )

@@ -142,7 +142,7 @@ async fn spawn(settings: Settings, backend: &'static str, recover: bool) -> Test
     }
     let key = settings.livekit.api_key.clone();
     let secret = settings.livekit.api_secret.clone();
-    let db = roomd::store::connect(&settings.database)
+    let db = roomd::store::connect(&settings.database, settings.writer.transaction_timeout_ms)
         .await
         .expect("test db connect");
     let app = Application::build(settings).await.expect("app builds");

@@ -101,6 +101,7 @@ impl NaiveRoom {
                     end_reason: Set(None),
                     created_at: Set(now),
                     updated_at: Set(now),
+                    changed_at: Set(Some(now)),
                 })
                 .exec_without_returning(&txn)
                 .await?;

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Changes, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord, Transition,
+    Changes, END_RECONCILED, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord,
+    Transition,
 };
 use crate::room::event::{ParticipantRef, RoomRef};
 
@@ -39,6 +40,11 @@ pub enum CorrectionKind {
     SessionClosed,
     /// LiveKit lists a session roomd never saw: its join was lost.
     SessionOpened,
+    /// LiveKit lists a session that an earlier reconciliation closed: it
+    /// was open after all.
+    SessionReopened,
+    /// LiveKit lists a room that an earlier reconciliation ended.
+    RoomReopened,
 }
 
 impl CorrectionKind {
@@ -48,15 +54,33 @@ impl CorrectionKind {
             Self::RoomStarted => "room_started",
             Self::SessionClosed => "session_closed",
             Self::SessionOpened => "session_opened",
+            Self::SessionReopened => "session_reopened",
+            Self::RoomReopened => "room_reopened",
         }
     }
 }
 
 impl RoomState {
     /// Makes the room agree with LiveKit's RoomService (`truth`; `None` when
-    /// LiveKit does not have the room). The caller makes sure no webhook for
-    /// the room was applied after `truth` was fetched.
+    /// LiveKit does not have the room), fetched at `fetched_at` (roomd's
+    /// clock). `None` when the room changed since: the list may be older
+    /// than the room, and the next round decides.
     pub fn reconcile(
+        &mut self,
+        truth: Option<&RoomTruth>,
+        fetched_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Option<(Transition, Vec<Correction>)> {
+        if self
+            .changed_at()
+            .is_some_and(|changed| changed >= fetched_at)
+        {
+            return None;
+        }
+        Some(self.reconcile_fresh(truth, at))
+    }
+
+    fn reconcile_fresh(
         &mut self,
         truth: Option<&RoomTruth>,
         at: DateTime<Utc>,
@@ -74,7 +98,7 @@ impl RoomState {
                 return (Transition::nothing(None), corrections);
             };
             let mut changes = Changes::default();
-            instance.end(at, "reconciled", &LeaveReason::Reconciled, &mut changes);
+            instance.end(at, END_RECONCILED, &LeaveReason::Reconciled, &mut changes);
             corrections.push(correction(CorrectionKind::RoomEnded, None));
             corrections.extend(
                 changes
@@ -84,7 +108,7 @@ impl RoomState {
             );
             changes.rooms.push(instance.room.clone());
             if let Some(sid) = &instance.room.sid {
-                self.ended_sids.insert(sid.clone());
+                self.ended_sids.insert(sid.clone(), at);
             }
             let room_id = Some(instance.room.id);
             return (
@@ -97,14 +121,18 @@ impl RoomState {
             );
         };
 
-        let before = self.current.as_ref().map(|c| c.room.id);
+        let before = self.current.as_ref().map(|c| (c.room.id, c.is_active()));
         let mut transition = self.apply(&truth.room, &RoomEvent::RoomStarted, at);
         if transition.outcome == Outcome::Stale {
             return (transition, corrections);
         }
         let instance = self.current.as_mut().expect("apply selected an instance");
-        if before != Some(instance.room.id) {
-            corrections.push(correction(CorrectionKind::RoomStarted, None));
+        match before {
+            Some((id, false)) if id == instance.room.id => {
+                corrections.push(correction(CorrectionKind::RoomReopened, None));
+            }
+            Some((id, _)) if id == instance.room.id => {}
+            _ => corrections.push(correction(CorrectionKind::RoomStarted, None)),
         }
         let listed: HashSet<&str> = truth
             .participants
@@ -113,6 +141,21 @@ impl RoomState {
             .collect();
         let changes = &mut transition.changes;
         for session in instance.sessions.values_mut() {
+            // Only a reconciliation's own closing is undone: a leave LiveKit
+            // sent is final, even while its list still shows the session.
+            let wrongly_closed = session.leave_reason.as_deref()
+                == Some(LeaveReason::Reconciled.as_string().as_str())
+                && session
+                    .sid
+                    .as_deref()
+                    .is_some_and(|sid| listed.contains(sid));
+            if wrongly_closed {
+                session.left_at = None;
+                session.leave_reason = None;
+                changes.sessions.push(session.clone());
+                corrections.push(correction(CorrectionKind::SessionReopened, Some(session)));
+                continue;
+            }
             let gone = session.is_open()
                 && session
                     .sid
