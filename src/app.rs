@@ -67,6 +67,7 @@ impl Application {
                     ),
                     idle_timeout: Duration::from_secs(settings.rooms.idle_timeout_secs),
                     history_horizon: Duration::from_secs(settings.rooms.history_horizon_secs),
+                    load_timeout: Duration::from_millis(settings.writer.transaction_timeout_ms),
                 },
             },
             metrics,
@@ -93,6 +94,7 @@ impl Application {
             metrics: rooms.metrics_handle(),
             db: db.clone(),
             max_body_bytes: settings.server.max_body_bytes,
+            stream_keepalive: Duration::from_secs(settings.api.stream_keepalive_secs),
         });
         let cors_origins = settings.api.cors_origins.clone();
         let mut server = HttpServer::new(move || {
@@ -170,7 +172,9 @@ impl Application {
         self.server.await?;
         tracing::info!("HTTP server stopped; stopping room actors and closing the database");
         self.arbiter.stop();
-        self.db.close().await.ok();
+        // Bounded: a connection that stopped answering must not hold the
+        // process (closing waits for every connection).
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.db.close()).await;
         Ok(())
     }
 }

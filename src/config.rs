@@ -38,6 +38,7 @@ pub struct AuditSettings {
 pub struct ApiSettings {
     pub public_counts: bool,
     pub cors_origins: Vec<String>,
+    pub stream_keepalive_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,6 +154,7 @@ impl Default for Settings {
             api: ApiSettings {
                 public_counts: true,
                 cors_origins: Vec::new(),
+                stream_keepalive_secs: 15,
             },
             audit: AuditSettings { retention_days: 30 },
             log: LogSettings {
@@ -232,6 +234,9 @@ impl Settings {
                 "livekit.reconcile_interval_secs",
                 "must be positive",
             ));
+        }
+        if self.api.stream_keepalive_secs == 0 {
+            return Err(invalid("api.stream_keepalive_secs", "must be positive"));
         }
         if self.writer.transaction_timeout_ms == 0 {
             return Err(invalid("writer.transaction_timeout_ms", "must be positive"));

@@ -288,3 +288,213 @@ fn a_restore_of_an_ended_room_keeps_its_late_events_stale() {
     assert_eq!(late.outcome, roomd::room::state::Outcome::Stale);
     assert!(late.changes.is_empty());
 }
+
+/// The room reference of instance `k` of the name: its own sid, created
+/// when its events begin.
+fn instance_room(k: usize) -> RoomRef {
+    RoomRef {
+        name: NAME.into(),
+        sid: Some(format!("RM_{k}")),
+        created_at: Some(t(k as i64 * 20_000)),
+    }
+}
+
+/// Instance `k`'s events: the scenario's, shifted to its own time and sids.
+fn instance_events(k: usize, scenario: &Scenario) -> Vec<(RoomRef, RoomEvent, DateTime<Utc>)> {
+    let shift = chrono::Duration::seconds(k as i64 * 20_000);
+    let rename = |p: &ParticipantRef| ParticipantRef {
+        sid: p.sid.as_ref().map(|sid| format!("{sid}_{k}")),
+        ..p.clone()
+    };
+    scenario
+        .ordered()
+        .into_iter()
+        .map(|(event, at)| {
+            let event = match event {
+                RoomEvent::ParticipantJoined(p) => RoomEvent::ParticipantJoined(rename(&p)),
+                RoomEvent::ParticipantLeft(p, why) => RoomEvent::ParticipantLeft(rename(&p), why),
+                other => other,
+            };
+            (instance_room(k), event, at + shift)
+        })
+        .collect()
+}
+
+/// A delivery schedule over `events`, with restarts, applied to a state
+/// that commits to `db`; checks at every step that the store holds the state.
+fn deliver(
+    events: &[(RoomRef, RoomEvent, DateTime<Utc>)],
+    deliveries: &[usize],
+    crashes: &BTreeSet<usize>,
+) -> Result<RoomState, TestCaseError> {
+    let mut db = Db::default();
+    let mut state = RoomState::new(NAME);
+    for (step, i) in deliveries.iter().enumerate() {
+        if crashes.contains(&step) {
+            state = RoomState::restore(NAME, db.stored());
+        }
+        let (room, event, at) = &events[*i];
+        let transition = state.apply(room, event, *at);
+        db.commit(transition.changes.rooms, transition.changes.sessions);
+        check_invariants(&state);
+        prop_assert_eq!(
+            &RoomState::restore(NAME, db.stored()),
+            &state,
+            "the store holds exactly the state"
+        );
+    }
+    Ok(state)
+}
+
+/// One person's sid-less history: join and leave in turn, at distinct times.
+fn sid_less_events(
+    toggles: &[(usize, i64)],
+    finish: bool,
+) -> Vec<(RoomRef, RoomEvent, DateTime<Utc>)> {
+    let room = RoomRef {
+        name: NAME.into(),
+        sid: None,
+        created_at: None,
+    };
+    let mut present = [false; 3];
+    let mut events = Vec::new();
+    // Distinct seconds: whole-second ties are decided by arrival, which no
+    // order-independence can promise.
+    for (n, (who, _)) in toggles.iter().enumerate() {
+        let at = t(10 * n as i64 + 1);
+        let p = ParticipantRef {
+            sid: None,
+            identity: format!("person-{who}"),
+            kind: ParticipantKind::Standard,
+            name: None,
+            joined_at: None,
+        };
+        let event = if present[*who] {
+            RoomEvent::ParticipantLeft(p, LeaveReason::Left(None))
+        } else {
+            RoomEvent::ParticipantJoined(p)
+        };
+        present[*who] = !present[*who];
+        events.push((room.clone(), event, at));
+    }
+    if finish {
+        events.push((room, RoomEvent::RoomFinished, t(100_000)));
+    }
+    events
+}
+
+fn deliveries_of(n: usize) -> impl Strategy<Value = (Vec<usize>, BTreeSet<usize>)> {
+    schedule(n)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn instances_of_one_name_with_late_deliveries_across_them_end_like_the_ordered_sequence(
+        (events, (deliveries, crashes)) in prop::collection::vec(scenario(), 1..=3)
+            .prop_map(|scenarios| {
+                let last = scenarios.len() - 1;
+                scenarios
+                    .into_iter()
+                    .enumerate()
+                    .flat_map(|(k, mut s)| {
+                        // LiveKit never has two live rooms of one name.
+                        s.finish |= k < last;
+                        instance_events(k, &s)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .prop_flat_map(|events| {
+                let n = events.len();
+                (Just(events), deliveries_of(n))
+            })
+    ) {
+        let mut ordered = RoomState::new(NAME);
+        for (room, event, at) in &events {
+            ordered.apply(room, event, *at);
+        }
+        let state = deliver(&events, &deliveries, &crashes)?;
+        prop_assert_eq!(observe(&state), observe(&ordered));
+        prop_assert_eq!(
+            state.current().and_then(|c| c.record().sid.clone()),
+            ordered.current().and_then(|c| c.record().sid.clone()),
+            "the newest instance is the live one"
+        );
+    }
+
+    #[test]
+    fn sid_less_sequences_end_like_the_ordered_sequence_whatever_the_order(
+        (events, (deliveries, crashes)) in (
+            prop::collection::vec((0usize..3, 0i64..1), 1..10),
+            prop::bool::weighted(0.3),
+        )
+            .prop_map(|(toggles, finish)| sid_less_events(&toggles, finish))
+            .prop_flat_map(|events| {
+                let n = events.len();
+                (Just(events), deliveries_of(n))
+            })
+    ) {
+        let mut ordered = RoomState::new(NAME);
+        for (room, event, at) in &events {
+            ordered.apply(room, event, *at);
+        }
+        let state = deliver(&events, &deliveries, &crashes)?;
+        prop_assert_eq!(observe(&state), observe(&ordered));
+        if let Some(c) = state.current() {
+            prop_assert!(c.record().ended_at.is_none_or(|e| e >= c.record().started_at));
+            for s in c.closed_sessions() {
+                prop_assert!(s.joined_at.is_none_or(|j| s.left_at.is_some_and(|l| l >= j)));
+            }
+        }
+    }
+
+    #[test]
+    fn reconcile_never_acts_on_a_list_fetched_before_a_change_even_after_a_restart(
+        (scenario, fetch_after, restart) in scenario().prop_flat_map(|s| {
+            let n = s.ordered().len();
+            (Just(s), 0..=n, any::<bool>())
+        })
+    ) {
+        let events = scenario.ordered();
+        let room = room();
+        let mut db = Db::default();
+        let mut state = RoomState::new(NAME);
+        // roomd's clock: event i is applied at second i.
+        let clock = |i: usize| t(50_000 + i as i64);
+        let mut truth = None;
+        let mut changed_after_fetch = false;
+        let fetched_at = clock(fetch_after) - chrono::Duration::milliseconds(500);
+        for (i, (event, at)) in events.iter().enumerate() {
+            if i == fetch_after {
+                // LiveKit's list as of now: who is open.
+                truth = Some(roomd::room::state::RoomTruth {
+                    room: room.clone(),
+                    participants: state.current().map(|c| {
+                        c.open_sessions().map(|s| ParticipantRef {
+                            sid: s.sid.clone(),
+                            identity: s.identity.clone(),
+                            kind: s.kind.clone(),
+                            name: None,
+                            joined_at: s.joined_at,
+                        }).collect()
+                    }).unwrap_or_default(),
+                });
+            }
+            let mut transition = state.apply(&room, event, *at);
+            state.mark_changed(&mut transition, clock(i));
+            changed_after_fetch |= i >= fetch_after
+                && transition.outcome == roomd::room::state::Outcome::Applied;
+            db.commit(transition.changes.rooms, transition.changes.sessions);
+        }
+        if restart {
+            state = RoomState::restore(NAME, db.stored());
+        }
+        let before = state.clone();
+        let result = state.reconcile(truth.as_ref(), fetched_at, clock(events.len() + 1));
+        if changed_after_fetch {
+            prop_assert!(result.is_none(), "a list older than the room was applied");
+            prop_assert_eq!(&state, &before);
+        }
+    }
+}

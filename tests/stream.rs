@@ -44,6 +44,10 @@ impl Events {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
+                if block.starts_with(':') {
+                    // A keep-alive comment.
+                    continue;
+                }
                 let field = |name: &str| {
                     block
                         .lines()
@@ -183,3 +187,46 @@ on_every_backend!(
     a_client_that_never_reads_does_not_hold_the_room_up_on_every_backend,
     a_client_that_never_reads_does_not_hold_the_room_up
 );
+
+// A stream's room feed goes with its last listener when the room has no
+// actor: quiet and ended rooms never publish, so only the keep-alive can
+// notice that a client went away.
+#[actix_web::test]
+async fn streams_of_rooms_without_an_actor_leave_no_feed_behind() {
+    let db = common::TestDb::sqlite();
+    let mut settings = common::settings_for(&db);
+    settings.api.stream_keepalive_secs = 1;
+    settings.rooms.retire_after_finish_secs = 0;
+    let app = common::spawn_app_with(settings, "sqlite").await;
+    app.ok(&lk::joined("quiet", "RM_quiet", "PA_0", "host").body())
+        .await;
+    app.ok(&lk::room_finished("quiet", "RM_quiet").body()).await;
+    for _ in 0..300 {
+        if app.rooms.live_actors() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.rooms.live_actors(),
+        0,
+        "the finished room's actor retires"
+    );
+    for _ in 0..20 {
+        let mut events = Events::open(&app, "quiet", None).await;
+        assert_eq!(events.next().await.kind, "snapshot");
+    }
+    // Within a keep-alive or two every closed stream is noticed.
+    for _ in 0..300 {
+        if app.rooms.feeds().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        app.rooms.feeds().is_empty(),
+        "{} feeds left",
+        app.rooms.feeds().len()
+    );
+    app.stop().await;
+}

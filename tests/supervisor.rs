@@ -11,18 +11,7 @@ use reqwest::StatusCode;
 use roomd::room::state::CorrectionKind;
 
 async fn with_livekit(db: &TestDb, livekit: &FakeLiveKit) -> TestApp {
-    let mut settings = common::settings_for(db);
-    settings.livekit.url = livekit.url.clone();
-    // The periodic round is left to its default (60 s); tests reconcile on
-    // demand, once the round at start-up is over (it would race their webhooks).
-    let app = common::spawn_app_with(settings, db.backend).await;
-    for _ in 0..500 {
-        if app.rooms.status().last_reconcile.is_some() {
-            return app;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the reconciliation at start-up did not finish");
+    common::spawn_with_livekit(db, livekit).await
 }
 
 #[actix_web::test]

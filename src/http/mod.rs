@@ -30,6 +30,8 @@ pub struct AppState {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub db: DatabaseConnection,
     pub max_body_bytes: usize,
+    /// How often a live-update stream sends a keep-alive comment.
+    pub stream_keepalive: std::time::Duration,
 }
 
 /// CORS for the frontend's origins: reads only (GET), with the Authorization

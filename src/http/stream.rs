@@ -7,13 +7,10 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use futures_util::{StreamExt, stream};
 use serde_json::json;
-use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{AppState, error::ApiError};
-use std::sync::Arc;
-
 use crate::room::Rooms;
-use crate::room::feed::Update;
+use crate::room::feed::{Cursor, Next};
 
 fn sse(id: &str, event: &str, data: &serde_json::Value) -> Result<Bytes, actix_web::Error> {
     Ok(Bytes::from(format!(
@@ -37,15 +34,16 @@ async fn snapshot(rooms: &Rooms, name: &str, id: &str) -> Result<Bytes, actix_we
 struct Listener {
     rooms: Rooms,
     name: String,
-    updates: Option<broadcast::Receiver<Arc<Update>>>,
-    /// Updates up to this one are in what the client was already sent.
-    skip_through: u64,
+    cursor: Option<Cursor>,
+    /// A comment now and then: proxies keep quiet streams open, and writing
+    /// is how a client that went away is noticed (its stream is dropped).
+    keepalive: tokio::time::Interval,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
         // The receiver must be gone before the feed counts its listeners.
-        drop(self.updates.take());
+        drop(self.cursor.take());
         self.rooms.unsubscribe(&self.name);
     }
 }
@@ -81,32 +79,32 @@ pub async fn room_stream(
     let listener = Listener {
         rooms,
         name,
-        updates: Some(subscription.updates),
-        skip_through: subscription.snapshot_seq,
+        cursor: Some(subscription.cursor),
+        keepalive: tokio::time::interval_at(
+            tokio::time::Instant::now() + state.stream_keepalive,
+            state.stream_keepalive,
+        ),
     };
     let live = stream::unfold(listener, |mut l| async move {
-        loop {
-            let updates = l.updates.as_mut()?;
-            let item = match updates.recv().await {
-                // Already in the snapshot this client was sent.
-                Ok(u) if u.seq <= l.skip_through => continue,
-                Ok(u) => sse(
-                    &u.id,
-                    "update",
-                    &serde_json::to_value(u.as_ref()).unwrap_or_default(),
-                ),
-                // This client fell behind: it gets the room as it is now
-                // instead of the updates it missed (the room never waited
-                // for it), and then only what is newer than that.
-                Err(RecvError::Lagged(_)) => {
-                    let (id, seq) = l.rooms.feed_position(&l.name).unwrap_or_default();
-                    l.skip_through = seq;
-                    snapshot(&l.rooms, &l.name, &id).await
-                }
-                Err(RecvError::Closed) => return None,
-            };
-            return Some((item, l));
-        }
+        let cursor = l.cursor.as_mut()?;
+        let next = tokio::select! {
+            next = cursor.next(l.rooms.feeds(), &l.name) => next,
+            _ = l.keepalive.tick() => {
+                return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), l));
+            }
+        };
+        let item = match next {
+            Next::Update(u) => sse(
+                &u.id,
+                "update",
+                &serde_json::to_value(u.as_ref()).unwrap_or_default(),
+            ),
+            // This client fell behind: it gets the room as it is now instead
+            // of the updates it missed (the room never waited for it).
+            Next::Resync { id } => snapshot(&l.rooms, &l.name, &id).await,
+            Next::Closed => return None,
+        };
+        Some((item, l))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

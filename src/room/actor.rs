@@ -59,6 +59,9 @@ pub struct Lifecycle {
     /// Closed sessions, tombstones and ended sids older than this are
     /// forgotten (the database keeps them).
     pub history_horizon: Duration,
+    /// How long loading a room from the database may take: a connection
+    /// that stopped answering must not hold the room.
+    pub load_timeout: Duration,
 }
 
 impl Lifecycle {
@@ -173,9 +176,14 @@ impl RoomActor {
         let db = self.parts.db.clone();
         let name = self.name.clone();
         let horizon = self.parts.lifecycle.horizon();
+        let deadline = self.parts.lifecycle.load_timeout;
+        let load = async move {
+            tokio::time::timeout(deadline, store::load_room(&db, &name, horizon))
+                .await
+                .unwrap_or(Err(StoreError::TimedOut(deadline)))
+        };
         ctx.wait(
-            async move { store::load_room(&db, &name, horizon).await }
-                .into_actor(self)
+            load.into_actor(self)
                 .map(|loaded: Result<StoredRoom, StoreError>, act, ctx| match loaded {
                     Ok(stored) => {
                         let state = RoomState::restore(act.name.clone(), stored);

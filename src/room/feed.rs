@@ -74,10 +74,49 @@ impl Feed {
 pub struct Subscription {
     /// Updates missed since `Last-Event-ID`, or `None`: start from a snapshot.
     pub replay: Option<Vec<Arc<Update>>>,
-    /// The id a snapshot sent now stands for, and its place in the feed.
+    /// The id a snapshot sent now stands for.
     pub snapshot_id: String,
-    pub snapshot_seq: u64,
-    pub updates: broadcast::Receiver<Arc<Update>>,
+    /// What comes after the replay or the snapshot.
+    pub cursor: Cursor,
+}
+
+/// Where one subscriber is in its room's feed.
+pub struct Cursor {
+    updates: broadcast::Receiver<Arc<Update>>,
+    /// Updates up to this one are in what the subscriber was already sent.
+    seen_through: u64,
+}
+
+/// What a subscriber is sent next.
+pub enum Next {
+    Update(Arc<Update>),
+    /// It fell behind: send the room as it is now, standing for `id`; the
+    /// older updates still buffered for it are skipped, so it never sees
+    /// the room go backwards.
+    Resync {
+        id: String,
+    },
+    /// The feed ended (the room's actor retired).
+    Closed,
+}
+
+impl Cursor {
+    pub async fn next(&mut self, feeds: &Feeds, name: &str) -> Next {
+        loop {
+            match self.updates.recv().await {
+                Ok(update) if update.seq <= self.seen_through => continue,
+                Ok(update) => return Next::Update(update),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let Some((id, seq)) = feeds.position(name) else {
+                        return Next::Closed;
+                    };
+                    self.seen_through = seq;
+                    return Next::Resync { id };
+                }
+                Err(broadcast::error::RecvError::Closed) => return Next::Closed,
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -143,14 +182,17 @@ impl Feeds {
         Subscription {
             replay,
             snapshot_id: feed.id(*last),
-            snapshot_seq: *last,
-            updates: feed.tx.subscribe(),
+            cursor: Cursor {
+                updates: feed.tx.subscribe(),
+                seen_through: *last,
+            },
         }
     }
 
     /// The id and place a snapshot taken now stands for, for a subscriber
-    /// that fell behind.
-    pub fn position(&self, name: &str) -> Option<(String, u64)> {
+    /// that fell behind. The actor publishes its snapshot before the
+    /// update, so a snapshot read after this holds at least this update.
+    fn position(&self, name: &str) -> Option<(String, u64)> {
         let feed = self.rooms.get(name)?;
         let last = feed.ring.lock().expect("feed lock").last;
         Some((feed.id(last), last))
@@ -183,6 +225,8 @@ impl Feeds {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::room::record::{RoomRecord, RoomStatus};
 
@@ -200,17 +244,52 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_subscriber_that_falls_behind_lags_and_the_publisher_never_waits() {
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_resyncs_and_never_goes_backwards() {
         let feeds = Feeds::default();
         let mut sub = feeds.subscribe("r", None);
-        for i in 0..(RING as i32 * 3) {
+        // The publisher never waits for it.
+        let last = RING as i32 + 1;
+        for i in 1..=last {
             feeds.publish("r", "participant_joined", None, || view(i));
         }
-        assert!(matches!(
-            sub.updates.try_recv(),
-            Err(broadcast::error::TryRecvError::Lagged(_))
-        ));
+        let Next::Resync { id } = sub.cursor.next(&feeds, "r").await else {
+            panic!("a lagging subscriber resyncs");
+        };
+        assert!(id.ends_with(&format!("-{last}")), "{id}");
+        // What is still buffered is older than that snapshot: never sent.
+        let older = tokio::time::timeout(Duration::from_millis(50), sub.cursor.next(&feeds, "r"));
+        assert!(
+            older.await.is_err(),
+            "an update older than the snapshot was sent"
+        );
+        feeds.publish("r", "participant_joined", None, || view(1000));
+        let Next::Update(next) = sub.cursor.next(&feeds, "r").await else {
+            panic!("an update");
+        };
+        assert_eq!(next.room.participant_count, 1000);
+        assert_eq!(next.seq, last as u64 + 1);
+    }
+
+    #[tokio::test]
+    async fn ids_are_never_reused_for_a_room_after_its_feed_closes() {
+        let feeds = Feeds::default();
+        let mut first = feeds.subscribe("r", None);
+        feeds.publish("r", "participant_joined", None, || view(1));
+        let Next::Update(old) = first.cursor.next(&feeds, "r").await else {
+            panic!("an update");
+        };
+        // The actor retires; a new one publishes under the same name.
+        feeds.close("r");
+        assert!(matches!(first.cursor.next(&feeds, "r").await, Next::Closed));
+        let mut second = feeds.subscribe("r", None);
+        feeds.publish("r", "participant_joined", None, || view(2));
+        let Next::Update(new) = second.cursor.next(&feeds, "r").await else {
+            panic!("an update");
+        };
+        assert_ne!(old.id, new.id);
+        // Resuming from the old feed's id cannot skip anything: a snapshot.
+        assert!(feeds.subscribe("r", Some(&old.id)).replay.is_none());
     }
 
     #[test]

@@ -212,7 +212,18 @@ impl Instance {
 
     fn join(&mut self, p: &ParticipantRef, at: DateTime<Utc>, changes: &mut Changes) -> Outcome {
         let key = SessionKey::of(&p.identity, p.sid.as_deref());
-        match (self.sessions.get(&key), &key) {
+        let joined_at = p.joined_at.unwrap_or(at);
+        match (self.sessions.get_mut(&key), &key) {
+            // Without sids, a later join of someone present means a leave
+            // in between is late or lost: the session now began at this
+            // join, so that late leave cannot end it.
+            (Some(s), SessionKey::Identity(_))
+                if s.is_open() && s.joined_at.is_some_and(|j| j < joined_at) =>
+            {
+                s.joined_at = Some(joined_at);
+                changes.sessions.push(s.clone());
+                return Outcome::Applied;
+            }
             (Some(s), _) if s.is_open() => return Outcome::Ignored,
             // A sid is one session: once closed (or tombstoned) it never reopens.
             (Some(_), SessionKey::Sid(_)) => return Outcome::Ignored,
@@ -225,7 +236,7 @@ impl Instance {
             }
             _ => {}
         }
-        let session = self.new_session(p, Some(p.joined_at.unwrap_or(at)), None);
+        let session = self.new_session(p, Some(joined_at), None);
         changes.sessions.push(session.clone());
         self.sessions.insert(key, session);
         Outcome::Applied
@@ -442,11 +453,16 @@ impl RoomState {
                 }
                 None => false,
             },
-            // Sid-less bodies are ordered by time: one from before the
-            // instance began belongs to an older one.
+            // Sid-less bodies are ordered by time: a room_finished from
+            // before the instance began is an older instance's. Any other
+            // event shows the instance began no later than it.
             (Some(cur), None) if cur.is_active() => {
                 if at < cur.room.started_at {
-                    return stale(Some(cur.room.id));
+                    if matches!(event, RoomEvent::RoomFinished) {
+                        return stale(Some(cur.room.id));
+                    }
+                    cur.room.started_at = at;
+                    room_changed = true;
                 }
                 true
             }

@@ -328,20 +328,15 @@ impl Rooms {
         self.inner.parts.feeds.subscribe(name, last_event_id)
     }
 
-    /// The id and place in the room's feed that a snapshot taken now stands for.
-    pub fn feed_position(&self, name: &str) -> Option<(String, u64)> {
-        self.inner.parts.feeds.position(name)
+    /// Every room's live-update feed.
+    pub fn feeds(&self) -> &Feeds {
+        &self.inner.parts.feeds
     }
 
     /// A subscriber left: a room without an actor keeps no feed nobody reads.
     pub fn unsubscribe(&self, name: &str) {
         let keep = self.registry().contains_key(name);
         self.inner.parts.feeds.release(name, keep);
-    }
-
-    /// Rooms with a live-update feed.
-    pub fn feeds(&self) -> usize {
-        self.inner.parts.feeds.len()
     }
 
     /// Who is in the room now. A room without a snapshot has nobody in it:

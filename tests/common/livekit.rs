@@ -22,6 +22,8 @@ struct Truth {
 pub struct FakeLiveKit {
     pub url: String,
     truth: Arc<Mutex<Truth>>,
+    held: tokio::sync::watch::Sender<bool>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
     handle: ServerHandle,
 }
 
@@ -47,6 +49,10 @@ pub fn active(sid: &str, identity: &str) -> proto::ParticipantInfo {
 struct Shared {
     truth: Arc<Mutex<Truth>>,
     verifier: TokenVerifier,
+    /// While true, answers are computed when asked but sent only once it
+    /// turns false: a list fetched at one moment that arrives later.
+    held: tokio::sync::watch::Receiver<bool>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn twirp_error(status: actix_web::http::StatusCode, code: &str, msg: &str) -> HttpResponse {
@@ -88,6 +94,16 @@ async fn twirp(
     body: web::Bytes,
     shared: web::Data<Shared>,
 ) -> HttpResponse {
+    let answer = answer(&req, &method, &body, &shared);
+    shared
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut held = shared.held.clone();
+    let _ = held.wait_for(|held| !held).await;
+    answer
+}
+
+fn answer(req: &HttpRequest, method: &str, body: &[u8], shared: &Shared) -> HttpResponse {
     use actix_web::http::StatusCode;
     if shared.truth.lock().unwrap().unreachable {
         return twirp_error(
@@ -105,9 +121,9 @@ async fn twirp(
         return twirp_error(StatusCode::UNAUTHORIZED, "unauthenticated", "invalid token");
     };
     let truth = shared.truth.lock().unwrap();
-    match method.as_str() {
+    match method {
         "ListRooms" => {
-            let Some((request, json)) = decode::<proto::ListRoomsRequest>(&req, &body) else {
+            let Some((request, json)) = decode::<proto::ListRoomsRequest>(req, body) else {
                 return twirp_error(StatusCode::BAD_REQUEST, "malformed", "bad body");
             };
             if !claims.video.room_list {
@@ -125,8 +141,7 @@ async fn twirp(
             encode(&proto::ListRoomsResponse { rooms }, json)
         }
         "ListParticipants" => {
-            let Some((request, json)) = decode::<proto::ListParticipantsRequest>(&req, &body)
-            else {
+            let Some((request, json)) = decode::<proto::ListParticipantsRequest>(req, body) else {
                 return twirp_error(StatusCode::BAD_REQUEST, "malformed", "bad body");
             };
             if !(claims.video.room_admin && claims.video.room == request.room) {
@@ -157,9 +172,13 @@ async fn twirp(
 impl FakeLiveKit {
     pub async fn start(api_key: &str, api_secret: &str) -> Self {
         let truth = Arc::new(Mutex::new(Truth::default()));
+        let (held, held_rx) = tokio::sync::watch::channel(false);
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shared = web::Data::new(Shared {
             truth: truth.clone(),
             verifier: TokenVerifier::with_api_key(api_key, api_secret),
+            held: held_rx,
+            requests: requests.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -176,8 +195,24 @@ impl FakeLiveKit {
         Self {
             url: format!("http://127.0.0.1:{port}"),
             truth,
+            held,
+            requests,
             handle,
         }
+    }
+
+    /// From now on answers are computed when asked and sent on `release`.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.held.send_replace(false);
+    }
+
+    /// RoomService calls answered (or being held) so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set_room(&self, name: &str, sid: &str, participants: Vec<proto::ParticipantInfo>) {

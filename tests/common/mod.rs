@@ -131,6 +131,22 @@ pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestAp
     spawn(settings, backend, true).await
 }
 
+/// The app reconciling with `livekit`, once its round at start-up is over
+/// (that round would race a test's webhooks). The periodic round is left
+/// to its default (60 s): tests reconcile on demand.
+pub async fn spawn_with_livekit(db: &TestDb, livekit: &livekit::FakeLiveKit) -> TestApp {
+    let mut settings = settings_for(db);
+    settings.livekit.url = livekit.url.clone();
+    let app = spawn_app_with(settings, db.backend).await;
+    for _ in 0..500 {
+        if app.rooms.status().last_reconcile.is_some() {
+            return app;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the reconciliation at start-up did not finish");
+}
+
 /// The app listening but not yet recovered: `app.rooms.recover()` finishes start-up.
 pub async fn spawn_unrecovered(settings: Settings, backend: &'static str) -> TestApp {
     spawn(settings, backend, false).await
@@ -327,9 +343,23 @@ impl TestApp {
         roomd::room::reconciler::reconcile_once(&self.rooms, service).await
     }
 
+    /// A reconciliation round with the configured LiveKit, running on its own.
+    pub fn spawn_reconcile(
+        &self,
+    ) -> tokio::task::JoinHandle<
+        Result<roomd::room::reconciler::ReconcileReport, roomd::room::reconciler::ReconcileError>,
+    > {
+        let service = self.room_service.clone().expect("livekit.url is set");
+        let rooms = self.rooms.clone();
+        actix_web::rt::spawn(async move {
+            roomd::room::reconciler::reconcile_once(&rooms, &service).await
+        })
+    }
+
     pub async fn stop(self) {
         self.handle.stop(true).await;
-        self.db.close().await.ok();
+        // Bounded: a drill may have left connections that never answer.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.db.close()).await;
     }
 }
 

@@ -1,6 +1,8 @@
 //! A TCP proxy between roomd and PostgreSQL that a drill can cut (every
-//! connection closed, new ones refused: the server is gone) or slow down
-//! (each chunk held back: a database under strain).
+//! connection closed, new ones refused: the server is gone), slow down
+//! (each chunk held back: a database under strain) or freeze (open
+//! connections stop relaying but stay open, new ones work: a hung
+//! connection, as a broken NAT or a stuck server backend leaves it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ pub struct Proxy {
     down: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     cuts: watch::Sender<u64>,
+    freezes: watch::Sender<u64>,
 }
 
 impl Proxy {
@@ -25,7 +28,13 @@ impl Proxy {
         let down = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (cuts, _) = watch::channel(0);
-        let (d, delay, c) = (down.clone(), delay_ms.clone(), cuts.clone());
+        let (freezes, _) = watch::channel(0);
+        let (d, delay, c, f) = (
+            down.clone(),
+            delay_ms.clone(),
+            cuts.clone(),
+            freezes.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if d.load(Ordering::SeqCst) {
@@ -33,9 +42,11 @@ impl Proxy {
                     continue;
                 }
                 let (delay, cut) = (delay.clone(), c.subscribe());
+                let mut freeze = f.subscribe();
+                freeze.mark_unchanged();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        pipe(client, server, delay, cut).await;
+                        pipe(client, server, delay, cut, freeze).await;
                     }
                 });
             }
@@ -45,7 +56,14 @@ impl Proxy {
             down,
             delay_ms,
             cuts,
+            freezes,
         }
+    }
+
+    /// Every open connection stops relaying and stays open for good; new
+    /// connections work.
+    pub fn freeze(&self) {
+        self.freezes.send_modify(|n| *n += 1);
     }
 
     /// The server is gone: open connections close, new ones are refused.
@@ -78,11 +96,12 @@ async fn pipe(
     server: TcpStream,
     delay: Arc<AtomicU64>,
     mut cut: watch::Receiver<u64>,
+    freeze: watch::Receiver<u64>,
 ) {
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = copy(cr, sw, delay.clone());
-    let down = copy(sr, cw, delay);
+    let up = copy(cr, sw, delay.clone(), freeze.clone());
+    let down = copy(sr, cw, delay, freeze);
     tokio::select! {
         _ = up => {}
         _ = down => {}
@@ -94,10 +113,16 @@ async fn copy(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay: Arc<AtomicU64>,
+    mut freeze: watch::Receiver<u64>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
+        let read = tokio::select! {
+            read = from.read(&mut buf) => read,
+            // Frozen: both sockets stay open and nothing more is relayed.
+            _ = freeze.changed() => std::future::pending().await,
+        };
+        let n = match read {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
