@@ -1,7 +1,7 @@
 //! Fault drills under load, with roomd as a real process and the load
 //! generator keeping the ground truth: PostgreSQL going away for ten
-//! seconds, roomd killed with SIGKILL and restarted, and a database so slow
-//! that roomd must shed load. In each, every request is answered 200 or 503
+//! seconds, every open connection hanging mid-transaction, roomd killed with
+//! SIGKILL and restarted, and a database so slow that roomd must shed load. In each, every request is answered 200 or 503
 //! (none hangs until the client's timeout), nothing answered 200 is missing
 //! from the database, and once the 503s are redelivered the served counts
 //! and stored rows equal the ground truth.
@@ -36,6 +36,13 @@ fn assert_converged(report: &LoadReport) {
         .map(|(_, v)| v.parse::<u64>().unwrap())
         .sum();
     assert_eq!(answered, all, "only 200 and 503 answers: {out}");
+    // The figures docs/PERFORMANCE.md's drill table quotes.
+    for line in out
+        .lines()
+        .filter(|l| l.starts_with("status: ") || l.starts_with("check "))
+    {
+        eprintln!("drill: {line}");
+    }
 }
 
 /// Where PostgreSQL listens, from the test database's URL.
@@ -110,6 +117,27 @@ async fn postgres_gone_for_ten_seconds_mid_load() {
         "the outage was felt: {}",
         report.stdout
     );
+    roomd.kill_9();
+    db.drop_database().await;
+}
+
+// Every connection open at that moment stops relaying and stays open (new
+// ones work): the rooms whose commits were in flight must go on from the
+// database once the transaction deadline has passed, not wait for the
+// connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_hanging_mid_transaction_under_load() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let mut settings = IMPATIENT.to_vec();
+    settings.push(("ROOMD__WRITER__TRANSACTION_TIMEOUT_MS", "1000"));
+    let (proxy, roomd) = behind_a_proxy(&db, &settings).await;
+    let load = loadgen(&roomd.base, &churn_with_retries("6", &db.url));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.freeze();
+    let report = load.await.unwrap();
+    assert_converged(&report);
     roomd.kill_9();
     db.drop_database().await;
 }

@@ -321,15 +321,35 @@ async fn a_hung_database_connection_does_not_stall_its_rooms() {
     settings.database.url = proxy.url_for(&db.url);
     settings.writer.transaction_timeout_ms = 1000;
     settings.database.acquire_timeout_secs = 2;
+    settings.rooms.commit_timeout_ms = 2000;
     let app = common::spawn_app_with(settings, "postgres").await;
     app.ok(&lk::joined("hung", "RM_hung", "PA_a", "alice").body())
         .await;
-    proxy.freeze();
+    // Bob's commit is under way (each chunk held 300 ms, so its round trips
+    // take seconds) when every open connection hangs for good.
+    proxy.slow(Duration::from_millis(300));
+    let bob = lk::joined("hung", "RM_hung", "PA_b", "bob")
+        .id("EV_hung_bob")
+        .body();
+    let first_try = {
+        let app = &app;
+        let bob = bob.clone();
+        async move { app.webhook(&bob).await }
+    };
+    let freeze = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.freeze();
+        proxy.slow(Duration::ZERO);
+    };
+    let (first_try, ()) = futures::join!(first_try, freeze);
+    assert_eq!(first_try.status, StatusCode::SERVICE_UNAVAILABLE);
     // LiveKit retries until it gets a 200; so does this test, bounded.
-    for (sid, who) in [("PA_b", "bob"), ("PA_c", "carol")] {
-        let body = lk::joined("hung", "RM_hung", sid, who)
-            .id(&format!("EV_hung_{who}"))
-            .body();
+    for body in [
+        bob,
+        lk::joined("hung", "RM_hung", "PA_c", "carol")
+            .id("EV_hung_carol")
+            .body(),
+    ] {
         let mut answered = false;
         for _ in 0..30 {
             let reply = app.webhook(&body).await;
@@ -340,7 +360,7 @@ async fn a_hung_database_connection_does_not_stall_its_rooms() {
             assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(answered, "{who}'s join was never committed");
+        assert!(answered, "a join was never committed: {body}");
     }
     assert_eq!(app.count("hung").await, 3);
     // Read past the proxy: the test's own pooled connections are frozen too.

@@ -8,11 +8,14 @@
 //! - `reads`: `GET /v1/rooms/{name}` as fast as answers come.
 //! - `naive-db`: the same events written one transaction per event, straight
 //!   to the database: the naive design's ceiling.
+//! - `soak`: round after round of short-lived rooms beside rooms that never
+//!   end; memory per round and the never-ending rooms' counts checked.
 
 mod check;
 mod model;
 mod naive;
 mod report;
+mod soak;
 mod webhooks;
 
 use std::time::{Duration, Instant};
@@ -38,6 +41,45 @@ enum Command {
     Reads(ReadArgs),
     /// Write the same events one transaction per event (no roomd involved).
     NaiveDb(NaiveArgs),
+    /// Rounds of short-lived rooms beside rooms that never end: roomd's
+    /// memory per round, the never-ending rooms checked each round.
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// New rooms per round (started, churned once, finished).
+    #[arg(long, default_value_t = 500)]
+    short_rooms: usize,
+    /// Rooms that never end.
+    #[arg(long, default_value_t = 20)]
+    long_rooms: usize,
+    /// Churn bursts per never-ending room per round.
+    #[arg(long, default_value_t = 10)]
+    long_churn: usize,
+    #[arg(long, default_value_t = 20)]
+    participants: usize,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 0.5)]
+    reconnects: f64,
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long)]
+    run: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, env = "LIVEKIT_API_KEY", default_value = "devkey")]
+    api_key: String,
+    #[arg(long, env = "LIVEKIT_API_SECRET", default_value = "secret")]
+    api_secret: String,
+    /// roomd's process id, to report its resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -170,6 +212,32 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhooks(args) => webhooks(args).await,
         Command::Reads(args) => reads(args).await,
         Command::NaiveDb(args) => naive_db(args).await,
+        Command::Soak(args) => {
+            soak::run(soak::Soak {
+                base: args.url.trim_end_matches('/').to_owned(),
+                rounds: args.rounds,
+                short_rooms: args.short_rooms,
+                long_rooms: args.long_rooms,
+                long_churn: args.long_churn,
+                mix: Mix {
+                    participants: args.participants,
+                    reconnects: args.reconnects,
+                    aborts: 0.2,
+                },
+                steps: args.steps,
+                concurrency: args.concurrency,
+                signer: Signer {
+                    api_key: args.api_key,
+                    api_secret: args.api_secret,
+                },
+                run: args
+                    .run
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()),
+                seed: args.seed,
+                pid: args.pid,
+            })
+            .await
+        }
     }
 }
 

@@ -66,6 +66,9 @@ pub struct RoomModel {
     started: bool,
     /// Rounds of churn sent so far.
     pub rounds: usize,
+    /// Whether the room finishes after its rounds (`room_finished`).
+    finishes: bool,
+    finished: bool,
     /// identity -> its open sids, oldest first.
     open: BTreeMap<String, Vec<String>>,
 }
@@ -92,8 +95,29 @@ impl RoomModel {
             sessions: 0,
             started: false,
             rounds: 0,
+            finishes: false,
+            finished: false,
             open: BTreeMap::new(),
         }
+    }
+
+    /// This room finishes after its rounds, as a meeting does.
+    pub fn finishing(mut self) -> Self {
+        self.finishes = true;
+        self
+    }
+
+    /// The `room_finished` LiveKit sends when the room is due to finish and
+    /// has not yet; everyone in it is then gone.
+    pub fn finish_events(&mut self, signer: &Signer) -> Vec<Event> {
+        if !self.finishes || self.finished {
+            return Vec::new();
+        }
+        self.finished = true;
+        self.open.clear();
+        let mut out = Vec::new();
+        self.push(&mut out, signer, "room_finished", None);
+        out
     }
 
     /// Whether the start and the first joins have been sent.

@@ -120,6 +120,10 @@ async fn worker(shared: &Shared<'_>) -> Outcome {
             break;
         };
         if !shared.unbounded() && room.is_started() && room.rounds >= plan.rounds {
+            for event in room.finish_events(&plan.signer) {
+                shared.generated.fetch_add(1, Ordering::Relaxed);
+                deliver(shared, &event, &mut out).await;
+            }
             shared.done.lock().unwrap().push(room);
             continue;
         }
