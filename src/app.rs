@@ -47,8 +47,8 @@ impl Application {
                 "running with livekit-server --dev's well-known API key/secret: anyone can forge webhooks; set LIVEKIT_API_KEY and LIVEKIT_API_SECRET in production"
             );
         }
+        store::migrate_without_deadline(&settings.database).await?;
         let db = store::connect(&settings.database, settings.writer.transaction_timeout_ms).await?;
-        store::migrate(&db).await?;
 
         let metrics = Arc::new(Metrics::new());
         let writer = Writer::start(db.clone(), &settings.writer, metrics.clone());

@@ -46,9 +46,7 @@ async fn main() -> anyhow::Result<()> {
             app.run().await?;
         }
         Command::Migrate => {
-            let db =
-                store::connect(&settings.database, settings.writer.transaction_timeout_ms).await?;
-            store::migrate(&db).await?;
+            store::migrate_without_deadline(&settings.database).await?;
             tracing::info!("migrations applied");
         }
         Command::Webhook(WebhookCommand::Send(cmd)) => cli::send_webhook(&settings, cmd).await?,

@@ -463,24 +463,31 @@ async fn every_copy_of_a_redelivery_is_counted() {
 }
 
 // Bounded state: closed sessions past the horizon are not loaded again.
+// The horizon is on roomd's clock (when roomd wrote the row): the rows are
+// aged by hand, as two hours of running would.
 #[actix_web::test]
 async fn history_past_the_horizon_is_not_loaded_at_recovery() {
     for db in TestDb::all().await {
         let app = common::spawn_app(&db).await;
-        let long_ago = now_secs() - 7200;
         for i in 0..5 {
             let sid = format!("PA_old{i}");
-            app.ok(&lk::joined("marathon", "RM_m", &sid, "guest")
-                .at(long_ago)
-                .body())
+            app.ok(&lk::joined("marathon", "RM_m", &sid, "guest").body())
                 .await;
-            app.ok(&lk::left("marathon", "RM_m", &sid, "guest")
-                .at(long_ago + 60)
-                .body())
+            app.ok(&lk::left("marathon", "RM_m", &sid, "guest").body())
                 .await;
         }
         app.ok(&lk::joined("marathon", "RM_m", "PA_host", "host").body())
             .await;
+        let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+        participants::Entity::update_many()
+            .col_expr(
+                participants::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(two_hours_ago),
+            )
+            .filter(participants::Column::Identity.eq("guest"))
+            .exec(&app.db)
+            .await
+            .unwrap();
         app.stop().await;
 
         let mut settings = common::settings_for(&db);
@@ -536,6 +543,115 @@ async fn audit_rows_past_their_retention_are_deleted() {
         assert!(batches >= 1);
         let left = webhook_events::Entity::find().all(&app.db).await.unwrap();
         assert!(left.is_empty(), "[{}] {left:?}", db.backend);
+        app.stop().await;
+        db.drop_database().await;
+    }
+}
+
+// Found by the adversarial pass: a late sid-less room_finished ended a
+// session that began after it (left_at before joined_at), and a join in the
+// second the room finished was refused although ties go to the later arrival.
+#[actix_web::test]
+async fn a_sid_less_room_finished_never_ends_what_began_after_it() {
+    for db in TestDb::all().await {
+        let app = common::spawn_app(&db).await;
+        let t = now_secs() - 100;
+        app.ok(&lk::room_started("sl1", "").at(t).body()).await;
+        app.ok(&lk::joined("sl1", "", "", "alice").at(t + 20).body())
+            .await;
+        let late = app
+            .ok(&lk::room_finished("sl1", "").at(t + 10).body())
+            .await;
+        assert_eq!(late["outcome"], "stale", "[{}] {late}", db.backend);
+        let view = app.room("sl1").await;
+        assert_eq!(view["status"], "active", "{view}");
+        assert_eq!(view["participant_count"], 1);
+
+        app.ok(&lk::room_started("sl2", "").at(t).body()).await;
+        app.ok(&lk::room_finished("sl2", "").at(t + 10).body())
+            .await;
+        let bob = app
+            .ok(&lk::joined("sl2", "", "", "bob").at(t + 10).body())
+            .await;
+        assert_eq!(bob["outcome"], "applied", "[{}] {bob}", db.backend);
+        let view = app.room("sl2").await;
+        assert_eq!(view["status"], "active", "{view}");
+        assert_eq!(view["participant_count"], 1);
+        app.stop().await;
+        db.drop_database().await;
+    }
+}
+
+// Found by the adversarial pass: LiveKit's times mix whole seconds
+// (`createdAt`) and milliseconds (`joinedAtMs`), so a leave or the end of a
+// replaced instance can carry a time just before the session's join. No
+// row may then say it left before it joined.
+#[actix_web::test]
+async fn no_session_is_closed_before_it_began() {
+    for db in TestDb::all().await {
+        let app = common::spawn_app(&db).await;
+        let t = now_secs() - 100;
+        app.ok(&lk::joined("sd1", "RM_sd1", "PA_a", "alice")
+            .set("/participant", "joinedAt", json!((t + 30).to_string()))
+            .at(t + 30)
+            .body())
+            .await;
+        app.ok(&lk::left("sd1", "RM_sd1", "PA_a", "alice").at(t + 20).body())
+            .await;
+        assert_eq!(app.count("sd1").await, 0);
+
+        app.ok(&created(lk::room_started("sd2", "RM_sd2a"), t, t).body())
+            .await;
+        app.ok(&created(lk::joined("sd2", "RM_sd2a", "PA_b", "bob"), t, t + 50).body())
+            .await;
+        app.ok(&created(lk::room_started("sd2", "RM_sd2b"), t + 5, t + 5).body())
+            .await;
+        for room in ["sd1", "sd2"] {
+            for row in app.room_rows(room).await {
+                if let Some(ended) = row.ended_at {
+                    assert!(ended >= row.started_at, "[{}] {row:?}", db.backend);
+                }
+                for p in app.participant_rows(row.id).await {
+                    if let (Some(joined), Some(left)) = (p.joined_at, p.left_at) {
+                        assert!(
+                            left >= joined,
+                            "[{}] left before joining: {p:?}",
+                            db.backend
+                        );
+                    }
+                }
+            }
+        }
+        app.stop().await;
+        db.drop_database().await;
+    }
+}
+
+// Found by the adversarial pass: history was forgotten by LiveKit's event
+// times against roomd's clock, so events with old times (a LiveKit whose
+// clock is behind, replays) lost their tombstones at once after a restart.
+#[actix_web::test]
+async fn old_event_times_keep_their_history_across_a_restart() {
+    for db in TestDb::all().await {
+        let app = common::spawn_app(&db).await;
+        let old = now_secs() - 7200;
+        app.ok(&lk::joined("aged", "RM_aged", "PA_b", "bob").at(old).body())
+            .await;
+        // Alice's leave arrives before her join: a tombstone.
+        app.ok(&lk::left("aged", "RM_aged", "PA_a", "alice")
+            .at(old + 10)
+            .body())
+            .await;
+        app.stop().await;
+
+        let app = common::spawn_app(&db).await;
+        let late = app
+            .ok(&lk::joined("aged", "RM_aged", "PA_a", "alice")
+                .at(old + 5)
+                .body())
+            .await;
+        assert_eq!(late["outcome"], "ignored", "[{}] {late}", db.backend);
+        assert_eq!(app.count("aged").await, 1);
         app.stop().await;
         db.drop_database().await;
     }

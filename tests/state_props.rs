@@ -498,3 +498,69 @@ proptest! {
         }
     }
 }
+
+/// Forgetting is measured on LiveKit's clock, against the room's newest
+/// event: history an hour older than that goes, recent history stays, and
+/// the current instance is never forgotten (found by the adversarial pass:
+/// a forgotten current sid let a join into a finished room).
+#[test]
+fn history_is_forgotten_against_the_rooms_newest_event_and_the_current_instance_never() {
+    let room = room();
+    let person = |sid: &str, who: &str| ParticipantRef {
+        sid: Some(sid.into()),
+        identity: who.into(),
+        kind: ParticipantKind::Standard,
+        name: None,
+        joined_at: None,
+    };
+    let mut state = RoomState::new(NAME);
+    // Years ago on roomd's clock, as replayed or skewed events may be.
+    state.apply(
+        &room,
+        &RoomEvent::ParticipantJoined(person("PA_c", "carol")),
+        t(1),
+    );
+    state.apply(
+        &room,
+        &RoomEvent::ParticipantLeft(person("PA_t", "tom"), LeaveReason::Left(None)),
+        t(10),
+    );
+    state.apply(&room, &RoomEvent::RoomFinished, t(20));
+    state.forget_older_than(chrono::Duration::hours(1));
+    assert_eq!(state.current().unwrap().closed_sessions().count(), 2);
+    let late = state.apply(
+        &room,
+        &RoomEvent::ParticipantJoined(person("PA_e", "erin")),
+        t(30),
+    );
+    assert_eq!(late.outcome, roomd::room::state::Outcome::Stale);
+    let tombstoned = state.apply(
+        &room,
+        &RoomEvent::ParticipantJoined(person("PA_t", "tom")),
+        t(5),
+    );
+    assert_eq!(tombstoned.outcome, roomd::room::state::Outcome::Stale);
+
+    // An hour of LiveKit's time later, the old sessions go; the room stays
+    // finished.
+    let mut live = RoomState::new(NAME);
+    live.apply(
+        &room,
+        &RoomEvent::ParticipantJoined(person("PA_c", "carol")),
+        t(1),
+    );
+    live.apply(
+        &room,
+        &RoomEvent::ParticipantLeft(person("PA_c", "carol"), LeaveReason::Left(None)),
+        t(10),
+    );
+    live.apply(
+        &room,
+        &RoomEvent::ParticipantJoined(person("PA_d", "dan")),
+        t(7200),
+    );
+    live.forget_older_than(chrono::Duration::hours(1));
+    let current = live.current().unwrap();
+    assert_eq!(current.closed_sessions().count(), 0);
+    assert_eq!(current.participant_count(), 1);
+}

@@ -80,10 +80,14 @@ pub async fn room_stream(
         rooms,
         name,
         cursor: Some(subscription.cursor),
-        keepalive: tokio::time::interval_at(
-            tokio::time::Instant::now() + state.stream_keepalive,
-            state.stream_keepalive,
-        ),
+        keepalive: {
+            let mut every = tokio::time::interval_at(
+                tokio::time::Instant::now() + state.stream_keepalive,
+                state.stream_keepalive,
+            );
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every
+        },
     };
     let live = stream::unfold(listener, |mut l| async move {
         let cursor = l.cursor.as_mut()?;

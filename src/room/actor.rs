@@ -247,9 +247,10 @@ impl RoomActor {
             return;
         }
         self.forgot_at = Instant::now();
-        let horizon = self.parts.lifecycle.horizon();
+        let horizon = chrono::Duration::from_std(self.parts.lifecycle.history_horizon)
+            .unwrap_or(chrono::TimeDelta::MAX);
         if let Some(state) = &mut self.state {
-            state.forget_before(horizon);
+            state.forget_older_than(horizon);
         }
     }
 

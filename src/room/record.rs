@@ -65,6 +65,14 @@ impl SessionRecord {
         self.left_at.is_none()
     }
 
+    /// Closes the session at `at`, never before it began: LiveKit's times
+    /// have whole seconds in places (`createdAt`) and milliseconds in others
+    /// (`joinedAtMs`), so a leave can carry a time just before its join.
+    pub fn close(&mut self, at: DateTime<Utc>, reason: String) {
+        self.left_at = Some(self.joined_at.map_or(at, |joined| joined.max(at)));
+        self.leave_reason = Some(reason);
+    }
+
     /// The seed's `participants.user_id`: the identity when it is a user's UUID.
     pub fn user_id(&self) -> Option<Uuid> {
         Uuid::parse_str(&self.identity).ok()

@@ -165,6 +165,16 @@ impl Instance {
         people.into_iter().map(|(k, v)| (k, v.len())).collect()
     }
 
+    /// The newest time (LiveKit's clock) the instance's rows hold.
+    fn newest_time(&self) -> Option<DateTime<Utc>> {
+        self.sessions
+            .values()
+            .flat_map(|s| [s.joined_at, s.left_at])
+            .chain([Some(self.room.started_at), self.room.ended_at])
+            .flatten()
+            .max()
+    }
+
     fn refresh_count(&mut self) {
         self.room.current_participants =
             i32::try_from(self.participant_count()).unwrap_or(i32::MAX);
@@ -179,12 +189,11 @@ impl Instance {
         changes: &mut Changes,
     ) {
         for session in self.sessions.values_mut().filter(|s| s.is_open()) {
-            session.left_at = Some(at);
-            session.leave_reason = Some(session_reason.as_string());
+            session.close(at, session_reason.as_string());
             changes.sessions.push(session.clone());
         }
         self.room.status = RoomStatus::Ended;
-        self.room.ended_at = Some(at);
+        self.room.ended_at = Some(at.max(self.room.started_at));
         self.room.end_reason = Some(why.to_owned());
         self.room.current_participants = 0;
     }
@@ -250,8 +259,7 @@ impl Instance {
         changes: &mut Changes,
     ) -> Outcome {
         let close = |s: &mut SessionRecord, changes: &mut Changes| {
-            s.left_at = Some(at);
-            s.leave_reason = Some(reason.as_string());
+            s.close(at, reason.as_string());
             changes.sessions.push(s.clone());
         };
         let key = SessionKey::of(&p.identity, p.sid.as_deref());
@@ -378,16 +386,26 @@ impl RoomState {
         rooms.push(instance.room.clone());
     }
 
-    /// Forgets closed sessions, tombstones and ended sids older than
-    /// `cutoff`: far past LiveKit's redelivery window, they only cost memory.
-    /// The database keeps them; the loader skips them too.
-    pub fn forget_before(&mut self, cutoff: DateTime<Utc>) {
-        self.ended_sids.retain(|_, ended| *ended >= cutoff);
-        if let Some(instance) = self.current.as_mut() {
-            instance
-                .sessions
-                .retain(|_, s| s.left_at.is_none_or(|left| left >= cutoff));
-        }
+    /// Forgets closed sessions, tombstones and ended sids that closed more
+    /// than `horizon` before the room's newest event: far past LiveKit's
+    /// redelivery window, they only cost memory. Measured on LiveKit's own
+    /// clock, so a LiveKit whose clock differs from roomd's (or old replayed
+    /// events) never loses history early. The database keeps it all; the
+    /// current instance's sid is never forgotten.
+    pub fn forget_older_than(&mut self, horizon: chrono::Duration) {
+        let Some(instance) = self.current.as_mut() else {
+            return;
+        };
+        let Some(newest) = instance.newest_time() else {
+            return;
+        };
+        let cutoff = newest - horizon;
+        let current_sid = instance.room.sid.as_deref();
+        self.ended_sids
+            .retain(|sid, ended| *ended >= cutoff || Some(sid.as_str()) == current_sid);
+        instance
+            .sessions
+            .retain(|_, s| s.left_at.is_none_or(|left| left >= cutoff));
     }
 
     /// An instance that reconciliation ended comes back when LiveKit shows
@@ -457,7 +475,14 @@ impl RoomState {
             // before the instance began is an older instance's. Any other
             // event shows the instance began no later than it.
             (Some(cur), None) if cur.is_active() => {
-                if at < cur.room.started_at {
+                // A sid-less room_finished ends no session that began after
+                // it: with people still in from after it, it was an older
+                // instance's (sid-less bodies cannot tell instances apart).
+                let outlived = matches!(event, RoomEvent::RoomFinished)
+                    && cur
+                        .open_sessions()
+                        .any(|s| s.joined_at.is_some_and(|joined| joined > at));
+                if at < cur.room.started_at || outlived {
                     if matches!(event, RoomEvent::RoomFinished) {
                         return stale(Some(cur.room.id));
                     }
@@ -467,7 +492,9 @@ impl RoomState {
                 true
             }
             (Some(cur), None) => {
-                let later = cur.room.ended_at.is_some_and(|ended| at > ended);
+                // A tie goes to the later arrival: a join in the second the
+                // room finished opens the next instance.
+                let later = cur.room.ended_at.is_some_and(|ended| at >= ended);
                 let opens = matches!(
                     event,
                     RoomEvent::RoomStarted | RoomEvent::ParticipantJoined(_)

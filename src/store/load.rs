@@ -72,23 +72,21 @@ pub async fn find_latest_room(
 }
 
 /// Sessions an actor keeps: open ones, and closed ones and tombstones that
-/// closed at or after `horizon` (older ones only matter to the history).
+/// roomd wrote at or after `horizon` (roomd's clock: LiveKit's may differ,
+/// and replayed events carry old times). Older ones only matter to the history.
 fn kept_sessions(horizon: DateTime<Utc>) -> Condition {
     Condition::any()
         .add(participants::Column::LeftAt.is_null())
-        .add(participants::Column::LeftAt.gte(horizon))
+        .add(participants::Column::UpdatedAt.gte(horizon))
 }
 
-/// Ended instances whose late events an actor still recognises.
+/// Ended instances whose late events an actor still recognises: those roomd
+/// ended (or last wrote) at or after `horizon`.
 fn kept_ended(horizon: DateTime<Utc>) -> Condition {
     Condition::all()
         .add(rooms::Column::Status.eq(ENDED))
         .add(rooms::Column::LivekitSid.is_not_null())
-        .add(
-            Condition::any()
-                .add(rooms::Column::EndedAt.is_null())
-                .add(rooms::Column::EndedAt.gte(horizon)),
-        )
+        .add(rooms::Column::UpdatedAt.gte(horizon))
 }
 
 /// `(name, sid, ended_at, started_at)` of an ended instance.

@@ -34,12 +34,18 @@ pub enum StoreError {
 
 /// Opens the pool. SQLite runs in WAL mode with `synchronous = NORMAL`: a
 /// commit survives a killed process (not a power cut), which is the promise
-/// roomd makes when it answers 200.
-/// `transaction_timeout_ms` is the writer's deadline, which PostgreSQL
-/// enforces on its side too.
+/// roomd makes when it answers 200. `transaction_timeout_ms` is the
+/// writer's deadline, which PostgreSQL enforces on its side too.
 pub async fn connect(
     settings: &DatabaseSettings,
     transaction_timeout_ms: u64,
+) -> Result<DatabaseConnection, DbErr> {
+    pool(settings, Some(transaction_timeout_ms)).await
+}
+
+async fn pool(
+    settings: &DatabaseSettings,
+    transaction_timeout_ms: Option<u64>,
 ) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(settings.url.clone());
     options
@@ -48,15 +54,18 @@ pub async fn connect(
         .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .sqlx_logging(false)
-        .map_sqlx_postgres_opts(move |opts| {
+        .map_sqlx_postgres_opts(move |opts| match transaction_timeout_ms {
             // The server's side of the writer's deadline: a transaction
             // whose client stopped talking is rolled back, not left holding
             // its row locks.
-            let ms = transaction_timeout_ms.to_string();
-            opts.options([
-                ("statement_timeout", ms.as_str()),
-                ("idle_in_transaction_session_timeout", ms.as_str()),
-            ])
+            Some(ms) => {
+                let ms = ms.to_string();
+                opts.options([
+                    ("statement_timeout", ms.as_str()),
+                    ("idle_in_transaction_session_timeout", ms.as_str()),
+                ])
+            }
+            None => opts,
         })
         .map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -71,4 +80,13 @@ pub async fn connect(
 /// Brings the schema up to date.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
+}
+
+/// [`migrate`] on a pool of its own without the writer's deadline: building
+/// an index on a large table takes longer than a transaction may.
+pub async fn migrate_without_deadline(settings: &DatabaseSettings) -> Result<(), DbErr> {
+    let db = pool(settings, None).await?;
+    let migrated = migrate(&db).await;
+    db.close().await.ok();
+    migrated
 }

@@ -162,8 +162,7 @@ impl RoomState {
                     .as_deref()
                     .is_some_and(|sid| !listed.contains(sid));
             if gone {
-                session.left_at = Some(at);
-                session.leave_reason = Some(LeaveReason::Reconciled.as_string());
+                session.close(at, LeaveReason::Reconciled.as_string());
                 changes.sessions.push(session.clone());
                 corrections.push(correction(CorrectionKind::SessionClosed, Some(session)));
             }
