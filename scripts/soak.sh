@@ -22,6 +22,8 @@ PORT=${PORT:-18180}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 DB=${DATABASE_URL:-sqlite://$WORK/soak.db?mode=rwc}
+# HORIZON=300 shows forgetting within a run of minutes (the default is 3600).
+[ -z "${HORIZON:-}" ] || export ROOMD__ROOMS__HISTORY_HORIZON_SECS=$HORIZON
 
 [ -n "${ROOMD:-}" ] || cargo build --release --locked --bins >&2
 ROOMD=${ROOMD:-target/release/roomd}

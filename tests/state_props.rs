@@ -346,6 +346,22 @@ fn deliver(
     Ok(state)
 }
 
+/// `events` delivered on `deliveries`' schedule, and in order; what a
+/// reader sees of the two must be the same.
+fn delivered_and_ordered(
+    events: &[(RoomRef, RoomEvent, DateTime<Utc>)],
+    deliveries: &[usize],
+    crashes: &BTreeSet<usize>,
+) -> Result<(RoomState, RoomState), TestCaseError> {
+    let mut ordered = RoomState::new(NAME);
+    for (room, event, at) in events {
+        ordered.apply(room, event, *at);
+    }
+    let state = deliver(events, deliveries, crashes)?;
+    prop_assert_eq!(observe(&state), observe(&ordered));
+    Ok((state, ordered))
+}
+
 /// One person's sid-less history: join and leave in turn, at distinct times.
 fn sid_less_events(
     toggles: &[(usize, i64)],
@@ -410,12 +426,7 @@ proptest! {
                 (Just(events), deliveries_of(n))
             })
     ) {
-        let mut ordered = RoomState::new(NAME);
-        for (room, event, at) in &events {
-            ordered.apply(room, event, *at);
-        }
-        let state = deliver(&events, &deliveries, &crashes)?;
-        prop_assert_eq!(observe(&state), observe(&ordered));
+        let (state, ordered) = delivered_and_ordered(&events, &deliveries, &crashes)?;
         prop_assert_eq!(
             state.current().and_then(|c| c.record().sid.clone()),
             ordered.current().and_then(|c| c.record().sid.clone()),
@@ -435,12 +446,7 @@ proptest! {
                 (Just(events), deliveries_of(n))
             })
     ) {
-        let mut ordered = RoomState::new(NAME);
-        for (room, event, at) in &events {
-            ordered.apply(room, event, *at);
-        }
-        let state = deliver(&events, &deliveries, &crashes)?;
-        prop_assert_eq!(observe(&state), observe(&ordered));
+        let (state, _) = delivered_and_ordered(&events, &deliveries, &crashes)?;
         if let Some(c) = state.current() {
             prop_assert!(c.record().ended_at.is_none_or(|e| e >= c.record().started_at));
             for s in c.closed_sessions() {

@@ -25,9 +25,7 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::feed::Feeds;
-pub use super::messages::{
-    Admission, Apply, Delivered, QueueSlot, Reconcile, Reconciled, RoomError,
-};
+pub use super::messages::{Apply, Claim, Delivered, Reconcile, Reconciled, RoomError};
 use super::record::StoredRoom;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, Transition};

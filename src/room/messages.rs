@@ -41,48 +41,28 @@ pub enum RoomError {
     Crashed(String),
 }
 
-/// Adds one to `counter` unless it is at `limit`.
-fn take_one(counter: &AtomicUsize, limit: usize) -> bool {
-    counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .is_ok()
-}
+/// One unit of a bounded count, given back when dropped. Two counts use
+/// it: a room's mailbox (a message's place, from admission until the actor
+/// takes it: actix's own capacity does not hold for senders that each use a
+/// fresh `Addr` clone), and the deliveries in flight across all rooms (a
+/// delivery's admission, which travels with its message, so one whose
+/// request timed out stays counted until the actor has handled or dropped
+/// it, and LiveKit's retries cannot pile up behind a slow commit).
+pub struct Claim(Arc<AtomicUsize>);
 
-/// A message's place in its room's mailbox, counted from the moment it is
-/// admitted until the actor takes it (or it is dropped with a dead actor).
-/// The count is what enforces the mailbox bound: actix's own capacity does
-/// not hold for senders that each use a fresh `Addr` clone.
-pub struct QueueSlot(Arc<AtomicUsize>);
-
-impl QueueSlot {
-    /// A place in a mailbox that holds `depth` messages, if it has room for
-    /// one more within `capacity`.
-    pub fn claim(depth: &Arc<AtomicUsize>, capacity: usize) -> Option<Self> {
-        take_one(depth, capacity).then(|| Self(depth.clone()))
+impl Claim {
+    /// One more of `count`, if it is below `limit`.
+    pub fn take(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
     }
 }
 
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// One delivery admitted under the global in-flight bound. It travels with
-/// the message, so a delivery whose request timed out stays counted until
-/// the actor has handled it (or dropped it): LiveKit's retries cannot pile
-/// up behind a slow commit.
-pub struct Admission(Arc<AtomicUsize>);
-
-impl Admission {
-    pub fn admit(count: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
-        take_one(count, limit).then(|| Self(count.clone()))
-    }
-}
-
-impl Drop for Admission {
+impl Drop for Claim {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -98,9 +78,10 @@ pub struct Apply {
     pub room: RoomRef,
     pub event: RoomEvent,
     pub reply: oneshot::Sender<Result<Delivered, RoomError>>,
-    pub slot: QueueSlot,
-    /// Held until the event is handled; see [`Admission`].
-    pub admission: Option<Admission>,
+    /// Its place in the room's mailbox.
+    pub slot: Claim,
+    /// Its admission among the deliveries in flight, held until handled.
+    pub admission: Option<Claim>,
     /// The request's span, so the actor's logs can be tied to it.
     pub span: tracing::Span,
 }
@@ -115,7 +96,7 @@ pub struct Reconcile {
     pub truth: Option<RoomTruth>,
     pub fetched_at: DateTime<Utc>,
     pub reply: oneshot::Sender<Result<Reconciled, RoomError>>,
-    pub slot: QueueSlot,
+    pub slot: Claim,
 }
 
 #[derive(Debug)]

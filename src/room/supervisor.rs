@@ -21,8 +21,8 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::actor::{
-    ActorParts, Admission, Apply, Delivered, Lifecycle, QueueSlot, Reconcile, Reconciled, Registry,
-    RoomActor, RoomEntry, RoomError, Snapshots,
+    ActorParts, Apply, Claim, Delivered, Lifecycle, Reconcile, Reconciled, Registry, RoomActor,
+    RoomEntry, RoomError, Snapshots,
 };
 use super::event::{Action, Delivery};
 use super::feed::{Feeds, Subscription};
@@ -198,7 +198,7 @@ impl Rooms {
         if !self.is_recovered() {
             return Err(unavailable("roomd is still rebuilding its rooms".into()));
         }
-        let admission = Admission::admit(&self.inner.in_flight, self.inner.settings.max_in_flight)
+        let admission = Claim::take(&self.inner.in_flight, self.inner.settings.max_in_flight)
             .ok_or(DeliverError::Overloaded {
                 limit: self.inner.settings.max_in_flight,
             })?;
@@ -228,7 +228,7 @@ impl Rooms {
     async fn ask<M, T>(
         &self,
         room: &str,
-        msg: impl FnOnce(QueueSlot) -> M,
+        msg: impl FnOnce(Claim) -> M,
         done: oneshot::Receiver<Result<T, RoomError>>,
     ) -> Result<T, DeliverError>
     where
@@ -243,8 +243,7 @@ impl Rooms {
             room: room.to_owned(),
         };
         let entry = self.actor(room);
-        let slot =
-            QueueSlot::claim(&entry.depth, self.inner.parts.mailbox_capacity).ok_or_else(busy)?;
+        let slot = Claim::take(&entry.depth, self.inner.parts.mailbox_capacity).ok_or_else(busy)?;
         match entry.addr.try_send(msg(slot)) {
             Ok(()) => {}
             Err(SendError::Full(_)) => return Err(busy()),

@@ -69,14 +69,8 @@ struct SoakArgs {
     reconnects: f64,
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    #[arg(long)]
-    run: Option<String>,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    #[arg(long, env = "LIVEKIT_API_KEY", default_value = "devkey")]
-    api_key: String,
-    #[arg(long, env = "LIVEKIT_API_SECRET", default_value = "secret")]
-    api_secret: String,
+    #[command(flatten)]
+    run: RunArgs,
     /// roomd's process id, to report its resident memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -102,6 +96,13 @@ struct Workload {
     /// Rooms in flight at once (each sends its events one at a time).
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// What names a run's rooms and events, and signs them.
+#[derive(Args, Debug)]
+struct RunArgs {
     /// Names rooms lg-RUN-N and events EV_RUN_N_M; random by default.
     #[arg(long)]
     run: Option<String>,
@@ -111,6 +112,21 @@ struct Workload {
     api_key: String,
     #[arg(long, env = "LIVEKIT_API_SECRET", default_value = "secret")]
     api_secret: String,
+}
+
+impl RunArgs {
+    fn signer(&self) -> Signer {
+        Signer {
+            api_key: self.api_key.clone(),
+            api_secret: self.api_secret.clone(),
+        }
+    }
+
+    fn id(&self) -> String {
+        self.run
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned())
+    }
 }
 
 impl Workload {
@@ -123,21 +139,16 @@ impl Workload {
     }
 
     fn signer(&self) -> Signer {
-        Signer {
-            api_key: self.api_key.clone(),
-            api_secret: self.api_secret.clone(),
-        }
+        self.run.signer()
     }
 
     fn run_id(&self) -> String {
-        self.run
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned())
+        self.run.id()
     }
 
     fn rooms(&self, run: &str) -> Vec<RoomModel> {
         (0..self.rooms)
-            .map(|i| RoomModel::new(run, i, self.seed))
+            .map(|i| RoomModel::new(run, i, self.run.seed))
             .collect()
     }
 }
@@ -226,14 +237,9 @@ async fn main() -> anyhow::Result<()> {
                 },
                 steps: args.steps,
                 concurrency: args.concurrency,
-                signer: Signer {
-                    api_key: args.api_key,
-                    api_secret: args.api_secret,
-                },
-                run: args
-                    .run
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()),
-                seed: args.seed,
+                signer: args.run.signer(),
+                run: args.run.id(),
+                seed: args.run.seed,
                 pid: args.pid,
             })
             .await
