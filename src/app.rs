@@ -41,6 +41,7 @@ impl Application {
     /// [`recover`](Self::recover) has run. Then [`run`](Self::run) serves.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
+        raise_open_file_limit();
         if settings.uses_dev_key() {
             tracing::warn!(
                 api_key = %settings.livekit.api_key,
@@ -95,6 +96,8 @@ impl Application {
             db: db.clone(),
             max_body_bytes: settings.server.max_body_bytes,
             stream_keepalive: Duration::from_secs(settings.api.stream_keepalive_secs),
+            streams: Arc::default(),
+            max_streams: settings.api.max_streams,
         });
         let cors_origins = settings.api.cors_origins.clone();
         let mut server = HttpServer::new(move || {
@@ -176,6 +179,29 @@ impl Application {
         // process (closing waits for every connection).
         let _ = tokio::time::timeout(Duration::from_secs(5), self.db.close()).await;
         Ok(())
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does: every stream and webhook holds a descriptor, and the common soft
+/// default (1,024) is far below what a server of thousands of rooms needs.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            soft == limit.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        tracing::debug!(open_files = limit.rlim_cur, "open-file limit");
+    } else {
+        tracing::warn!("cannot raise the open-file limit");
     }
 }
 

@@ -39,6 +39,7 @@ pub struct ApiSettings {
     pub public_counts: bool,
     pub cors_origins: Vec<String>,
     pub stream_keepalive_secs: u64,
+    pub max_streams: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -155,6 +156,7 @@ impl Default for Settings {
                 public_counts: true,
                 cors_origins: Vec::new(),
                 stream_keepalive_secs: 15,
+                max_streams: 4096,
             },
             audit: AuditSettings { retention_days: 30 },
             log: LogSettings {

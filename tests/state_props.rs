@@ -532,7 +532,7 @@ fn history_is_forgotten_against_the_rooms_newest_event_and_the_current_instance_
         t(10),
     );
     state.apply(&room, &RoomEvent::RoomFinished, t(20));
-    state.forget_older_than(chrono::Duration::hours(1));
+    state.forget_older_than(chrono::Duration::hours(1), t(30));
     assert_eq!(state.current().unwrap().closed_sessions().count(), 2);
     let late = state.apply(
         &room,
@@ -565,8 +565,133 @@ fn history_is_forgotten_against_the_rooms_newest_event_and_the_current_instance_
         &RoomEvent::ParticipantJoined(person("PA_d", "dan")),
         t(7200),
     );
-    live.forget_older_than(chrono::Duration::hours(1));
+    live.forget_older_than(chrono::Duration::hours(1), t(7200));
     let current = live.current().unwrap();
     assert_eq!(current.closed_sessions().count(), 0);
     assert_eq!(current.participant_count(), 1);
+}
+
+fn sidded(sid: &str, created: i64) -> RoomRef {
+    RoomRef {
+        name: NAME.into(),
+        sid: Some(sid.into()),
+        created_at: Some(t(created)),
+    }
+}
+
+fn sid_less() -> RoomRef {
+    RoomRef {
+        name: NAME.into(),
+        sid: None,
+        created_at: None,
+    }
+}
+
+fn someone(sid: Option<&str>, who: &str) -> ParticipantRef {
+    ParticipantRef {
+        sid: sid.map(str::to_owned),
+        identity: who.into(),
+        kind: ParticipantKind::Standard,
+        name: None,
+        joined_at: None,
+    }
+}
+
+use roomd::room::state::Outcome;
+
+// Found by the second adversarial pass: an older instance's late event got
+// past the creation-time rule whenever the live instance had no sid yet, or
+// a sid-less event had moved a named instance's start back.
+#[test]
+fn an_older_sid_never_takes_over_whatever_the_live_instance_was_opened_by() {
+    let left = |p| RoomEvent::ParticipantLeft(p, LeaveReason::Left(None));
+    // A named live room, then a sid-less event from long before it.
+    let mut p1 = RoomState::new(NAME);
+    p1.apply(&sidded("RM_A1", 1000), &RoomEvent::RoomStarted, t(1000));
+    p1.apply(
+        &sidded("RM_A1", 1000),
+        &RoomEvent::ParticipantJoined(someone(Some("PA_a"), "alice")),
+        t(1005),
+    );
+    p1.apply(&sid_less(), &left(someone(None, "zed")), t(-4000));
+    let late = p1.apply(
+        &sidded("RM_OLD1", 0),
+        &left(someone(Some("PA_b"), "bob")),
+        t(100),
+    );
+    assert_eq!(late.outcome, Outcome::Stale);
+    assert_eq!(p1.current().unwrap().record().sid.as_deref(), Some("RM_A1"));
+    assert_eq!(p1.current().unwrap().participant_count(), 1);
+
+    // A finished sid-less room, then an older sid.
+    let mut p2 = RoomState::new(NAME);
+    p2.apply(&sid_less(), &RoomEvent::RoomStarted, t(1000));
+    p2.apply(
+        &sid_less(),
+        &RoomEvent::ParticipantJoined(someone(None, "alice")),
+        t(1001),
+    );
+    p2.apply(&sid_less(), &RoomEvent::RoomFinished, t(1100));
+    let late = p2.apply(
+        &sidded("RM_OLD2", 0),
+        &RoomEvent::ParticipantJoined(someone(Some("PA_b"), "bob")),
+        t(100),
+    );
+    assert_eq!(late.outcome, Outcome::Stale);
+    assert!(!p2.is_active());
+
+    // A live sid-less room takes only a sid created after it began.
+    let mut p3 = RoomState::new(NAME);
+    p3.apply(&sid_less(), &RoomEvent::RoomStarted, t(1000));
+    p3.apply(
+        &sid_less(),
+        &RoomEvent::ParticipantJoined(someone(None, "alice")),
+        t(1001),
+    );
+    let late = p3.apply(&sidded("RM_OLD5", 0), &RoomEvent::RoomFinished, t(500));
+    assert_eq!(late.outcome, Outcome::Stale);
+    assert!(p3.is_active());
+    assert_eq!(p3.current().unwrap().participant_count(), 1);
+    let named = p3.apply(
+        &sidded("RM_NEW5", 1002),
+        &RoomEvent::ParticipantJoined(someone(Some("PA_c"), "carol")),
+        t(1003),
+    );
+    assert_eq!(named.outcome, Outcome::Applied);
+    assert_eq!(
+        p3.current().unwrap().record().sid.as_deref(),
+        Some("RM_NEW5")
+    );
+    assert_eq!(p3.current().unwrap().participant_count(), 2);
+}
+
+// Found by the second adversarial pass: one event dated a year ahead made
+// every tombstone look past the horizon.
+#[test]
+fn an_event_dated_ahead_does_not_make_history_look_old() {
+    let room = room();
+    let mut state = RoomState::new(NAME);
+    state.apply(
+        &room,
+        &RoomEvent::ParticipantJoined(someone(Some("PA_a"), "alice")),
+        t(0),
+    );
+    state.apply(
+        &room,
+        &RoomEvent::ParticipantJoined(someone(Some("PA_b"), "bob")),
+        t(365 * 86_400),
+    );
+    state.apply(
+        &room,
+        &RoomEvent::ParticipantLeft(someone(Some("PA_f"), "frank"), LeaveReason::Left(None)),
+        t(65),
+    );
+    state.forget_older_than(chrono::Duration::seconds(300), t(66));
+    let late = state.apply(
+        &room,
+        &RoomEvent::ParticipantJoined(someone(Some("PA_f"), "frank")),
+        t(64),
+    );
+    assert_eq!(late.outcome, Outcome::Ignored);
+    assert_eq!(state.current().unwrap().participant_count(), 2);
 }

@@ -230,3 +230,72 @@ async fn streams_of_rooms_without_an_actor_leave_no_feed_behind() {
     );
     app.stop().await;
 }
+
+/// Open file descriptors of this process (the app runs in it).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+// Streams are capped (`api.max_streams`), past it a JSON 503; and a stream
+// whose client went away gives its descriptor back within a keep-alive.
+#[actix_web::test]
+async fn streams_are_capped_and_closed_ones_give_their_descriptors_back() {
+    let db = common::TestDb::sqlite();
+    let mut settings = common::settings_for(&db);
+    settings.api.stream_keepalive_secs = 1;
+    settings.api.max_streams = 2;
+    let app = common::spawn_app_with(settings, "sqlite").await;
+    app.ok(&lk::joined("capped", "RM_capped", "PA_0", "host").body())
+        .await;
+    let first = Events::open(&app, "capped", None).await;
+    let second = Events::open(&app, "capped", None).await;
+    let third = app
+        .client
+        .get(format!("{}/v1/rooms/capped/stream", app.base))
+        .bearer_auth(join_token("capped", "viewer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(third.headers().contains_key("retry-after"));
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["error"], "busy", "{body}");
+    drop((first, second));
+
+    // Churn: open, read the snapshot, close; several times the cap.
+    let baseline = open_fds();
+    for _ in 0..12 {
+        let mut events = loop {
+            let response = app
+                .client
+                .get(format!("{}/v1/rooms/capped/stream", app.base))
+                .bearer_auth(join_token("capped", "viewer"))
+                .send()
+                .await
+                .unwrap();
+            if response.status() == StatusCode::OK {
+                break Events {
+                    response,
+                    buffer: String::new(),
+                };
+            }
+            // The cap holds until a keep-alive finds the closed ones.
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(events.next().await.kind, "snapshot");
+    }
+    let mut fds = open_fds();
+    for _ in 0..100 {
+        if fds <= baseline + 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        fds = open_fds();
+    }
+    assert!(
+        fds <= baseline + 4,
+        "{baseline} descriptors before, {fds} after"
+    );
+    app.stop().await;
+}

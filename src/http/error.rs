@@ -35,6 +35,8 @@ pub enum ApiError {
     BadQuery(String),
     #[error("no route for this request")]
     NoRoute,
+    #[error("{limit} live-update streams are open already (api.max_streams)")]
+    TooManyStreams { limit: usize },
 }
 
 impl From<DeliverError> for ApiError {
@@ -65,7 +67,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::BadBody(_) | Self::BodyRead(_) | Self::BadQuery(_) => "bad_request",
             Self::TooLarge { .. } => "payload_too_large",
-            Self::Busy(_) => "busy",
+            Self::Busy(_) | Self::TooManyStreams { .. } => "busy",
             Self::Unavailable(_) => "unavailable",
             Self::RoomNotFound(_) | Self::NoRoute => "not_found",
         }
@@ -74,7 +76,7 @@ impl ApiError {
     /// Seconds LiveKit (or any client) should wait before retrying.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::Busy(_) => Some(1),
+            Self::Busy(_) | Self::TooManyStreams { .. } => Some(1),
             Self::Unavailable(_) => Some(2),
             _ => None,
         }
@@ -90,7 +92,9 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadBody(_) | Self::BodyRead(_) | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Busy(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy(_) | Self::Unavailable(_) | Self::TooManyStreams { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::RoomNotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
         }
     }

@@ -32,6 +32,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// How often a live-update stream sends a keep-alive comment.
     pub stream_keepalive: std::time::Duration,
+    /// Live-update streams open now, and how many may be.
+    pub streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub max_streams: usize,
 }
 
 /// CORS for the frontend's origins: reads only (GET), with the Authorization

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{AppState, error::ApiError};
 use crate::room::Rooms;
+use crate::room::actor::Claim;
 use crate::room::feed::{Cursor, Next};
 
 fn sse(id: &str, event: &str, data: &serde_json::Value) -> Result<Bytes, actix_web::Error> {
@@ -35,6 +36,8 @@ struct Listener {
     rooms: Rooms,
     name: String,
     cursor: Option<Cursor>,
+    /// Its place under `api.max_streams`, given back when it goes.
+    _open: Claim,
     /// A comment now and then: proxies keep quiet streams open, and writing
     /// is how a client that went away is noticed (its stream is dropped).
     keepalive: tokio::time::Interval,
@@ -56,6 +59,9 @@ pub async fn room_stream(
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
     super::rooms::granted_room(&req, &state, &name).await?;
+    let open = Claim::take(&state.streams, state.max_streams).ok_or(ApiError::TooManyStreams {
+        limit: state.max_streams,
+    })?;
     let last_event_id = req
         .headers()
         .get("last-event-id")
@@ -80,6 +86,7 @@ pub async fn room_stream(
         rooms,
         name,
         cursor: Some(subscription.cursor),
+        _open: open,
         keepalive: {
             let mut every = tokio::time::interval_at(
                 tokio::time::Instant::now() + state.stream_keepalive,

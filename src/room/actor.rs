@@ -248,7 +248,7 @@ impl RoomActor {
         let horizon = chrono::Duration::from_std(self.parts.lifecycle.history_horizon)
             .unwrap_or(chrono::TimeDelta::MAX);
         if let Some(state) = &mut self.state {
-            state.forget_older_than(horizon);
+            state.forget_older_than(horizon, Utc::now());
         }
     }
 

@@ -392,14 +392,17 @@ impl RoomState {
     /// clock, so a LiveKit whose clock differs from roomd's (or old replayed
     /// events) never loses history early. The database keeps it all; the
     /// current instance's sid is never forgotten.
-    pub fn forget_older_than(&mut self, horizon: chrono::Duration) {
+    ///
+    /// The newest event counts no later than `now` (roomd's clock): one
+    /// dated ahead must not make everything older look past the horizon.
+    pub fn forget_older_than(&mut self, horizon: chrono::Duration, now: DateTime<Utc>) {
         let Some(instance) = self.current.as_mut() else {
             return;
         };
         let Some(newest) = instance.newest_time() else {
             return;
         };
-        let cutoff = newest - horizon;
+        let cutoff = newest.min(now) - horizon;
         let current_sid = instance.room.sid.as_deref();
         self.ended_sids
             .retain(|sid, ended| *ended >= cutoff || Some(sid.as_str()) == current_sid);
@@ -458,12 +461,14 @@ impl RoomState {
                 Some(cur_sid) if cur_sid == sid => true,
                 // A sid roomd has not seen: LiveKit never has two live rooms
                 // of one name, so it is either a newer instance or a late
-                // event of an older one. Its creation time tells which.
-                Some(_) if room.created_at.unwrap_or(at) < cur.room.started_at => {
+                // event of an older one. Its creation time tells which, also
+                // against an instance opened from sid-less bodies.
+                _ if room.created_at.unwrap_or(at) < cur.room.started_at => {
                     return stale(None);
                 }
                 Some(_) => false,
-                // First sight of the sid of an instance opened from a sid-less body.
+                // First sight of the sid of an instance opened from a
+                // sid-less body, created after that instance began.
                 None if cur.is_active() => {
                     cur.room.sid = Some(sid.clone());
                     room_changed = true;
@@ -486,8 +491,12 @@ impl RoomState {
                     if matches!(event, RoomEvent::RoomFinished) {
                         return stale(Some(cur.room.id));
                     }
-                    cur.room.started_at = at;
-                    room_changed = true;
+                    // An instance of sid-less bodies began no later than
+                    // its events; one LiveKit named keeps LiveKit's start.
+                    if cur.room.sid.is_none() && at < cur.room.started_at {
+                        cur.room.started_at = at;
+                        room_changed = true;
+                    }
                 }
                 true
             }
