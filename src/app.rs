@@ -14,9 +14,8 @@ use actix_web::{App, HttpServer, web};
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use livekit_api::access_token::TokenVerifier;
 
-use crate::livekit::{RoomService, WebhookVerifier};
+use crate::livekit::{RoomService, Tokens, WebhookVerifier};
 use crate::metrics::Metrics;
 use crate::room::reconciler;
 use crate::room::{Lifecycle, Rooms, SupervisorSettings};
@@ -87,10 +86,7 @@ impl Application {
         let state = web::Data::new(AppState {
             rooms: rooms.clone(),
             verifier: WebhookVerifier::new(&settings.livekit.api_key, &settings.livekit.api_secret),
-            tokens: TokenVerifier::with_api_key(
-                &settings.livekit.api_key,
-                &settings.livekit.api_secret,
-            ),
+            tokens: Tokens::new(&settings.livekit.api_key, &settings.livekit.api_secret),
             public_counts: settings.api.public_counts,
             metrics: rooms.metrics_handle(),
             db: db.clone(),

@@ -9,9 +9,12 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 fn expired_token() -> String {
-    let claims = serde_json::json!({
+    signed(serde_json::json!({
         "iss": KEY, "exp": chrono::Utc::now().timestamp() - 600, "video": {"roomList": true}
-    });
+    }))
+}
+
+fn signed(claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -188,6 +191,25 @@ async fn livekit_tokens_decide_who_reads_what(app: &TestApp) {
             Some(admin_token()),
             StatusCode::OK,
         ),
+        (
+            "an admin grant without iss",
+            participants,
+            Some(signed(serde_json::json!({
+                "exp": chrono::Utc::now().timestamp() + 600, "video": {"roomList": true}
+            }))),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "a verified token that grants nothing",
+            participants,
+            Some(
+                AccessToken::with_api_key(KEY, SECRET)
+                    .with_identity("nobody")
+                    .to_jwt()
+                    .unwrap(),
+            ),
+            StatusCode::FORBIDDEN,
+        ),
     ];
     for (what, path, token, expected) in cases {
         let (status, body) = get(app, path, token.as_deref()).await;
@@ -195,6 +217,17 @@ async fn livekit_tokens_decide_who_reads_what(app: &TestApp) {
         if !status.is_success() {
             assert!(body["error"].is_string(), "{what}: JSON error");
         }
+    }
+    // One parser for `Bearer`, in any case, as for webhooks.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = app
+            .client
+            .get(format!("{}{participants}", app.base))
+            .header("Authorization", format!("{scheme} {}", admin_token()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
     }
 }
 on_every_backend!(
@@ -271,6 +304,11 @@ async fn metrics_reflect_a_known_sequence_of_events(app: &TestApp) {
         .await;
     let refused = app.webhook_raw(join.clone(), None).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    // A signed sender cannot mint label values with made-up event names.
+    app.ok(&lk::event("made_up_event_1234")
+        .room("metered", "RM_m")
+        .body())
+        .await;
 
     let text = app
         .client
@@ -295,7 +333,9 @@ async fn metrics_reflect_a_known_sequence_of_events(app: &TestApp) {
     assert_eq!(count(r#"event="participant_left",outcome="ignored""#), 1.0);
     assert_eq!(count(r#"event="track_published",outcome="ignored""#), 1.0);
     assert_eq!(count(r#"event="unknown",outcome="unauthorized""#), 1.0);
-    assert_eq!(sample(&text, "roomd_webhook_duration_seconds_count"), 6.0);
+    assert_eq!(count(r#"event="other",outcome="ignored""#), 1.0, "{text}");
+    assert!(!text.contains("made_up_event"), "{text}");
+    assert_eq!(sample(&text, "roomd_webhook_duration_seconds_count"), 7.0);
     assert!(
         sample(&text, "roomd_commit_batch_size_count") >= 5.0,
         "every committed delivery is in a batch"

@@ -89,6 +89,14 @@ async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
         ),
         ("token for another body", Some(sign_with(KEY, SECRET, "{}"))),
         (
+            "no iss",
+            Some(token(
+                HS256,
+                SECRET,
+                json!({"sha256": body_hash(&body), "exp": now() + 300}),
+            )),
+        ),
+        (
             "expired beyond the leeway",
             Some(token(
                 HS256,

@@ -5,9 +5,9 @@
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
-use livekit_api::access_token::TokenVerifier;
 
 use super::error::ApiError;
+use crate::livekit::{Tokens, bearer};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reader {
@@ -15,26 +15,22 @@ pub enum Reader {
     Admin,
     /// May read this one room.
     Room(String),
+    /// A verified token that grants no reading (403, not 401).
+    NoGrant,
 }
 
 impl Reader {
     /// Who sent `req`: anonymous without a token, 401 for a token that does
     /// not verify, else what its grants allow.
-    pub fn of(req: &HttpRequest, tokens: &TokenVerifier) -> Result<Self, ApiError> {
+    pub fn of(req: &HttpRequest, tokens: &Tokens) -> Result<Self, ApiError> {
         let Some(value) = req.headers().get(header::AUTHORIZATION) else {
             return Ok(Self::Anonymous);
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| ApiError::BadToken("expected `Authorization: Bearer <token>`".into()))?;
-        let claims = tokens
-            .verify(token.trim())
-            .map_err(|e| ApiError::BadToken(e.to_string()))?;
+        let token =
+            value.to_str().ok().and_then(bearer).ok_or_else(|| {
+                ApiError::BadToken("expected `Authorization: Bearer <token>`".into())
+            })?;
+        let claims = tokens.verify(token).map_err(ApiError::BadToken)?;
         let video = claims.video;
         Ok(
             if video.room_list || (video.room_admin && video.room.is_empty()) {
@@ -42,7 +38,7 @@ impl Reader {
             } else if (video.room_join || video.room_admin) && !video.room.is_empty() {
                 Self::Room(video.room)
             } else {
-                Self::Anonymous
+                Self::NoGrant
             },
         )
     }
@@ -52,7 +48,7 @@ impl Reader {
         match self {
             Self::Admin => Ok(()),
             Self::Anonymous => Err(ApiError::NeedsToken),
-            Self::Room(_) => Err(ApiError::Forbidden(
+            Self::Room(_) | Self::NoGrant => Err(ApiError::Forbidden(
                 "an admin grant (roomList) is required".into(),
             )),
         }
@@ -66,6 +62,9 @@ impl Reader {
             Self::Room(granted) => Err(ApiError::Forbidden(format!(
                 "the token is for room {granted:?}"
             ))),
+            Self::NoGrant => Err(ApiError::Forbidden(
+                "the token grants no room (roomJoin, roomAdmin or roomList)".into(),
+            )),
         }
     }
 }

@@ -13,8 +13,6 @@ mod webhooks;
 use actix_web::web;
 use sea_orm::DatabaseConnection;
 
-use livekit_api::access_token::TokenVerifier;
-
 use crate::livekit::WebhookVerifier;
 use crate::room::Rooms;
 
@@ -25,7 +23,7 @@ pub struct AppState {
     pub rooms: Rooms,
     pub verifier: WebhookVerifier,
     /// Verifies the LiveKit tokens readers send.
-    pub tokens: TokenVerifier,
+    pub tokens: crate::livekit::Tokens,
     pub public_counts: bool,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub db: DatabaseConnection,
