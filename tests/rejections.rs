@@ -260,3 +260,62 @@ on_every_backend!(
     unknown_routes_get_a_json_404_on_every_backend,
     unknown_routes_get_a_json_404
 );
+
+/// A NUL character cannot be stored by PostgreSQL: a webhook carrying one is
+/// refused with 400 (a 503 would be retried by LiveKit for ever), a read of
+/// such a name finds nothing, and no answer ever carries database text.
+async fn nul_characters_are_refused_and_never_reach_the_database(app: &TestApp) {
+    app.ok(&lk::joined("keep-me", "RM_keep", "PA_k", "kim").body())
+        .await;
+    for (what, body) in [
+        (
+            "room name",
+            lk::joined("nul\u{0}room", "RM_n", "PA_n", "nia").body(),
+        ),
+        (
+            "identity",
+            lk::joined("nulroom", "RM_n", "PA_n", "n\u{0}ia").body(),
+        ),
+        (
+            "participant sid",
+            lk::joined("nulroom", "RM_n", "PA\u{0}n", "nia").body(),
+        ),
+        (
+            "event id",
+            lk::joined("nulroom", "RM_n", "PA_n", "nia")
+                .id("EV_\u{0}x")
+                .body(),
+        ),
+    ] {
+        let token = common::sign_with(KEY, SECRET, &body);
+        assert_refused(app, what, body, Some(token), StatusCode::BAD_REQUEST).await;
+    }
+    for path in [
+        "/v1/rooms/nul%00room",
+        "/v1/rooms?names=nul%00room",
+        "/v1/rooms/nul%00room/participants",
+    ] {
+        let response = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .bearer_auth(common::admin_token())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(
+            status == StatusCode::NOT_FOUND || status == StatusCode::OK,
+            "[{}] {path}: {status} {text}",
+            app.backend
+        );
+        assert!(
+            !text.contains("0x00") && !text.contains("UTF8"),
+            "{path}: {text}"
+        );
+    }
+}
+on_every_backend!(
+    nul_characters_are_refused_and_never_reach_the_database_on_every_backend,
+    nul_characters_are_refused_and_never_reach_the_database
+);

@@ -73,6 +73,18 @@ impl ApiError {
         }
     }
 
+    /// What the client is told. A failure inside roomd (the database's own
+    /// words, which can echo input) is logged above with the request id,
+    /// never sent.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Unavailable(_) => {
+                "roomd cannot commit or read this now; retry later (the log has the cause under this request's id)".into()
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// Seconds LiveKit (or any client) should wait before retrying.
     fn retry_after(&self) -> Option<u32> {
         match self {
@@ -118,7 +130,7 @@ impl ResponseError for ApiError {
         }
         response.json(ErrorBody {
             error: self.code(),
-            message: self.to_string(),
+            message: self.public_message(),
         })
     }
 }

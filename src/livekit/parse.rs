@@ -29,6 +29,8 @@ pub enum ParseError {
     },
     #[error("field `{0}` is required")]
     Missing(&'static str),
+    #[error("field `{0}` holds a NUL character, which no database can store")]
+    Nul(&'static str),
 }
 
 /// The fields roomd reads, from either parser.
@@ -235,10 +237,41 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// Refuses a string PostgreSQL cannot store (`\0` is not valid in its
+/// text): committing it would fail on every redelivery, and LiveKit would
+/// retry it for ever. A 400 is the one answer that ends that.
+fn storable(f: &Fields) -> Result<(), ParseError> {
+    let mut fields = vec![
+        ("event", f.event.as_str()),
+        ("id", f.id.as_str()),
+        ("room.name", f.room_name.as_str()),
+        ("room.sid", f.room_sid.as_str()),
+    ];
+    if let Some(p) = &f.participant {
+        fields.extend([
+            ("participant.sid", p.sid.as_str()),
+            ("participant.identity", p.identity.as_str()),
+            ("participant.name", p.name.as_str()),
+            (
+                "participant.disconnectReason",
+                p.disconnect_reason.as_deref().unwrap_or_default(),
+            ),
+        ]);
+        if let Some(ParticipantKind::Other(kind)) = &p.kind {
+            fields.push(("participant.kind", kind.as_str()));
+        }
+    }
+    match fields.into_iter().find(|(_, value)| value.contains('\0')) {
+        Some((field, _)) => Err(ParseError::Nul(field)),
+        None => Ok(()),
+    }
+}
+
 fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, ParseError> {
     if f.event.is_empty() {
         return Err(ParseError::Missing("event"));
     }
+    storable(&f)?;
     let room = non_empty(f.room_name).map(|name| RoomRef {
         name,
         sid: non_empty(f.room_sid),
