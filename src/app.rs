@@ -41,6 +41,12 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate()?;
         raise_open_file_limit();
+        if !settings.uses_dev_key() && settings.livekit.api_secret.len() < 32 {
+            tracing::warn!(
+                bytes = settings.livekit.api_secret.len(),
+                "LIVEKIT_API_SECRET is shorter than 32 bytes: HS256 wants a key at least as long as its hash (RFC 7518, section 3.2); use a longer secret"
+            );
+        }
         if settings.uses_dev_key() {
             tracing::warn!(
                 api_key = %settings.livekit.api_key,

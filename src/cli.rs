@@ -65,7 +65,11 @@ pub async fn send_webhook(settings: &Settings, cmd: SendWebhook) -> anyhow::Resu
         Duration::from_secs(600),
     )?;
     let base = cmd.url.unwrap_or_else(|| {
-        let bind = settings.server.bind.replace("0.0.0.0", "127.0.0.1");
+        let bind = settings
+            .bind_addr()
+            .map(|addr| addr.to_string())
+            .unwrap_or_default()
+            .replace("0.0.0.0", "127.0.0.1");
         format!("http://{bind}")
     });
     let url = format!("{}/v1/webhooks/livekit", base.trim_end_matches('/'));

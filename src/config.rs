@@ -120,7 +120,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             server: ServerSettings {
-                bind: "0.0.0.0:8080".into(),
+                bind: String::new(),
                 workers: 0,
                 max_body_bytes: 1024 * 1024,
                 shutdown_timeout_secs: 30,
@@ -209,7 +209,16 @@ impl Settings {
             setting,
             reason: reason.to_owned(),
         };
-        self.bind_addr()?;
+        // Anyone who knows the dev key (everyone) could forge webhooks and
+        // admin tokens on an address others can reach.
+        if self.uses_dev_key() && !self.bind_addr()?.ip().is_loopback() {
+            return Err(invalid(
+                "server.bind",
+                "livekit-server --dev's key and secret (devkey/secret) are public: set \
+                 LIVEKIT_API_KEY and LIVEKIT_API_SECRET to your own, or bind to a loopback \
+                 address (e.g. 127.0.0.1:8080)",
+            ));
+        }
         let url = url::Url::parse(&self.database.url)
             .map_err(|e| invalid("database.url", &e.to_string()))?;
         if !matches!(url.scheme(), "sqlite" | "postgres" | "postgresql") {
@@ -257,10 +266,15 @@ impl Settings {
         Ok(())
     }
 
+    /// Where to listen. Unset, it follows `livekit-server --dev`: loopback
+    /// with the dev key, every interface with real credentials.
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server
-            .bind
-            .parse()
+        let bind = match self.server.bind.as_str() {
+            "" if self.uses_dev_key() => "127.0.0.1:8080",
+            "" => "0.0.0.0:8080",
+            bind => bind,
+        };
+        bind.parse()
             .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
                 setting: "server.bind",
                 reason: e.to_string(),

@@ -103,3 +103,30 @@ async fn the_cli_mints_read_tokens_roomd_accepts() {
     assert_eq!(read("/v1/debug/actors", alice).await, 403);
     app.stop().await;
 }
+
+// The dev key on an address others can reach: roomd refuses to start, and
+// says what to set.
+#[test]
+fn roomd_refuses_the_dev_key_on_a_public_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomd"))
+        .args(["serve", "--config", "/nonexistent/roomd.toml"])
+        .env_clear()
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display()),
+        )
+        .env("ROOMD__SERVER__BIND", "0.0.0.0:0")
+        .output()
+        .expect("run roomd");
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("LIVEKIT_API_SECRET") && said.contains("server.bind"),
+        "{said}"
+    );
+}

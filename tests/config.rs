@@ -28,7 +28,12 @@ fn config_toml_documents_exactly_the_defaults() {
         assert_eq!(from_file, Settings::default());
         let without_file = Settings::load(Path::new("missing.toml")).expect("defaults load");
         assert_eq!(without_file, Settings::default());
-        assert_eq!(without_file.server.bind, "0.0.0.0:8080");
+        assert_eq!(without_file.server.bind, "");
+        // Nothing configured: livekit-server --dev's key, on loopback only.
+        assert_eq!(
+            without_file.bind_addr().unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
         assert!(without_file.database.url.starts_with("sqlite://"));
         assert!(without_file.uses_dev_key());
         Ok(())
@@ -129,6 +134,31 @@ fn a_wrong_setting_stops_start_up_and_is_named() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bnd"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_dev_key_never_listens_beyond_loopback() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("ROOMD__SERVER__BIND", "0.0.0.0:8080");
+        let refused = Settings::load(Path::new("none.toml"));
+        let message = format!("{:?}", refused.as_ref().err());
+        assert_eq!(invalid_setting(refused), "server.bind");
+        assert!(message.contains("LIVEKIT_API_SECRET"), "{message}");
+
+        // Real credentials: any address, and every interface by default.
+        jail.set_env("LIVEKIT_API_KEY", "APIprod");
+        jail.set_env(
+            "LIVEKIT_API_SECRET",
+            "a-production-secret-of-32-bytes-or-more",
+        );
+        let settings = Settings::load(Path::new("none.toml")).unwrap();
+        assert_eq!(settings.bind_addr().unwrap().to_string(), "0.0.0.0:8080");
+        jail.set_env("ROOMD__SERVER__BIND", "");
+        let settings = Settings::load(Path::new("none.toml")).unwrap();
+        assert_eq!(settings.bind_addr().unwrap().to_string(), "0.0.0.0:8080");
         Ok(())
     });
 }
