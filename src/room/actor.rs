@@ -63,10 +63,14 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// How much history an actor keeps, as a span of time.
+    fn history(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.history_horizon).unwrap_or(chrono::TimeDelta::MAX)
+    }
+
     /// The oldest history worth keeping, as of now.
     pub fn horizon(&self) -> DateTime<Utc> {
-        Utc::now()
-            - chrono::Duration::from_std(self.history_horizon).unwrap_or(chrono::TimeDelta::MAX)
+        Utc::now() - self.history()
     }
 }
 
@@ -245,10 +249,9 @@ impl RoomActor {
             return;
         }
         self.forgot_at = Instant::now();
-        let horizon = chrono::Duration::from_std(self.parts.lifecycle.history_horizon)
-            .unwrap_or(chrono::TimeDelta::MAX);
+        let history = self.parts.lifecycle.history();
         if let Some(state) = &mut self.state {
-            state.forget_older_than(horizon, Utc::now());
+            state.forget_older_than(history, Utc::now());
         }
     }
 
@@ -261,16 +264,16 @@ impl RoomActor {
     /// stream never shows an update its snapshot lacks.
     ///
     /// The failure rule: when the database did not take the change (or took
-    /// it before, from a state this actor does not have), the actor stops
-    /// without publishing, and the next event rebuilds the room from the
-    /// database.
+    /// it before, from a state this actor does not have), nothing is
+    /// published and the actor reloads the room from the database before its
+    /// next message (`restart`).
     fn commit<T: 'static>(
         &mut self,
         next: Option<RoomState>,
         transition: Transition,
         record: EventRecord,
         reply: oneshot::Sender<T>,
-        done: impl FnOnce(&mut Self, Result<Committed, RoomError>) -> (T, Option<Update>) + 'static,
+        done: impl FnOnce(&mut Self, Result<Committed, RoomError>) -> (T, Option<LiveUpdate>) + 'static,
     ) -> AtomicResponse<Self, ()> {
         let writer = self.parts.writer.clone();
         let changed = !transition.changes.is_empty();
@@ -323,7 +326,7 @@ impl RoomActor {
 }
 
 /// What a committed change tells live subscribers.
-pub struct Update {
+pub struct LiveUpdate {
     event: String,
     identity: Option<String>,
 }
@@ -437,7 +440,7 @@ impl Handler<Apply> for RoomActor {
                     match outcome {
                         Outcome::Applied => {
                             act.counters.applied += 1;
-                            update = Some(Update {
+                            update = Some(LiveUpdate {
                                 event: delivery.event.clone(),
                                 identity,
                             });
@@ -530,7 +533,7 @@ impl Handler<Reconcile> for RoomActor {
                     outcome: Outcome::Applied.as_str(),
                     at: now,
                 });
-                update = Some(Update {
+                update = Some(LiveUpdate {
                     event: "reconcile".into(),
                     identity: None,
                 });

@@ -165,6 +165,13 @@ impl Instance {
         people.into_iter().map(|(k, v)| (k, v.len())).collect()
     }
 
+    /// This instance's sid and when it ended, once it has ended: what
+    /// `RoomState::ended_sids` remembers of it.
+    fn ended_sid(&self) -> Option<(String, DateTime<Utc>)> {
+        let sid = self.room.sid.clone().filter(|_| !self.is_active())?;
+        Some((sid, self.room.ended_at.unwrap_or(self.room.started_at)))
+    }
+
     /// The newest time (LiveKit's clock) the instance's rows hold.
     fn newest_time(&self) -> Option<DateTime<Utc>> {
         self.sessions
@@ -338,12 +345,9 @@ impl RoomState {
         let mut ended_sids: HashMap<String, DateTime<Utc>> =
             stored.ended_sids.into_iter().collect();
         let current = stored.latest.map(|(room, sessions)| {
-            if room.status == RoomStatus::Ended
-                && let Some(sid) = &room.sid
-            {
-                ended_sids.insert(sid.clone(), room.ended_at.unwrap_or(room.started_at));
-            }
-            Instance::restore(room, sessions)
+            let instance = Instance::restore(room, sessions);
+            ended_sids.extend(instance.ended_sid());
+            instance
         });
         Self {
             name: name.into(),
@@ -522,12 +526,8 @@ impl RoomState {
                 old.end(at, "replaced", &LeaveReason::RoomReplaced, &mut changes);
                 changes.rooms.push(old.room.clone());
             }
-            if let Some(old) = self.current.as_ref()
-                && let Some(sid) = &old.room.sid
-            {
-                self.ended_sids
-                    .insert(sid.clone(), old.room.ended_at.unwrap_or(at));
-            }
+            self.ended_sids
+                .extend(self.current.as_ref().and_then(Instance::ended_sid));
             self.current = Some(Instance::start(room, at));
             room_changed = true;
         }
@@ -555,9 +555,7 @@ impl RoomState {
                     &LeaveReason::RoomFinished,
                     &mut changes,
                 );
-                if let Some(sid) = &instance.room.sid {
-                    self.ended_sids.insert(sid.clone(), at);
-                }
+                self.ended_sids.extend(instance.ended_sid());
                 room_changed = true;
                 Outcome::Applied
             }

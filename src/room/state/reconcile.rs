@@ -107,9 +107,7 @@ impl RoomState {
                     .map(|s| correction(CorrectionKind::SessionClosed, Some(s))),
             );
             changes.rooms.push(instance.room.clone());
-            if let Some(sid) = &instance.room.sid {
-                self.ended_sids.insert(sid.clone(), at);
-            }
+            self.ended_sids.extend(instance.ended_sid());
             let room_id = Some(instance.room.id);
             return (
                 Transition {
