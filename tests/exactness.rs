@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::livekit::{FakeLiveKit, active};
-use common::{TestApp, TestDb, lk};
+use common::{TestApp, TestDb, lk, until};
 use reqwest::StatusCode;
 use roomd::store::entity::{participants, webhook_events};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
@@ -21,17 +21,6 @@ fn created(event: lk::Event, room_created: i64, at: i64) -> lk::Event {
     event
         .set("/room", "creationTime", json!(room_created.to_string()))
         .at(at)
-}
-
-/// Waits (bounded) until `check` holds.
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..600 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 // Hole 1: a list fetched before a change is never applied to it, even by an

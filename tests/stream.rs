@@ -201,33 +201,19 @@ async fn streams_of_rooms_without_an_actor_leave_no_feed_behind() {
     app.ok(&lk::joined("quiet", "RM_quiet", "PA_0", "host").body())
         .await;
     app.ok(&lk::room_finished("quiet", "RM_quiet").body()).await;
-    for _ in 0..300 {
-        if app.rooms.live_actors() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        app.rooms.live_actors(),
-        0,
-        "the finished room's actor retires"
-    );
+    common::until("the finished room's actor retires", async || {
+        app.rooms.live_actors() == 0
+    })
+    .await;
     for _ in 0..20 {
         let mut events = Events::open(&app, "quiet", None).await;
         assert_eq!(events.next().await.kind, "snapshot");
     }
     // Within a keep-alive or two every closed stream is noticed.
-    for _ in 0..300 {
-        if app.rooms.feeds().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        app.rooms.feeds().is_empty(),
-        "{} feeds left",
-        app.rooms.feeds().len()
-    );
+    common::until("every closed stream's feed released", async || {
+        app.rooms.feeds().is_empty()
+    })
+    .await;
     app.stop().await;
 }
 

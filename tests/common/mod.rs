@@ -138,13 +138,23 @@ pub async fn spawn_with_livekit(db: &TestDb, livekit: &livekit::FakeLiveKit) -> 
     let mut settings = settings_for(db);
     settings.livekit.url = livekit.url.clone();
     let app = spawn_app_with(settings, db.backend).await;
-    for _ in 0..500 {
-        if app.rooms.status().last_reconcile.is_some() {
-            return app;
+    until("the reconciliation at start-up", async || {
+        app.rooms.status().last_reconcile.is_some()
+    })
+    .await;
+    app
+}
+
+/// Waits (bounded: a guard against a hung test, not a speed requirement)
+/// until `check` holds.
+pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..600 {
+        if check().await {
+            return;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the reconciliation at start-up did not finish");
+    panic!("never happened: {what}");
 }
 
 /// The app listening but not yet recovered: `app.rooms.recover()` finishes start-up.
