@@ -13,7 +13,7 @@ use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::config::Settings;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, BodyReader};
 
 use crate::livekit::{RoomService, Tokens, WebhookVerifier};
 use crate::metrics::Metrics;
@@ -96,7 +96,11 @@ impl Application {
             public_counts: settings.api.public_counts,
             metrics: rooms.metrics_handle(),
             db: db.clone(),
-            max_body_bytes: settings.server.max_body_bytes,
+            bodies: BodyReader::new(
+                settings.server.max_body_bytes,
+                Duration::from_secs(settings.server.body_timeout_secs),
+                settings.server.max_body_reads,
+            ),
             stream_keepalive: Duration::from_secs(settings.api.stream_keepalive_secs),
             streams: Arc::default(),
             max_streams: settings.api.max_streams,
@@ -104,11 +108,14 @@ impl Application {
         let cors_origins = settings.api.cors_origins.clone();
         let mut server = HttpServer::new(move || {
             App::new()
-                .wrap(from_fn(http::request_id::request_id))
+                // Outermost last: every line, a CORS refusal's too, carries
+                // the request id, and every error leaves as JSON.
                 .wrap(Condition::new(
                     !cors_origins.is_empty(),
                     http::cors(&cors_origins),
                 ))
+                .wrap(from_fn(http::error::json_errors))
+                .wrap(from_fn(http::request_id::request_id))
                 .app_data(state.clone())
                 .configure(http::configure)
         })

@@ -48,6 +48,10 @@ pub struct ServerSettings {
     pub bind: String,
     pub workers: usize,
     pub max_body_bytes: usize,
+    /// A webhook body must arrive within this many seconds of its headers.
+    pub body_timeout_secs: u64,
+    /// Webhook bodies read at once (each up to `max_body_bytes`).
+    pub max_body_reads: usize,
     pub shutdown_timeout_secs: u64,
 }
 
@@ -123,6 +127,8 @@ impl Default for Settings {
                 bind: String::new(),
                 workers: 0,
                 max_body_bytes: 1024 * 1024,
+                body_timeout_secs: 10,
+                max_body_reads: 256,
                 shutdown_timeout_secs: 30,
             },
             database: DatabaseSettings {
@@ -239,6 +245,15 @@ impl Settings {
         }
         if self.server.max_body_bytes == 0 {
             return Err(invalid("server.max_body_bytes", "must be positive"));
+        }
+        if !(1..=10).contains(&self.server.body_timeout_secs) {
+            return Err(invalid(
+                "server.body_timeout_secs",
+                "must be 1..=10 (LiveKit sends a small body at once; a slow one only holds memory)",
+            ));
+        }
+        if self.server.max_body_reads == 0 {
+            return Err(invalid("server.max_body_reads", "must be positive"));
         }
         if self.livekit.reconcile_interval_secs == 0 {
             return Err(invalid(

@@ -1,7 +1,10 @@
 //! The one place that decides an error's status and JSON body, and logs it once.
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -19,6 +22,10 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("cannot read the body: {0}")]
     BodyRead(String),
+    #[error("the body did not arrive within {secs} s (server.body_timeout_secs)")]
+    BodyTimeout { secs: u64 },
+    #[error("{limit} webhook bodies are being read already (server.max_body_reads)")]
+    TooManyBodies { limit: usize },
     #[error("{0}")]
     Busy(DeliverError),
     #[error("{0}")]
@@ -67,7 +74,8 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::BadBody(_) | Self::BodyRead(_) | Self::BadQuery(_) => "bad_request",
             Self::TooLarge { .. } => "payload_too_large",
-            Self::Busy(_) | Self::TooManyStreams { .. } => "busy",
+            Self::BodyTimeout { .. } => "request_timeout",
+            Self::Busy(_) | Self::TooManyStreams { .. } | Self::TooManyBodies { .. } => "busy",
             Self::Unavailable(_) => "unavailable",
             Self::RoomNotFound(_) | Self::NoRoute => "not_found",
         }
@@ -88,7 +96,7 @@ impl ApiError {
     /// Seconds LiveKit (or any client) should wait before retrying.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::Busy(_) | Self::TooManyStreams { .. } => Some(1),
+            Self::Busy(_) | Self::TooManyStreams { .. } | Self::TooManyBodies { .. } => Some(1),
             Self::Unavailable(_) => Some(2),
             _ => None,
         }
@@ -104,9 +112,11 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadBody(_) | Self::BodyRead(_) | Self::BadQuery(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Busy(_) | Self::Unavailable(_) | Self::TooManyStreams { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::Busy(_)
+            | Self::Unavailable(_)
+            | Self::TooManyStreams { .. }
+            | Self::TooManyBodies { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RoomNotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
         }
     }
@@ -133,4 +143,48 @@ impl ResponseError for ApiError {
             message: self.public_message(),
         })
     }
+}
+
+/// The last guard of "every error is JSON": an error that a layer roomd does
+/// not own answered as text (a CORS refusal, an extractor of actix's) is
+/// answered again as JSON, with the same status and headers, and logged once.
+pub async fn json_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let response = next.call(req).await?;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return Ok(response.map_into_boxed_body());
+    }
+    let (req, response) = response.into_parts();
+    let (head, body) = response.into_parts();
+    let text = actix_web::body::to_bytes_limited(body, 4096)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .filter(|text| !text.is_empty() && !status.is_server_error())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    tracing::info!(status = status.as_u16(), error = %text, "request rejected");
+    let mut json = HttpResponse::build(status);
+    for (name, value) in head.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.append_header((name.clone(), value.clone()));
+        }
+    }
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_");
+    let json = json.json(ErrorBody {
+        error: &code,
+        message: text,
+    });
+    Ok(ServiceResponse::new(req, json))
 }

@@ -17,6 +17,7 @@ use crate::livekit::WebhookVerifier;
 use crate::room::Rooms;
 
 pub use error::ApiError;
+pub use webhooks::BodyReader;
 
 /// What every handler may use. Built once at start.
 pub struct AppState {
@@ -27,7 +28,7 @@ pub struct AppState {
     pub public_counts: bool,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub db: DatabaseConnection,
-    pub max_body_bytes: usize,
+    pub bodies: BodyReader,
     /// How often a live-update stream sends a keep-alive comment.
     pub stream_keepalive: std::time::Duration,
     /// Live-update streams open now, and how many may be.
@@ -54,18 +55,22 @@ pub fn cors(origins: &[String]) -> actix_cors::Cors {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(webhooks::receive)
-        .service(rooms::list)
-        .service(rooms::room)
-        .service(rooms::participants)
-        .service(stream::room_stream)
-        .service(debug::actors)
-        .service(debug::actor)
-        .service(health::healthz)
-        .service(health::readyz)
-        .service(health::metrics)
-        .service(health::openapi)
-        .default_service(web::to(|| async {
-            Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
-        }));
+    cfg.app_data(
+        web::QueryConfig::default()
+            .error_handler(|err, _| ApiError::BadQuery(err.to_string()).into()),
+    )
+    .service(webhooks::receive)
+    .service(rooms::list)
+    .service(rooms::room)
+    .service(rooms::participants)
+    .service(stream::room_stream)
+    .service(debug::actors)
+    .service(debug::actor)
+    .service(health::healthz)
+    .service(health::readyz)
+    .service(health::metrics)
+    .service(health::openapi)
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
+    }));
 }

@@ -7,7 +7,10 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::Instrument;
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use super::{AppState, error::ApiError};
 use crate::livekit;
@@ -86,12 +89,15 @@ async fn accept(
     state: &AppState,
     event: &mut Option<String>,
 ) -> Result<Delivered, ApiError> {
-    let body = read_body(req, payload, state.max_body_bytes).await?;
+    // The token first, from the header: a request LiveKit did not sign is
+    // refused before roomd reads, or holds memory for, any of its body.
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    state.verifier.verify(authorization, &body)?;
+    let body_hash = state.verifier.token(authorization)?;
+    let body = state.bodies.read(req, payload).await?;
+    body_hash.check(&body)?;
     let delivery = livekit::parse(&body, chrono::Utc::now())?;
     *event = Some(delivery.event.clone());
     let span = tracing::info_span!(
@@ -111,22 +117,59 @@ async fn accept(
     Ok(delivered)
 }
 
-/// Reads the raw body, refusing more than `limit` bytes before reading them
-/// when `Content-Length` says so, else as soon as the stream passes it.
+/// Reads webhook bodies within bounds: at most `max_bytes` each, each within
+/// `timeout` of its headers, and at most `reads` of them at once, so slow or
+/// stalled senders (even signed ones) cannot pile up memory.
+pub struct BodyReader {
+    max_bytes: usize,
+    timeout: Duration,
+    reads: Arc<Semaphore>,
+    max_reads: usize,
+}
+
+impl BodyReader {
+    pub fn new(max_bytes: usize, timeout: Duration, max_reads: usize) -> Self {
+        Self {
+            max_bytes,
+            timeout,
+            reads: Arc::new(Semaphore::new(max_reads)),
+            max_reads,
+        }
+    }
+
+    async fn read(&self, req: &HttpRequest, payload: web::Payload) -> Result<web::Bytes, ApiError> {
+        let limit = self.max_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(ApiError::TooLarge { limit });
+        }
+        let _read = self
+            .reads
+            .try_acquire()
+            .map_err(|_| ApiError::TooManyBodies {
+                limit: self.max_reads,
+            })?;
+        tokio::time::timeout(self.timeout, read_body(payload, declared, limit))
+            .await
+            .map_err(|_| ApiError::BodyTimeout {
+                secs: self.timeout.as_secs(),
+            })?
+    }
+}
+
+/// The raw body, refused as soon as it passes `limit` bytes. Memory grows
+/// with what arrives, not with what `Content-Length` announces.
 async fn read_body(
-    req: &HttpRequest,
     mut payload: web::Payload,
+    declared: Option<usize>,
     limit: usize,
 ) -> Result<web::Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::TooLarge { limit });
-    }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    const FIRST_ALLOCATION: usize = 16 * 1024;
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(FIRST_ALLOCATION));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
         if body.len() + chunk.len() > limit {

@@ -8,7 +8,7 @@
 //! parses more tolerantly (see `parse.rs`). Never log the token or the body.
 
 use base64::Engine;
-use livekit_api::access_token::{Claims, TokenVerifier};
+use livekit_api::access_token::{AccessTokenError, Claims, TokenVerifier};
 use sha2::{Digest, Sha256};
 
 /// LiveKit tokens signed with one API key and secret: webhooks' and
@@ -31,14 +31,35 @@ impl Tokens {
 
     /// The claims of a token that verifies, or what is wrong with it.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        let claims = self
-            .verifier
-            .verify(token)
-            .map_err(|e| format!("the token does not verify ({e})"))?;
+        let claims = self.verifier.verify(token).map_err(|e| describe(&e))?;
         if claims.iss != self.api_key {
             return Err("the token's issuer (iss) is not the API key".into());
         }
         Ok(claims)
+    }
+}
+
+/// What is wrong with a token, in words a sender can act on
+/// (`AccessTokenError` says "failed to encode jwt" for every decoding failure).
+fn describe(error: &AccessTokenError) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    let AccessTokenError::Encoding(error) = error else {
+        return error.to_string();
+    };
+    match error.kind() {
+        ErrorKind::ExpiredSignature => "the token has expired (exp)".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        ErrorKind::InvalidSignature => "the token's signature does not match the API secret".into(),
+        ErrorKind::InvalidIssuer => "the token's issuer (iss) is not the API key".into(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "the token is not signed with HS256".into()
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("the token has no {claim} claim"),
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => "the token is not a well-formed JWT".into(),
+        _ => format!("the token does not verify ({error})"),
     }
 }
 
@@ -78,9 +99,10 @@ impl WebhookVerifier {
         }
     }
 
-    /// `authorization` is the header's value: LiveKit sends the bare token;
-    /// a `Bearer ` prefix is accepted too.
-    pub fn verify(&self, authorization: Option<&str>, body: &[u8]) -> Result<(), VerifyError> {
+    /// Checks the token in `authorization` (the header's value: LiveKit
+    /// sends the bare token; a `Bearer ` prefix is accepted too) before any
+    /// of the body is read, and returns the body hash it claims.
+    pub fn token(&self, authorization: Option<&str>) -> Result<BodyHash, VerifyError> {
         let token = authorization
             .and_then(bearer)
             .ok_or(VerifyError::MissingToken)?;
@@ -94,7 +116,22 @@ impl WebhookVerifier {
         let claimed = base64::engine::general_purpose::STANDARD
             .decode(claims.sha256.as_bytes())
             .map_err(|_| VerifyError::BodyHashMismatch)?;
-        if claimed[..] != Sha256::digest(body)[..] {
+        Ok(BodyHash(claimed))
+    }
+
+    /// The token, then the body it signs.
+    pub fn verify(&self, authorization: Option<&str>, body: &[u8]) -> Result<(), VerifyError> {
+        self.token(authorization)?.check(body)
+    }
+}
+
+/// The SHA-256 a verified token claims for the body it came with.
+#[derive(Debug)]
+pub struct BodyHash(Vec<u8>);
+
+impl BodyHash {
+    pub fn check(&self, body: &[u8]) -> Result<(), VerifyError> {
+        if self.0[..] != Sha256::digest(body)[..] {
             return Err(VerifyError::BodyHashMismatch);
         }
         Ok(())

@@ -8,6 +8,8 @@
 //! - `reads`: `GET /v1/rooms/{name}` as fast as answers come.
 //! - `naive-db`: the same events written one transaction per event, straight
 //!   to the database: the naive design's ceiling.
+//! - `stall`: connections that send a webhook's headers and most of a large
+//!   body, then stall: what roomd answers and what its memory does.
 //! - `soak`: round after round of short-lived rooms beside rooms that never
 //!   end; memory per round and the never-ending rooms' counts checked.
 
@@ -16,6 +18,7 @@ mod model;
 mod naive;
 mod report;
 mod soak;
+mod stall;
 mod webhooks;
 
 use std::time::{Duration, Instant};
@@ -44,6 +47,31 @@ enum Command {
     /// Rounds of short-lived rooms beside rooms that never end: roomd's
     /// memory per round, the never-ending rooms checked each round.
     Soak(SoakArgs),
+    /// Connections that send a webhook's headers and all but the last byte
+    /// of a large body, then stall (the slow-body probe).
+    Stall(StallArgs),
+}
+
+#[derive(Args, Debug)]
+struct StallArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// The body each announces (all but its last byte is sent).
+    #[arg(long, default_value_t = 1024 * 1024 - 1)]
+    body_bytes: usize,
+    /// Send a token that verifies (a sender holding the secret); else none.
+    #[arg(long)]
+    signed: bool,
+    /// How long each connection waits for an answer, stalled.
+    #[arg(long, default_value_t = 15.0)]
+    hold: f64,
+    /// roomd's process id, to report its resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -223,6 +251,34 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhooks(args) => webhooks(args).await,
         Command::Reads(args) => reads(args).await,
         Command::NaiveDb(args) => naive_db(args).await,
+        Command::Stall(args) => {
+            let url = url::Url::parse(&args.url)?;
+            let addr = format!(
+                "{}:{}",
+                url.host_str().unwrap_or("127.0.0.1"),
+                url.port_or_known_default().unwrap_or(80)
+            );
+            let signer = args.run.signer();
+            let token = args.signed.then(|| {
+                // Verifies; its sha256 is of a body that never arrives.
+                roomd::livekit::sign_webhook(
+                    &signer.api_key,
+                    &signer.api_secret,
+                    b"never sent",
+                    Duration::from_secs(600),
+                )
+                .expect("sign")
+            });
+            stall::run(stall::Probe {
+                addr,
+                connections: args.connections,
+                body_bytes: args.body_bytes,
+                token,
+                hold: Duration::from_secs_f64(args.hold),
+                pid: args.pid,
+            })
+            .await
+        }
         Command::Soak(args) => {
             soak::run(soak::Soak {
                 base: args.url.trim_end_matches('/').to_owned(),
