@@ -1,20 +1,34 @@
 //! Admin views of the supervisor and its actors (admin grant required).
 
 use actix_web::{HttpRequest, HttpResponse, get, web};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Reader;
+use super::rooms::page_limit;
 use super::{AppState, error::ApiError};
 
+#[derive(Deserialize)]
+pub struct ActorsQuery {
+    /// Page size (default 100, at most 1000).
+    limit: Option<usize>,
+    /// The last room of the previous page.
+    after: Option<String>,
+}
+
+/// The supervisor's status and one page of its actors, in room name order.
 #[get("/v1/debug/actors")]
 pub async fn actors(
     req: HttpRequest,
+    query: web::Query<ActorsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     Reader::of(&req, &state.tokens)?.require_admin()?;
-    let actors: Vec<_> = state
+    let page = state
         .rooms
-        .snapshots()
+        .snapshots(query.after.as_deref(), page_limit(query.limit)?);
+    let actors: Vec<_> = page
+        .items
         .into_iter()
         .map(|(name, s)| {
             json!({
@@ -29,7 +43,11 @@ pub async fn actors(
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "supervisor": state.rooms.status(), "actors": actors })))
+    let mut body = json!({ "supervisor": state.rooms.status(), "actors": actors });
+    if let Some(next) = page.next {
+        body["next"] = next.into();
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 #[get("/v1/debug/actors/{name}")]

@@ -93,6 +93,17 @@ struct RoomList {
     next: Option<String>,
 }
 
+/// How many rooms one `?names=` may ask for.
+const MAX_NAMES: usize = 100;
+
+/// A page size from `?limit=`: 100 by default, at most 1000.
+pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(100) {
+        limit @ 1..=1000 => Ok(limit),
+        _ => Err(ApiError::BadQuery("limit must be 1..=1000".into())),
+    }
+}
+
 #[get("/v1/rooms")]
 pub async fn list(
     req: HttpRequest,
@@ -101,17 +112,23 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     may_read_counts(&state, &Reader::of(&req, &state.tokens)?, None)?;
     if let Some(names) = &query.names {
+        let mut asked: Vec<&str> = Vec::new();
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !asked.contains(&name) {
+                asked.push(name);
+            }
+        }
+        if asked.len() > MAX_NAMES {
+            return Err(ApiError::BadQuery(format!(
+                "names may list at most {MAX_NAMES} rooms"
+            )));
+        }
         let mut rooms = Vec::new();
         let mut unknown = Vec::new();
-        for name in names
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .take(1000)
-        {
-            match state.rooms.room_view(name).await? {
+        for (name, view) in asked.iter().zip(state.rooms.room_views(&asked).await?) {
+            match view {
                 Some(view) => rooms.push(view),
-                None => unknown.push(name.to_owned()),
+                None => unknown.push((*name).to_owned()),
             }
         }
         return Ok(HttpResponse::Ok().json(RoomList {
@@ -120,14 +137,12 @@ pub async fn list(
             next: None,
         }));
     }
-    let limit = query.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::BadQuery("limit must be 1..=1000".into()));
-    }
-    let (rooms, next) = state.rooms.live_rooms(query.after.as_deref(), limit);
+    let page = state
+        .rooms
+        .live_rooms(query.after.as_deref(), page_limit(query.limit)?);
     Ok(HttpResponse::Ok().json(RoomList {
-        rooms,
+        rooms: page.items,
         unknown: Vec::new(),
-        next,
+        next: page.next,
     }))
 }

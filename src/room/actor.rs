@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use super::feed::Feeds;
 pub use super::messages::{Apply, Claim, Delivered, Reconcile, Reconciled, RoomError};
+use super::published::Published;
 use super::record::StoredRoom;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, Transition};
@@ -44,7 +45,7 @@ pub struct RoomEntry {
 }
 
 pub type Registry = Arc<DashMap<String, RoomEntry>>;
-pub type Snapshots = Arc<DashMap<String, Arc<RoomSnapshot>>>;
+pub type Snapshots = Arc<Published>;
 
 /// How often an actor forgets history older than its horizon.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
@@ -140,9 +141,7 @@ impl RoomActor {
     fn publish(&self) {
         if let Some(state) = &self.state {
             let snapshot = RoomSnapshot::of(state, &self.recent, self.counters, self.started_at);
-            self.parts
-                .snapshots
-                .insert(self.name.clone(), Arc::new(snapshot));
+            self.parts.snapshots.insert(&self.name, Arc::new(snapshot));
         }
     }
 

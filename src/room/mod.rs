@@ -6,6 +6,7 @@ pub mod actor;
 pub mod event;
 pub mod feed;
 pub mod messages;
+pub mod published;
 pub mod reconciler;
 pub mod record;
 pub mod snapshot;

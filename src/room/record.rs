@@ -6,7 +6,8 @@ use uuid::Uuid;
 
 use super::event::ParticipantKind;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RoomStatus {
     Active,
     Ended,

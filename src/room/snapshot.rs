@@ -7,7 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::event::ParticipantKind;
-use super::record::{RoomRecord, SessionRecord};
+use super::record::{RoomRecord, RoomStatus, SessionRecord};
 use super::state::{Instance, RoomState};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -17,7 +17,7 @@ use serde::Serialize;
 pub struct RoomView {
     pub name: String,
     pub sid: Option<String>,
-    pub status: &'static str,
+    pub status: RoomStatus,
     pub participant_count: usize,
     pub counts_by_kind: BTreeMap<String, usize>,
     pub started_at: DateTime<Utc>,
@@ -35,12 +35,16 @@ impl RoomView {
         }
     }
 
+    pub fn is_active(&self) -> bool {
+        self.status == RoomStatus::Active
+    }
+
     /// A view of a room that has no live actor (read back from the database).
     pub fn of_record(room: &RoomRecord) -> Self {
         Self {
             name: room.name.clone(),
             sid: room.sid.clone(),
-            status: room.status.as_str(),
+            status: room.status,
             participant_count: usize::try_from(room.current_participants).unwrap_or(0),
             counts_by_kind: BTreeMap::new(),
             started_at: room.started_at,

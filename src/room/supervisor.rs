@@ -7,6 +7,7 @@
 //! registry's entry lock, and an actor loads its state after it is
 //! registered (its first message waits for that).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +27,9 @@ use super::actor::{
 };
 use super::event::{Action, Delivery};
 use super::feed::{Feeds, Subscription};
+use super::published::Page;
 use super::reconciler::ReconcileReport;
+use super::record::RoomRecord;
 use super::snapshot::{ParticipantView, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, RoomTruth};
 use crate::metrics::Metrics;
@@ -136,10 +139,7 @@ impl Rooms {
                     Default::default(),
                     chrono::Utc::now(),
                 );
-                self.inner
-                    .parts
-                    .snapshots
-                    .insert(name.clone(), Arc::new(snapshot));
+                self.inner.parts.snapshots.insert(&name, Arc::new(snapshot));
                 if let Entry::Vacant(slot) = self.registry().entry(name.clone()) {
                     slot.insert(self.start_actor(name, Some(state)));
                 }
@@ -308,23 +308,45 @@ impl Rooms {
 
     /// The latest published snapshot of a room with a live actor.
     pub fn snapshot(&self, name: &str) -> Option<Arc<RoomSnapshot>> {
-        self.inner.parts.snapshots.get(name).map(|s| s.clone())
+        self.inner.parts.snapshots.get(name)
     }
 
     /// The room instance now or last live under `name`: from the snapshot when
     /// an actor holds the room, else from the database (retired actors, rooms
     /// that ended before a restart).
     pub async fn room_view(&self, name: &str) -> Result<Option<RoomView>, StoreError> {
-        // No room can have such a name (webhooks carrying one are refused),
-        // and PostgreSQL would refuse the query.
-        if name.contains('\0') {
-            return Ok(None);
+        Ok(self.room_views(&[name]).await?.pop().flatten())
+    }
+
+    /// `room_view` for each of `names` (distinct), with one database query
+    /// for all the rooms no actor holds.
+    pub async fn room_views(&self, names: &[&str]) -> Result<Vec<Option<RoomView>>, StoreError> {
+        let mut views: Vec<Option<RoomView>> = names
+            .iter()
+            .map(|name| self.snapshot(name).and_then(|s| s.room.clone()))
+            .collect();
+        // No room can have a NUL in its name (webhooks carrying one are
+        // refused), and PostgreSQL would refuse the query.
+        let missing: Vec<&str> = names
+            .iter()
+            .zip(&views)
+            .filter(|(name, view)| view.is_none() && !name.contains('\0'))
+            .map(|(name, _)| *name)
+            .collect();
+        if !missing.is_empty() {
+            let mut stored: HashMap<String, RoomRecord> =
+                store::find_latest_rooms(&self.inner.parts.db, &missing)
+                    .await?
+                    .into_iter()
+                    .map(|room| (room.name.clone(), room))
+                    .collect();
+            for (name, view) in names.iter().zip(&mut views) {
+                if view.is_none() {
+                    *view = stored.remove(*name).as_ref().map(RoomView::of_record);
+                }
+            }
         }
-        if let Some(view) = self.snapshot(name).and_then(|s| s.room.clone()) {
-            return Ok(Some(view));
-        }
-        let room = store::find_latest_room(&self.inner.parts.db, name).await?;
-        Ok(room.as_ref().map(RoomView::of_record))
+        Ok(views)
     }
 
     /// Live updates of a room, for a new subscriber.
@@ -351,35 +373,18 @@ impl Rooms {
             .unwrap_or_default()
     }
 
-    /// Every published snapshot, by room name.
-    pub fn snapshots(&self) -> Vec<(String, Arc<RoomSnapshot>)> {
-        let mut all: Vec<_> = self
-            .inner
-            .parts
-            .snapshots
-            .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+    /// Published snapshots in name order after `after`: a page of actors.
+    pub fn snapshots(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Page<(String, Arc<RoomSnapshot>)> {
+        self.inner.parts.snapshots.page(after, limit)
     }
 
-    /// Active rooms held by actors, in name order after `after`, at most
-    /// `limit`; and the name to continue after when there are more.
-    pub fn live_rooms(&self, after: Option<&str>, limit: usize) -> (Vec<RoomView>, Option<String>) {
-        let mut live: Vec<RoomView> = self
-            .inner
-            .parts
-            .snapshots
-            .iter()
-            .filter(|e| after.is_none_or(|a| e.key().as_str() > a))
-            .filter_map(|e| e.value().room.clone())
-            .filter(|r| r.status == "active")
-            .collect();
-        live.sort_by(|a, b| a.name.cmp(&b.name));
-        let next = (live.len() > limit).then(|| live[limit - 1].name.clone());
-        live.truncate(limit);
-        (live, next)
+    /// Active rooms held by actors, in name order after `after`.
+    pub fn live_rooms(&self, after: Option<&str>, limit: usize) -> Page<RoomView> {
+        self.inner.parts.snapshots.active_page(after, limit)
     }
 
     /// Names of the rooms the database holds as active (with or without an actor).

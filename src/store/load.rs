@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Statement,
 };
 use uuid::Uuid;
 
@@ -47,28 +48,37 @@ fn session_record(m: participants::Model) -> SessionRecord {
     }
 }
 
-/// The instance now or last live under `name`: the active one if any (the
-/// actor keeps at most one), else the newest.
-pub async fn find_latest_room(
+/// The instance now or last live under each of `names`: the active one if
+/// any (the actor keeps at most one), else the newest. One query for the
+/// whole list, returning one row per name however long its history.
+pub async fn find_latest_rooms(
     db: &impl ConnectionTrait,
-    name: &str,
-) -> Result<Option<RoomRecord>, StoreError> {
-    let by_name = || rooms::Entity::find().filter(rooms::Column::LivekitName.eq(name));
-    let active = by_name()
-        .filter(rooms::Column::Status.eq(ACTIVE))
-        .one(db)
-        .await?;
-    let latest = match active {
-        Some(room) => Some(room),
-        None => {
-            by_name()
-                .order_by_desc(rooms::Column::CreatedAt)
-                .order_by_desc(rooms::Column::StartedAt)
-                .one(db)
-                .await?
-        }
-    };
-    latest.map(room_record).transpose()
+    names: &[&str],
+) -> Result<Vec<RoomRecord>, StoreError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let backend = db.get_database_backend();
+    let params: Vec<String> = (1..=names.len())
+        .map(|i| match backend {
+            DbBackend::Postgres => format!("${i}"),
+            _ => "?".to_owned(),
+        })
+        .collect();
+    let sql = format!(
+        "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY livekit_name \
+         ORDER BY CASE WHEN status = '{ACTIVE}' THEN 0 ELSE 1 END, created_at DESC, started_at DESC) AS latest \
+         FROM rooms WHERE livekit_name IN ({})) AS candidates WHERE latest = 1",
+        params.join(", ")
+    );
+    let values = names.iter().map(|name| sea_orm::Value::from(*name));
+    rooms::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(backend, sql, values))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(room_record)
+        .collect()
 }
 
 /// Sessions an actor keeps: open ones, and closed ones and tombstones that
@@ -125,7 +135,7 @@ pub async fn load_room(
     name: &str,
     horizon: DateTime<Utc>,
 ) -> Result<StoredRoom, StoreError> {
-    let Some(room) = find_latest_room(db, name).await? else {
+    let Some(room) = find_latest_rooms(db, &[name]).await?.pop() else {
         return Ok(StoredRoom::default());
     };
     let sessions = participants::Entity::find()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
-pub use load::{active_room_names, find_latest_room, load_active_rooms, load_room};
+pub use load::{active_room_names, find_latest_rooms, load_active_rooms, load_room};
 pub use retention::delete_audit_before;
 pub use writer::{Committed, EventRecord, Writer};
 
