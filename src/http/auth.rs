@@ -2,12 +2,24 @@
 //! token signed with the configured API key/secret (`Authorization: Bearer`)
 //! whose video grant has `roomList`, or `roomAdmin` without a room, reads
 //! everything; a join token (`roomJoin`) or `roomAdmin` for room X reads room X.
+//! Browsers may pass the token as `?access_token=`, as LiveKit's clients do;
+//! no log line or span carries the query string.
+
+use std::borrow::Cow;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
 
 use super::error::ApiError;
 use crate::livekit::{Tokens, bearer};
+
+/// The `access_token` query parameter, when there is one. An empty one is
+/// a token that does not verify, not an anonymous reader.
+fn query_token(query: &str) -> Option<Cow<'_, str>> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "access_token")
+        .map(|(_, token)| token)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reader {
@@ -21,16 +33,25 @@ pub enum Reader {
 
 impl Reader {
     /// Who sent `req`: anonymous without a token, 401 for a token that does
-    /// not verify, else what its grants allow.
+    /// not verify, else what its grants allow. The token comes from
+    /// `Authorization: Bearer`, or else from `?access_token=` as LiveKit's
+    /// clients send it (a browser's `EventSource` cannot set headers).
     pub fn of(req: &HttpRequest, tokens: &Tokens) -> Result<Self, ApiError> {
-        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-            return Ok(Self::Anonymous);
+        let token = match req.headers().get(header::AUTHORIZATION) {
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(bearer)
+                .map(Cow::Borrowed)
+                .ok_or_else(|| {
+                    ApiError::BadToken("expected `Authorization: Bearer <token>`".into())
+                })?,
+            None => match query_token(req.query_string()) {
+                Some(token) => token,
+                None => return Ok(Self::Anonymous),
+            },
         };
-        let token =
-            value.to_str().ok().and_then(bearer).ok_or_else(|| {
-                ApiError::BadToken("expected `Authorization: Bearer <token>`".into())
-            })?;
-        let claims = tokens.verify(token).map_err(ApiError::BadToken)?;
+        let claims = tokens.verify(&token).map_err(ApiError::BadToken)?;
         let video = claims.video;
         Ok(
             if video.room_list || (video.room_admin && video.room.is_empty()) {

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -13,6 +14,8 @@ use super::{KEY, SECRET};
 pub struct Roomd {
     child: Child,
     pub base: String,
+    /// Every line roomd logged (JSON), so far.
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Roomd {
@@ -51,11 +54,23 @@ impl Roomd {
             }
         };
         // Keep draining stdout so roomd never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            logs,
         }
+    }
+
+    /// What roomd has logged so far, one JSON line each.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {
