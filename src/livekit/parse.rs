@@ -320,3 +320,108 @@ fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, Pars
         action,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_100, 0).unwrap()
+    }
+
+    fn joined(kind: &str) -> String {
+        format!(
+            r#"{{"event":"participant_joined","id":"EV_1","createdAt":"1700000000",
+                "room":{{"name":"demo","sid":"RM_1","creationTime":"1699999990"}},
+                "participant":{{"sid":"PA_1","identity":"alice","name":"Alice","kind":{kind},
+                                "state":"ACTIVE","joinedAtMs":"1700000000250"}}}}"#
+        )
+    }
+
+    #[test]
+    fn livekits_own_json_is_read_with_its_times_and_kind() {
+        let delivery = parse(joined(r#""AGENT""#).as_bytes(), now()).unwrap();
+        assert_eq!(delivery.id.as_deref(), Some("EV_1"));
+        assert_eq!(
+            delivery.created_at,
+            DateTime::from_timestamp(1_700_000_000, 0)
+        );
+        let room = delivery.room.as_ref().unwrap();
+        assert_eq!(
+            (room.name.as_str(), room.sid.as_deref()),
+            ("demo", Some("RM_1"))
+        );
+        assert_eq!(room.created_at, DateTime::from_timestamp(1_699_999_990, 0));
+        let Action::Apply(RoomEvent::ParticipantJoined(p)) = &delivery.action else {
+            panic!("{:?}", delivery.action);
+        };
+        assert_eq!(p.identity, "alice");
+        assert_eq!(p.kind, ParticipantKind::Agent);
+        assert_eq!(
+            p.joined_at,
+            DateTime::from_timestamp_millis(1_700_000_000_250)
+        );
+    }
+
+    // A newer LiveKit's enum name makes pbjson refuse the whole body; the
+    // fields roomd needs are read anyway, and the kind is kept by its (lowercased) name.
+    #[test]
+    fn an_unknown_enum_name_is_read_from_the_fields_roomd_needs() {
+        let delivery = parse(joined(r#""HOLOGRAM""#).as_bytes(), now()).unwrap();
+        let Action::Apply(RoomEvent::ParticipantJoined(p)) = &delivery.action else {
+            panic!("{:?}", delivery.action);
+        };
+        assert_eq!(p.kind, ParticipantKind::Other("hologram".into()));
+        assert_eq!(
+            p.joined_at,
+            DateTime::from_timestamp_millis(1_700_000_000_250)
+        );
+    }
+
+    #[test]
+    fn events_roomd_does_not_apply_are_recorded() {
+        let body = br#"{"event":"track_published","id":"EV_2","room":{"name":"demo"},
+                        "participant":{"identity":"alice"}}"#;
+        let delivery = parse(body, now()).unwrap();
+        assert!(matches!(
+            delivery.action,
+            Action::Record {
+                participant: Some(_)
+            }
+        ));
+        // Without a creation time, the event happened when it arrived.
+        assert_eq!(delivery.created_at, None);
+    }
+
+    #[test]
+    fn what_roomd_cannot_apply_or_store_is_refused_with_its_field() {
+        let cases: [(&[u8], ParseError); 6] = [
+            (b"not json", ParseError::NotJson(String::new())),
+            (b"[1]", ParseError::NotAnObject),
+            (br#"{"id":"EV_3"}"#, ParseError::Missing("event")),
+            (
+                br#"{"event":"participant_joined","room":{"name":"demo"}}"#,
+                ParseError::Missing("participant.identity"),
+            ),
+            (
+                br#"{"event":"room_started","room":{"name":7}}"#,
+                ParseError::WrongType {
+                    field: "room.name",
+                    expected: "a string",
+                },
+            ),
+            (
+                br#"{"event":"room_started","room":{"name":"a\u0000b"}}"#,
+                ParseError::Nul("room.name"),
+            ),
+        ];
+        for (body, expected) in cases {
+            let error = parse(body, now()).unwrap_err();
+            match expected {
+                // serde_json's words are its own.
+                ParseError::NotJson(_) => assert!(matches!(error, ParseError::NotJson(_))),
+                _ => assert_eq!(error, expected, "{}", String::from_utf8_lossy(body)),
+            }
+        }
+    }
+}

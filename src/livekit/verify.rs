@@ -69,6 +69,8 @@ pub fn bearer(value: &str) -> Option<&str> {
     let value = value.trim();
     let token = match value.split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        // The scheme with nothing after it (trimmed above): no token.
+        _ if value.eq_ignore_ascii_case("bearer") => "",
         _ => value,
     };
     (!token.is_empty()).then_some(token)
@@ -135,5 +137,113 @@ impl BodyHash {
             return Err(VerifyError::BodyHashMismatch);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::livekit::sign_webhook;
+
+    const KEY: &str = "APIunit";
+    const SECRET: &str = "unit-secret-0123456789abcdef0123456789";
+
+    fn signed(body: &[u8]) -> String {
+        sign_webhook(KEY, SECRET, body, Duration::from_secs(60)).unwrap()
+    }
+
+    #[test]
+    fn bearer_takes_the_token_with_or_without_its_scheme() {
+        assert_eq!(bearer("abc"), Some("abc"));
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bEaReR   abc "), Some("abc"));
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("  "), None);
+    }
+
+    // The token is judged from the header alone, before any body is read;
+    // the body is then held against the hash the token claims.
+    #[test]
+    fn the_token_is_checked_before_the_body_and_the_body_after() {
+        let verifier = WebhookVerifier::new(KEY, SECRET);
+        let token = signed(b"the body");
+        let hash = verifier.token(Some(&token)).unwrap();
+        assert_eq!(hash.check(b"the body"), Ok(()));
+        assert_eq!(hash.check(b"the body "), Err(VerifyError::BodyHashMismatch));
+        assert_eq!(verifier.token(None).unwrap_err(), VerifyError::MissingToken);
+        let forged =
+            sign_webhook(KEY, "another-secret", b"the body", Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            verifier.token(Some(&forged)),
+            Err(VerifyError::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn each_token_failure_says_what_failed() {
+        let tokens = Tokens::new(KEY, SECRET);
+        let now = chrono::Utc::now().timestamp();
+        let encode = |claims: serde_json::Value, alg, secret: &str| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(alg),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        let hs256 = jsonwebtoken::Algorithm::HS256;
+        let cases = [
+            (
+                encode(
+                    serde_json::json!({"iss": KEY, "exp": now - 600}),
+                    hs256,
+                    SECRET,
+                ),
+                "expired",
+            ),
+            (
+                encode(
+                    serde_json::json!({"iss": KEY, "nbf": now + 600, "exp": now + 900}),
+                    hs256,
+                    SECRET,
+                ),
+                "not valid yet",
+            ),
+            (
+                encode(
+                    serde_json::json!({"iss": KEY, "exp": now + 600}),
+                    hs256,
+                    "wrong",
+                ),
+                "signature",
+            ),
+            (
+                encode(
+                    serde_json::json!({"iss": "APIother", "exp": now + 600}),
+                    hs256,
+                    SECRET,
+                ),
+                "issuer",
+            ),
+            (
+                encode(serde_json::json!({"exp": now + 600}), hs256, SECRET),
+                "issuer",
+            ),
+            (
+                encode(
+                    serde_json::json!({"iss": KEY, "exp": now + 600}),
+                    jsonwebtoken::Algorithm::HS512,
+                    SECRET,
+                ),
+                "HS256",
+            ),
+            ("a.b.c".to_owned(), "not a well-formed JWT"),
+        ];
+        for (token, says) in cases {
+            let error = tokens.verify(&token).unwrap_err();
+            assert!(error.contains(says), "{says:?} not in {error:?}");
+        }
     }
 }
