@@ -2,7 +2,7 @@
 //! (`tests/fixtures/webhooks/`, a copy of the project's shared fixtures, so
 //! a clone tests anywhere) must verify and apply; any changed byte must not.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

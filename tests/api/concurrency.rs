@@ -1,11 +1,11 @@
 //! Many rooms at once, deliveries for one room racing each other, retries:
 //! every served count and every stored row equals the ground truth.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
-use common::{TestApp, lk};
+use common::{TestApp, webhook};
 use futures::StreamExt;
 use reqwest::StatusCode;
 
@@ -26,18 +26,30 @@ fn script() -> (Vec<String>, HashMap<String, usize>) {
             let who = format!("user-{r}-{p}");
             let sid = format!("PA_{r}_{p}_a");
             let ev = |kind: &str| format!("EV_{r}_{p}_{kind}");
-            bodies.push(lk::joined(&room, &room_sid, &sid, &who).id(&ev("j")).body());
+            bodies.push(
+                webhook::joined(&room, &room_sid, &sid, &who)
+                    .id(&ev("j"))
+                    .body(),
+            );
             if p % 4 == 0 {
                 let sid2 = format!("PA_{r}_{p}_b");
                 bodies.push(
-                    lk::joined(&room, &room_sid, &sid2, &who)
+                    webhook::joined(&room, &room_sid, &sid2, &who)
                         .id(&ev("j2"))
                         .body(),
                 );
-                bodies.push(lk::left(&room, &room_sid, &sid, &who).id(&ev("l")).body());
+                bodies.push(
+                    webhook::left(&room, &room_sid, &sid, &who)
+                        .id(&ev("l"))
+                        .body(),
+                );
                 present += 1;
             } else if p % 3 == 0 {
-                bodies.push(lk::left(&room, &room_sid, &sid, &who).id(&ev("l")).body());
+                bodies.push(
+                    webhook::left(&room, &room_sid, &sid, &who)
+                        .id(&ev("l"))
+                        .body(),
+                );
             } else {
                 present += 1;
             }
@@ -128,7 +140,7 @@ on_every_backend!(
 async fn concurrent_first_events_make_one_room(app: &TestApp) {
     let bodies: Vec<String> = (0..100)
         .map(|i| {
-            lk::joined(
+            webhook::joined(
                 "stampede",
                 "RM_stampede",
                 &format!("PA_st{i}"),

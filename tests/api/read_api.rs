@@ -1,9 +1,9 @@
 //! The read side: counts, participant lists, live-room lists and admin debug
 //! views, with LiveKit's own tokens as the credentials.
 
-mod common;
+use crate::common;
 
-use common::{KEY, SECRET, TestApp, admin_token, join_token, lk};
+use common::{KEY, SECRET, TestApp, admin_token, join_token, webhook};
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -34,17 +34,18 @@ async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (StatusCode, Val
 }
 
 async fn seed(app: &TestApp) {
-    app.ok(&lk::joined("lobby-a", "RM_la", "PA_a1", "ana").body())
+    app.ok(&webhook::joined("lobby-a", "RM_la", "PA_a1", "ana").body())
         .await;
-    app.ok(&lk::joined("lobby-a", "RM_la", "PA_a2", "agent-x")
+    app.ok(&webhook::joined("lobby-a", "RM_la", "PA_a2", "agent-x")
         .kind("AGENT")
         .body())
         .await;
-    app.ok(&lk::joined("lobby-b", "RM_lb", "PA_b1", "ben").body())
+    app.ok(&webhook::joined("lobby-b", "RM_lb", "PA_b1", "ben").body())
         .await;
-    app.ok(&lk::joined("lobby-c", "RM_lc", "PA_c1", "cy").body())
+    app.ok(&webhook::joined("lobby-c", "RM_lc", "PA_c1", "cy").body())
         .await;
-    app.ok(&lk::room_finished("lobby-c", "RM_lc").body()).await;
+    app.ok(&webhook::room_finished("lobby-c", "RM_lc").body())
+        .await;
 }
 
 async fn every_read_route_answers(app: &TestApp) {
@@ -284,20 +285,20 @@ fn sample(text: &str, name_and_labels: &str) -> f64 {
 }
 
 async fn metrics_reflect_a_known_sequence_of_events(app: &TestApp) {
-    let join = lk::joined("metered", "RM_m", "PA_m1", "mia")
+    let join = webhook::joined("metered", "RM_m", "PA_m1", "mia")
         .id("EV_metered_1")
         .body();
     app.ok(&join).await;
     app.ok(&join).await;
-    app.ok(&lk::left("metered", "RM_m", "PA_m1", "mia")
+    app.ok(&webhook::left("metered", "RM_m", "PA_m1", "mia")
         .id("EV_metered_2")
         .body())
         .await;
-    app.ok(&lk::left("metered", "RM_m", "PA_m1", "mia")
+    app.ok(&webhook::left("metered", "RM_m", "PA_m1", "mia")
         .id("EV_metered_3")
         .body())
         .await;
-    app.ok(&lk::event("track_published")
+    app.ok(&webhook::event("track_published")
         .room("metered", "RM_m")
         .participant("PA_m1", "mia")
         .body())
@@ -305,7 +306,7 @@ async fn metrics_reflect_a_known_sequence_of_events(app: &TestApp) {
     let refused = app.webhook_raw(join.clone(), None).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     // A signed sender cannot mint label values with made-up event names.
-    app.ok(&lk::event("made_up_event_1234")
+    app.ok(&webhook::event("made_up_event_1234")
         .room("metered", "RM_m")
         .body())
         .await;
@@ -390,7 +391,7 @@ async fn cors_lets_the_configured_frontend_read() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
     // LiveKit's server-to-server webhooks carry no Origin and are unaffected.
-    app.ok(&lk::joined("lobby-a", "RM_la", "PA_a3", "amy").body())
+    app.ok(&webhook::joined("lobby-a", "RM_la", "PA_a3", "amy").body())
         .await;
     app.stop().await;
 }

@@ -1,7 +1,7 @@
 //! The OpenAPI document matches the routes: every documented route exists,
 //! and every route in `src/http` is documented.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

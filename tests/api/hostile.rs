@@ -4,12 +4,12 @@
 //! Stream churn and the stream cap are in stream.rs, the dev-key refusal in
 //! cli.rs, NUL and tokens without `iss` in rejections.rs.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::process::Roomd;
-use common::{TestApp, TestDb, admin_token, join_token, lk};
+use common::{TestApp, TestDb, admin_token, join_token, webhook};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,19 +162,8 @@ async fn signed_bodies_are_bounded_in_time_and_in_number() {
         "408 past the deadline, 503 past the cap"
     );
     // The slots are free again: a whole webhook is committed.
-    let client = reqwest::Client::new();
-    let body = lk::joined("after-the-stall", "RM_stall", "PA_1", "alice").body();
-    let response = client
-        .post(format!("{}/v1/webhooks/livekit", roomd.base))
-        .header(
-            "Authorization",
-            common::sign_with(common::KEY, common::SECRET, &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let body = webhook::joined("after-the-stall", "RM_stall", "PA_1", "alice").body();
+    assert_eq!(roomd.send(&body).await, StatusCode::OK);
     roomd.terminate();
 }
 
@@ -193,18 +182,8 @@ async fn access_token_in_the_query_reads_like_the_header() {
         &[("ROOMD__API__PUBLIC_COUNTS", "false")],
     );
     let client = reqwest::Client::new();
-    let body = lk::joined("lobby", "RM_lobby", "PA_1", "alice").body();
-    let sent = client
-        .post(format!("{}/v1/webhooks/livekit", roomd.base))
-        .header(
-            "Authorization",
-            common::sign_with(common::KEY, common::SECRET, &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), StatusCode::OK);
+    let body = webhook::joined("lobby", "RM_lobby", "PA_1", "alice").body();
+    assert_eq!(roomd.send(&body).await, StatusCode::OK);
     let get = async |path: &str| {
         let response = client
             .get(format!("{}{path}", roomd.base))
@@ -304,11 +283,11 @@ async fn lists_page_in_name_order_and_names_are_capped() {
     let app = common::spawn_app_with(settings, db.backend).await;
     for i in 0..23 {
         let room = format!("room-{i:02}");
-        app.ok(&lk::joined(&room, &format!("RM_{i}"), "PA_1", "alice").body())
+        app.ok(&webhook::joined(&room, &format!("RM_{i}"), "PA_1", "alice").body())
             .await;
     }
     for i in [3, 11, 17] {
-        app.ok(&lk::room_finished(&format!("room-{i:02}"), &format!("RM_{i}")).body())
+        app.ok(&webhook::room_finished(&format!("room-{i:02}"), &format!("RM_{i}")).body())
             .await;
     }
     let admin = admin_token();
@@ -357,12 +336,13 @@ async fn lists_page_in_name_order_and_names_are_capped() {
     assert!(page.get("next").is_none(), "{page}");
 
     // A room that lives on in the database only: its latest instance.
-    app.ok(&lk::room_started("reused", "RM_first").body()).await;
-    app.ok(&lk::room_finished("reused", "RM_first").body())
+    app.ok(&webhook::room_started("reused", "RM_first").body())
         .await;
-    app.ok(&lk::room_started("reused", "RM_second").body())
+    app.ok(&webhook::room_finished("reused", "RM_first").body())
         .await;
-    app.ok(&lk::room_finished("reused", "RM_second").body())
+    app.ok(&webhook::room_started("reused", "RM_second").body())
+        .await;
+    app.ok(&webhook::room_finished("reused", "RM_second").body())
         .await;
     let (status, found) = read_with(
         &app,
@@ -434,7 +414,7 @@ async fn query_and_cors_errors_are_json() {
 async fn token_failures_say_what_failed() {
     let db = TestDb::sqlite();
     let app = common::spawn_app(&db).await;
-    let body = lk::joined("said", "RM_said", "PA_1", "alice").body();
+    let body = webhook::joined("said", "RM_said", "PA_1", "alice").body();
     let now = chrono::Utc::now().timestamp();
     let hash = {
         use base64::Engine;

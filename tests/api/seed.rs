@@ -1,9 +1,9 @@
 //! The original system's three hand-run scenarios, end to end over HTTP,
 //! checking the database columns the seed's own checks read.
 
-mod common;
+use crate::common;
 
-use common::{TestApp, lk};
+use common::{TestApp, webhook};
 use serde_json::json;
 
 const USER: &str = "550e8400-e29b-41d4-a716-446655440000";
@@ -11,19 +11,21 @@ const USER: &str = "550e8400-e29b-41d4-a716-446655440000";
 /// Test 1: a user closes the browser without pressing Leave; LiveKit notices
 /// and sends participant_left; that participant's `left_at` is set.
 async fn closing_the_browser_sets_left_at(app: &TestApp) {
-    app.ok(&lk::room_started("meeting-1", "RM_meeting1")
+    app.ok(&webhook::room_started("meeting-1", "RM_meeting1")
         .id("EV_s1_1")
         .at(1000)
         .body())
         .await;
-    app.ok(&lk::joined("meeting-1", "RM_meeting1", "PA_user1", USER)
-        .id("EV_s1_2")
-        .at(1001)
-        .body())
-        .await;
+    app.ok(
+        &webhook::joined("meeting-1", "RM_meeting1", "PA_user1", USER)
+            .id("EV_s1_2")
+            .at(1001)
+            .body(),
+    )
+    .await;
     assert_eq!(app.count("meeting-1").await, 1);
 
-    let left = lk::left("meeting-1", "RM_meeting1", "PA_user1", USER)
+    let left = webhook::left("meeting-1", "RM_meeting1", "PA_user1", USER)
         .set(
             "/participant",
             "disconnectReason",
@@ -59,14 +61,14 @@ on_every_backend!(
 /// current_participants = 0.
 async fn everyone_leaving_ends_the_room(app: &TestApp) {
     let users: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    app.ok(&lk::room_started("meeting-2", "RM_meeting2")
+    app.ok(&webhook::room_started("meeting-2", "RM_meeting2")
         .id("EV_s2_start")
         .at(2000)
         .body())
         .await;
     for (i, user) in users.iter().enumerate() {
         let sid = format!("PA_m2_{i}");
-        app.ok(&lk::joined("meeting-2", "RM_meeting2", &sid, user)
+        app.ok(&webhook::joined("meeting-2", "RM_meeting2", &sid, user)
             .id(&format!("EV_s2_j{i}"))
             .at(2001)
             .body())
@@ -75,13 +77,13 @@ async fn everyone_leaving_ends_the_room(app: &TestApp) {
     assert_eq!(app.count("meeting-2").await, 3);
     for (i, user) in users.iter().enumerate() {
         let sid = format!("PA_m2_{i}");
-        app.ok(&lk::left("meeting-2", "RM_meeting2", &sid, user)
+        app.ok(&webhook::left("meeting-2", "RM_meeting2", &sid, user)
             .id(&format!("EV_s2_l{i}"))
             .at(2100)
             .body())
             .await;
     }
-    app.ok(&lk::room_finished("meeting-2", "RM_meeting2")
+    app.ok(&webhook::room_finished("meeting-2", "RM_meeting2")
         .id("EV_s2_end")
         .at(2120)
         .body())
@@ -132,10 +134,10 @@ async fn the_seed_curl_body_is_accepted(app: &TestApp) {
     assert_eq!(view["participant_count"], 0);
 
     // A sid-less join from before the leave stays out; one after it counts.
-    let early = lk::joined("test-room-abc123", "", "", USER).at(1_699_999_990);
+    let early = webhook::joined("test-room-abc123", "", "", USER).at(1_699_999_990);
     app.ok(&early.body()).await;
     assert_eq!(app.count("test-room-abc123").await, 0);
-    let later = lk::joined("test-room-abc123", "", "", USER).at(1_700_000_100);
+    let later = webhook::joined("test-room-abc123", "", "", USER).at(1_700_000_100);
     app.ok(&later.body()).await;
     assert_eq!(app.count("test-room-abc123").await, 1);
 }

@@ -2,14 +2,14 @@
 //! duplicates, leaves before joins, reconnects, reused room names, rooms
 //! that finish with people inside.
 
-mod common;
+use crate::common;
 
-use common::{TestApp, lk};
+use common::{TestApp, webhook};
 use roomd::store::entity::webhook_events;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 async fn a_redelivered_event_is_acknowledged_and_not_reapplied(app: &TestApp) {
-    let join = lk::joined("dup", "RM_dup", "PA_d1", "dana")
+    let join = webhook::joined("dup", "RM_dup", "PA_d1", "dana")
         .id("EV_dup_join_1")
         .body();
     let first = app.ok(&join).await;
@@ -20,7 +20,7 @@ async fn a_redelivered_event_is_acknowledged_and_not_reapplied(app: &TestApp) {
     assert_eq!(app.count("dup").await, 1);
 
     // The same leave twice, then the join's retry after it: still empty.
-    let leave = lk::left("dup", "RM_dup", "PA_d1", "dana")
+    let leave = webhook::left("dup", "RM_dup", "PA_d1", "dana")
         .id("EV_dup_left_1")
         .body();
     app.ok(&leave).await;
@@ -46,17 +46,17 @@ on_every_backend!(
 );
 
 async fn a_leave_before_its_join_keeps_the_session_closed(app: &TestApp) {
-    app.ok(&lk::room_started("ooo", "RM_ooo").id("EV_ooo_0").body())
+    app.ok(&webhook::room_started("ooo", "RM_ooo").id("EV_ooo_0").body())
         .await;
     let left = app
-        .ok(&lk::left("ooo", "RM_ooo", "PA_o1", "olga")
+        .ok(&webhook::left("ooo", "RM_ooo", "PA_o1", "olga")
             .id("EV_ooo_2")
             .at(20)
             .body())
         .await;
     assert_eq!(left["outcome"], "applied", "the tombstone is a change");
     let late_join = app
-        .ok(&lk::joined("ooo", "RM_ooo", "PA_o1", "olga")
+        .ok(&webhook::joined("ooo", "RM_ooo", "PA_o1", "olga")
             .id("EV_ooo_1")
             .at(10)
             .body())
@@ -65,11 +65,11 @@ async fn a_leave_before_its_join_keeps_the_session_closed(app: &TestApp) {
     assert_eq!(app.count("ooo").await, 0);
 
     // connection_aborted usually comes without a join; a join may still follow.
-    app.ok(&lk::aborted("ooo", "RM_ooo", "PA_o2", "oscar")
+    app.ok(&webhook::aborted("ooo", "RM_ooo", "PA_o2", "oscar")
         .id("EV_ooo_3")
         .body())
         .await;
-    app.ok(&lk::joined("ooo", "RM_ooo", "PA_o2", "oscar")
+    app.ok(&webhook::joined("ooo", "RM_ooo", "PA_o2", "oscar")
         .id("EV_ooo_4")
         .body())
         .await;
@@ -90,21 +90,21 @@ on_every_backend!(
 );
 
 async fn a_reconnect_with_a_new_sid_counts_the_person_once(app: &TestApp) {
-    app.ok(&lk::joined("rc", "RM_rc", "PA_r1", "rita")
+    app.ok(&webhook::joined("rc", "RM_rc", "PA_r1", "rita")
         .id("EV_rc_1")
         .body())
         .await;
-    app.ok(&lk::joined("rc", "RM_rc", "PA_s1", "sam")
+    app.ok(&webhook::joined("rc", "RM_rc", "PA_s1", "sam")
         .id("EV_rc_2")
         .body())
         .await;
     // Rita's network drops; her client reconnects before the old session times out.
-    app.ok(&lk::joined("rc", "RM_rc", "PA_r2", "rita")
+    app.ok(&webhook::joined("rc", "RM_rc", "PA_r2", "rita")
         .id("EV_rc_3")
         .body())
         .await;
     assert_eq!(app.count("rc").await, 2);
-    app.ok(&lk::left("rc", "RM_rc", "PA_r1", "rita")
+    app.ok(&webhook::left("rc", "RM_rc", "PA_r1", "rita")
         .id("EV_rc_4")
         .body())
         .await;
@@ -113,7 +113,7 @@ async fn a_reconnect_with_a_new_sid_counts_the_person_once(app: &TestApp) {
         2,
         "rita is still in through her new session"
     );
-    app.ok(&lk::left("rc", "RM_rc", "PA_r2", "rita")
+    app.ok(&webhook::left("rc", "RM_rc", "PA_r2", "rita")
         .id("EV_rc_5")
         .body())
         .await;
@@ -128,14 +128,14 @@ on_every_backend!(
 
 async fn room_finished_closes_every_open_participant(app: &TestApp) {
     for (i, who) in ["ann", "ben", "cat"].iter().enumerate() {
-        app.ok(&lk::joined("fin", "RM_fin", &format!("PA_f{i}"), who)
+        app.ok(&webhook::joined("fin", "RM_fin", &format!("PA_f{i}"), who)
             .id(&format!("EV_fin_{i}"))
             .at(100)
             .body())
             .await;
     }
     assert_eq!(app.count("fin").await, 3);
-    app.ok(&lk::room_finished("fin", "RM_fin")
+    app.ok(&webhook::room_finished("fin", "RM_fin")
         .id("EV_fin_end")
         .at(200)
         .body())
@@ -154,14 +154,14 @@ async fn room_finished_closes_every_open_participant(app: &TestApp) {
 
     // Anything for the finished instance is stale now.
     let late = app
-        .ok(&lk::joined("fin", "RM_fin", "PA_f9", "dan")
+        .ok(&webhook::joined("fin", "RM_fin", "PA_f9", "dan")
             .id("EV_fin_late")
             .at(150)
             .body())
         .await;
     assert_eq!(late["outcome"], "stale");
     let late_leave = app
-        .ok(&lk::left("fin", "RM_fin", "PA_f0", "ann")
+        .ok(&webhook::left("fin", "RM_fin", "PA_f0", "ann")
             .id("EV_fin_late2")
             .at(190)
             .body())
@@ -175,28 +175,28 @@ on_every_backend!(
 );
 
 async fn a_reused_room_name_is_a_new_instance(app: &TestApp) {
-    app.ok(&lk::room_started("daily", "RM_day1")
+    app.ok(&webhook::room_started("daily", "RM_day1")
         .id("EV_day1_0")
         .at(100)
         .body())
         .await;
-    app.ok(&lk::joined("daily", "RM_day1", "PA_a", "amy")
+    app.ok(&webhook::joined("daily", "RM_day1", "PA_a", "amy")
         .id("EV_day1_1")
         .at(101)
         .body())
         .await;
-    app.ok(&lk::room_finished("daily", "RM_day1")
+    app.ok(&webhook::room_finished("daily", "RM_day1")
         .id("EV_day1_2")
         .at(200)
         .body())
         .await;
 
-    app.ok(&lk::room_started("daily", "RM_day2")
+    app.ok(&webhook::room_started("daily", "RM_day2")
         .id("EV_day2_0")
         .at(300)
         .body())
         .await;
-    app.ok(&lk::joined("daily", "RM_day2", "PA_b", "bob")
+    app.ok(&webhook::joined("daily", "RM_day2", "PA_b", "bob")
         .id("EV_day2_1")
         .at(301)
         .body())
@@ -208,7 +208,7 @@ async fn a_reused_room_name_is_a_new_instance(app: &TestApp) {
 
     // A late event of the first instance does not revive it or touch the second.
     let late = app
-        .ok(&lk::joined("daily", "RM_day1", "PA_c", "cid")
+        .ok(&webhook::joined("daily", "RM_day1", "PA_c", "cid")
             .id("EV_day1_late")
             .at(150)
             .body())
@@ -230,13 +230,13 @@ on_every_backend!(
 );
 
 async fn a_new_sid_ends_an_instance_whose_finish_was_lost(app: &TestApp) {
-    app.ok(&lk::joined("lost", "RM_lost1", "PA_x", "xia")
+    app.ok(&webhook::joined("lost", "RM_lost1", "PA_x", "xia")
         .id("EV_lost_1")
         .at(100)
         .body())
         .await;
     // room_finished for RM_lost1 was dropped by LiveKit; the name comes back.
-    app.ok(&lk::joined("lost", "RM_lost2", "PA_y", "yan")
+    app.ok(&webhook::joined("lost", "RM_lost2", "PA_y", "yan")
         .id("EV_lost_2")
         .at(500)
         .body())
@@ -262,21 +262,21 @@ on_every_backend!(
 );
 
 async fn counts_include_every_kind_and_break_them_down(app: &TestApp) {
-    app.ok(&lk::joined("kinds", "RM_k", "PA_1", "u1").body())
+    app.ok(&webhook::joined("kinds", "RM_k", "PA_1", "u1").body())
         .await;
-    app.ok(&lk::joined("kinds", "RM_k", "PA_2", "u2")
+    app.ok(&webhook::joined("kinds", "RM_k", "PA_2", "u2")
         .kind("STANDARD")
         .body())
         .await;
-    app.ok(&lk::joined("kinds", "RM_k", "PA_3", "agent-1")
+    app.ok(&webhook::joined("kinds", "RM_k", "PA_3", "agent-1")
         .kind("AGENT")
         .body())
         .await;
-    app.ok(&lk::joined("kinds", "RM_k", "PA_4", "EG_rec")
+    app.ok(&webhook::joined("kinds", "RM_k", "PA_4", "EG_rec")
         .kind("EGRESS")
         .body())
         .await;
-    app.ok(&lk::joined("kinds", "RM_k", "PA_5", "sip-caller")
+    app.ok(&webhook::joined("kinds", "RM_k", "PA_5", "sip-caller")
         .kind("SIP")
         .body())
         .await;
@@ -295,7 +295,7 @@ on_every_backend!(
 );
 
 async fn events_roomd_does_not_act_on_are_acknowledged_and_audited(app: &TestApp) {
-    let track = lk::event("track_published")
+    let track = webhook::event("track_published")
         .room("audit", "RM_audit")
         .participant("PA_t", "tom")
         .id("EV_track_1")
@@ -305,7 +305,7 @@ async fn events_roomd_does_not_act_on_are_acknowledged_and_audited(app: &TestApp
     assert_eq!(reply["outcome"], "ignored");
     let egress = r#"{"event":"egress_started","egressInfo":{"egressId":"EG_1","roomId":"RM_audit","roomName":"audit"},"id":"EV_egress_1","createdAt":"5"}"#;
     app.ok(egress).await;
-    let unknown = lk::event("something_new").id("EV_new_1").body();
+    let unknown = webhook::event("something_new").id("EV_new_1").body();
     app.ok(&unknown).await;
     let rows = webhook_events::Entity::find().all(&app.db).await.unwrap();
     assert_eq!(rows.len(), 3);

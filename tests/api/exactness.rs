@@ -1,12 +1,12 @@
 //! Regressions for the ways counts went wrong in review (issue 9): each test
 //! is named after the rule it proves and failed on the code before its fix.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::livekit::{FakeLiveKit, active};
-use common::{TestApp, TestDb, lk, until};
+use common::fake_livekit::{FakeLiveKit, active};
+use common::{TestApp, TestDb, until, webhook};
 use reqwest::StatusCode;
 use roomd::store::entity::{participants, webhook_events};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
@@ -16,8 +16,8 @@ fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// `lk` events with LiveKit's `room.creationTime` (seconds) and `createdAt`.
-fn created(event: lk::Event, room_created: i64, at: i64) -> lk::Event {
+/// `webhook` events with LiveKit's `room.creationTime` (seconds) and `createdAt`.
+fn created(event: webhook::Event, room_created: i64, at: i64) -> webhook::Event {
     event
         .set("/room", "creationTime", json!(room_created.to_string()))
         .at(at)
@@ -35,15 +35,17 @@ async fn reconcile_never_applies_a_list_fetched_before_a_change_across_an_actor_
         let round = app.spawn_reconcile();
         // LiveKit's answer (no rooms) is fixed now; it arrives later.
         until("ListRooms asked", async || livekit.requests() > before).await;
-        app.ok(&lk::room_started("late", "RM_late").id("EV_late_1").body())
+        app.ok(&webhook::room_started("late", "RM_late")
+            .id("EV_late_1")
+            .body())
             .await;
-        app.ok(&lk::joined("late", "RM_late", "PA_a", "alice")
+        app.ok(&webhook::joined("late", "RM_late", "PA_a", "alice")
             .id("EV_late_2")
             .body())
             .await;
         // The actor restarts (a panic on the first delivery of this id).
         // (Fault injection crashes once per id in the process: one per backend.)
-        let bob = lk::joined("late", "RM_late", "PA_b", "bob")
+        let bob = webhook::joined("late", "RM_late", "PA_b", "bob")
             .id(&format!("EV_PANIC_late_{}", db.backend))
             .body();
         let crash = app.webhook(&bob).await;
@@ -74,7 +76,7 @@ async fn a_room_that_reconcile_ended_comes_back_when_livekit_shows_it_live() {
         let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
         let app = common::spawn_with_livekit(&db, &livekit).await;
         for room in ["back", "woken"] {
-            app.ok(&lk::joined(room, &format!("RM_{room}"), "PA_a", "alice").body())
+            app.ok(&webhook::joined(room, &format!("RM_{room}"), "PA_a", "alice").body())
                 .await;
         }
         // LiveKit does not list them (a momentary glitch): both end.
@@ -100,13 +102,13 @@ async fn a_room_that_reconcile_ended_comes_back_when_livekit_shows_it_live() {
         app.reconcile_now().await.expect("reconcile");
         assert_eq!(app.room("woken").await["status"], "ended");
         let old = app
-            .ok(&lk::joined("woken", "RM_woken", "PA_c", "cid")
+            .ok(&webhook::joined("woken", "RM_woken", "PA_c", "cid")
                 .at(now_secs() - 60)
                 .body())
             .await;
         assert_eq!(old["outcome"], "stale", "[{}] {old}", db.backend);
         let join = app
-            .ok(&lk::joined("woken", "RM_woken", "PA_b", "bob")
+            .ok(&webhook::joined("woken", "RM_woken", "PA_b", "bob")
                 .at(now_secs() + 2)
                 .body())
             .await;
@@ -123,12 +125,17 @@ async fn a_room_that_reconcile_ended_comes_back_when_livekit_shows_it_live() {
 // Hole 2: an unknown sid is a newer instance only if it was created later.
 async fn a_late_event_of_an_older_instance_leaves_the_live_one_alone(app: &TestApp) {
     let t = now_secs();
-    app.ok(&created(lk::room_started("x", "RM_NEW"), t - 60, t - 60).body())
+    app.ok(&created(webhook::room_started("x", "RM_NEW"), t - 60, t - 60).body())
         .await;
-    app.ok(&created(lk::joined("x", "RM_NEW", "PA_a", "alice"), t - 60, t - 50).body())
+    app.ok(&created(
+        webhook::joined("x", "RM_NEW", "PA_a", "alice"),
+        t - 60,
+        t - 50,
+    )
+    .body())
         .await;
     let late = app
-        .ok(&created(lk::room_finished("x", "RM_OLD"), t - 900, t - 300).body())
+        .ok(&created(webhook::room_finished("x", "RM_OLD"), t - 900, t - 300).body())
         .await;
     assert_eq!(late["outcome"], "stale", "[{}] {late}", app.backend);
     let view = app.room("x").await;
@@ -136,20 +143,25 @@ async fn a_late_event_of_an_older_instance_leaves_the_live_one_alone(app: &TestA
     assert_eq!(view["status"], "active");
     assert_eq!(view["participant_count"], 1);
     let bob = app
-        .ok(&created(lk::joined("x", "RM_NEW", "PA_b", "bob"), t - 60, t - 40).body())
+        .ok(&created(
+            webhook::joined("x", "RM_NEW", "PA_b", "bob"),
+            t - 60,
+            t - 40,
+        )
+        .body())
         .await;
     assert_eq!(bob["outcome"], "applied");
     assert_eq!(app.count("x").await, 2);
     // Without room.creationTime, the event's own createdAt decides.
     let late = app
-        .ok(&lk::joined("x", "RM_OLDER", "PA_z", "zed")
+        .ok(&webhook::joined("x", "RM_OLDER", "PA_z", "zed")
             .at(t - 600)
             .body())
         .await;
     assert_eq!(late["outcome"], "stale", "{late}");
 
     // The other direction: a newer instance replaces the live one.
-    app.ok(&created(lk::room_started("x", "RM_NEWER"), t, t).body())
+    app.ok(&created(webhook::room_started("x", "RM_NEWER"), t, t).body())
         .await;
     let view = app.room("x").await;
     assert_eq!(view["sid"], "RM_NEWER");
@@ -166,9 +178,9 @@ async fn a_late_event_of_an_older_instance_leaves_the_live_one_alone(app: &TestA
     );
 
     // With no times at all, arrival order is all there is: newer.
-    app.ok(&lk::joined("y", "RM_Y1", "PA_a", "alice").body())
+    app.ok(&webhook::joined("y", "RM_Y1", "PA_a", "alice").body())
         .await;
-    app.ok(&lk::joined("y", "RM_Y2", "PA_b", "bob").body())
+    app.ok(&webhook::joined("y", "RM_Y2", "PA_b", "bob").body())
         .await;
     let view = app.room("y").await;
     assert_eq!(view["sid"], "RM_Y2");
@@ -222,10 +234,10 @@ async fn refuse_mallory(app: &TestApp) {
 // Hole 3: readers see the last committed state, never an attempted one.
 async fn a_commit_the_database_refused_is_never_served(app: &TestApp) {
     refuse_mallory(app).await;
-    app.ok(&lk::joined("guarded", "RM_g", "PA_a", "alice").body())
+    app.ok(&webhook::joined("guarded", "RM_g", "PA_a", "alice").body())
         .await;
     let refused = app
-        .webhook(&lk::joined("guarded", "RM_g", "PA_m", "mallory").body())
+        .webhook(&webhook::joined("guarded", "RM_g", "PA_m", "mallory").body())
         .await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     let view = app.room("guarded").await;
@@ -242,7 +254,7 @@ async fn a_commit_the_database_refused_is_never_served(app: &TestApp) {
     let list: serde_json::Value = list.json().await.unwrap();
     assert_eq!(list["participants"].as_array().unwrap().len(), 1, "{list}");
     // The room goes on from what was committed.
-    app.ok(&lk::joined("guarded", "RM_g", "PA_b", "bob").body())
+    app.ok(&webhook::joined("guarded", "RM_g", "PA_b", "bob").body())
         .await;
     assert_eq!(app.count("guarded").await, 2);
 }
@@ -257,23 +269,23 @@ on_every_backend!(
 async fn sid_less_events_are_ordered_by_their_created_at(app: &TestApp) {
     let t = now_secs() - 3600;
     for event in [
-        lk::joined("seedish", "", "", "amy").at(t),
-        lk::left("seedish", "", "", "amy").at(t + 60),
-        lk::joined("seedish", "", "", "amy").at(t + 100),
+        webhook::joined("seedish", "", "", "amy").at(t),
+        webhook::left("seedish", "", "", "amy").at(t + 60),
+        webhook::joined("seedish", "", "", "amy").at(t + 100),
     ] {
         app.ok(&event.body()).await;
     }
     let late = app
-        .ok(&lk::left("seedish", "", "", "amy").at(t + 60).body())
+        .ok(&webhook::left("seedish", "", "", "amy").at(t + 60).body())
         .await;
     assert_eq!(late["outcome"], "ignored", "[{}] {late}", app.backend);
     assert_eq!(app.count("seedish").await, 1);
 
     // A rejoin in the second of the leave counts.
     for event in [
-        lk::joined("seedish", "", "", "ben").at(t + 200),
-        lk::left("seedish", "", "", "ben").at(t + 260),
-        lk::joined("seedish", "", "", "ben").at(t + 260),
+        webhook::joined("seedish", "", "", "ben").at(t + 200),
+        webhook::left("seedish", "", "", "ben").at(t + 260),
+        webhook::joined("seedish", "", "", "ben").at(t + 260),
     ] {
         app.ok(&event.body()).await;
     }
@@ -281,13 +293,13 @@ async fn sid_less_events_are_ordered_by_their_created_at(app: &TestApp) {
 
     // A room_finished from before the instance began is stale.
     let late = app
-        .ok(&lk::room_finished("seedish", "").at(t - 10).body())
+        .ok(&webhook::room_finished("seedish", "").at(t - 10).body())
         .await;
     assert_eq!(late["outcome"], "stale", "{late}");
     assert_eq!(app.room("seedish").await["status"], "active");
 
     assert_rows_in_time_order(app, "seedish").await;
-    app.ok(&lk::room_finished("seedish", "").at(t + 300).body())
+    app.ok(&webhook::room_finished("seedish", "").at(t + 300).body())
         .await;
     let ended = &app.room_rows("seedish").await[0];
     assert!(ended.ended_at.unwrap() >= ended.started_at, "{ended:?}");
@@ -322,12 +334,12 @@ async fn a_hung_database_connection_does_not_stall_its_rooms() {
     settings.database.acquire_timeout_secs = 2;
     settings.rooms.commit_timeout_ms = 2000;
     let app = common::spawn_app_with(settings, "postgres").await;
-    app.ok(&lk::joined("hung", "RM_hung", "PA_a", "alice").body())
+    app.ok(&webhook::joined("hung", "RM_hung", "PA_a", "alice").body())
         .await;
     // Bob's commit is under way (each chunk held 300 ms, so its round trips
     // take seconds) when every open connection hangs for good.
     proxy.slow(Duration::from_millis(300));
-    let bob = lk::joined("hung", "RM_hung", "PA_b", "bob")
+    let bob = webhook::joined("hung", "RM_hung", "PA_b", "bob")
         .id("EV_hung_bob")
         .body();
     let first_try = {
@@ -345,7 +357,7 @@ async fn a_hung_database_connection_does_not_stall_its_rooms() {
     // LiveKit retries until it gets a 200; so does this test, bounded.
     for body in [
         bob,
-        lk::joined("hung", "RM_hung", "PA_c", "carol")
+        webhook::joined("hung", "RM_hung", "PA_c", "carol")
             .id("EV_hung_carol")
             .body(),
     ] {
@@ -395,11 +407,11 @@ async fn a_full_mailbox_refuses_at_once_and_a_timed_out_delivery_stays_in_flight
     settings.rooms.mailbox_capacity = 2;
     settings.rooms.commit_timeout_ms = 300;
     let app = common::spawn_app_with(settings, "sqlite").await;
-    app.ok(&lk::joined("busy", "RM_busy", "PA_0", "p0").body())
+    app.ok(&webhook::joined("busy", "RM_busy", "PA_0", "p0").body())
         .await;
     let lock = lock_sqlite(&db.url).await;
     let replies = futures::future::join_all((1..=10).map(|i| {
-        let body = lk::joined("busy", "RM_busy", &format!("PA_{i}"), &format!("p{i}"))
+        let body = webhook::joined("busy", "RM_busy", &format!("PA_{i}"), &format!("p{i}"))
             .id(&format!("EV_busy_{i}"))
             .body();
         let app = &app;
@@ -439,7 +451,7 @@ async fn a_full_mailbox_refuses_at_once_and_a_timed_out_delivery_stays_in_flight
 
 // Hole 9: every copy of a redelivered event is counted.
 async fn every_copy_of_a_redelivery_is_counted(app: &TestApp) {
-    let body = lk::event("track_published")
+    let body = webhook::event("track_published")
         .room("tracks", "RM_t")
         .participant("PA_a", "alice")
         .id("EV_copies")
@@ -469,12 +481,12 @@ async fn history_past_the_horizon_is_not_loaded_at_recovery() {
         let app = common::spawn_app(&db).await;
         for i in 0..5 {
             let sid = format!("PA_old{i}");
-            app.ok(&lk::joined("marathon", "RM_m", &sid, "guest").body())
+            app.ok(&webhook::joined("marathon", "RM_m", &sid, "guest").body())
                 .await;
-            app.ok(&lk::left("marathon", "RM_m", &sid, "guest").body())
+            app.ok(&webhook::left("marathon", "RM_m", &sid, "guest").body())
                 .await;
         }
-        app.ok(&lk::joined("marathon", "RM_m", "PA_host", "host").body())
+        app.ok(&webhook::joined("marathon", "RM_m", "PA_host", "host").body())
             .await;
         let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
         participants::Entity::update_many()
@@ -522,7 +534,7 @@ async fn history_past_the_horizon_is_not_loaded_at_recovery() {
 // Bounded state: audit rows past retention go, in batches.
 async fn audit_rows_past_their_retention_are_deleted(app: &TestApp) {
     for i in 0..5 {
-        app.ok(&lk::event("track_published")
+        app.ok(&webhook::event("track_published")
             .room("audit", "RM_audit")
             .participant("PA_a", "alice")
             .id(&format!("EV_audit_{i}"))
@@ -550,22 +562,22 @@ on_every_backend!(
 // second the room finished was refused although ties go to the later arrival.
 async fn a_sid_less_room_finished_never_ends_what_began_after_it(app: &TestApp) {
     let t = now_secs() - 100;
-    app.ok(&lk::room_started("sl1", "").at(t).body()).await;
-    app.ok(&lk::joined("sl1", "", "", "alice").at(t + 20).body())
+    app.ok(&webhook::room_started("sl1", "").at(t).body()).await;
+    app.ok(&webhook::joined("sl1", "", "", "alice").at(t + 20).body())
         .await;
     let late = app
-        .ok(&lk::room_finished("sl1", "").at(t + 10).body())
+        .ok(&webhook::room_finished("sl1", "").at(t + 10).body())
         .await;
     assert_eq!(late["outcome"], "stale", "[{}] {late}", app.backend);
     let view = app.room("sl1").await;
     assert_eq!(view["status"], "active", "{view}");
     assert_eq!(view["participant_count"], 1);
 
-    app.ok(&lk::room_started("sl2", "").at(t).body()).await;
-    app.ok(&lk::room_finished("sl2", "").at(t + 10).body())
+    app.ok(&webhook::room_started("sl2", "").at(t).body()).await;
+    app.ok(&webhook::room_finished("sl2", "").at(t + 10).body())
         .await;
     let bob = app
-        .ok(&lk::joined("sl2", "", "", "bob").at(t + 10).body())
+        .ok(&webhook::joined("sl2", "", "", "bob").at(t + 10).body())
         .await;
     assert_eq!(bob["outcome"], "applied", "[{}] {bob}", app.backend);
     let view = app.room("sl2").await;
@@ -584,20 +596,22 @@ on_every_backend!(
 // row may then say it left before it joined.
 async fn no_session_is_closed_before_it_began(app: &TestApp) {
     let t = now_secs() - 100;
-    app.ok(&lk::joined("sd1", "RM_sd1", "PA_a", "alice")
+    app.ok(&webhook::joined("sd1", "RM_sd1", "PA_a", "alice")
         .set("/participant", "joinedAt", json!((t + 30).to_string()))
         .at(t + 30)
         .body())
         .await;
-    app.ok(&lk::left("sd1", "RM_sd1", "PA_a", "alice").at(t + 20).body())
+    app.ok(&webhook::left("sd1", "RM_sd1", "PA_a", "alice")
+        .at(t + 20)
+        .body())
         .await;
     assert_eq!(app.count("sd1").await, 0);
 
-    app.ok(&created(lk::room_started("sd2", "RM_sd2a"), t, t).body())
+    app.ok(&created(webhook::room_started("sd2", "RM_sd2a"), t, t).body())
         .await;
-    app.ok(&created(lk::joined("sd2", "RM_sd2a", "PA_b", "bob"), t, t + 50).body())
+    app.ok(&created(webhook::joined("sd2", "RM_sd2a", "PA_b", "bob"), t, t + 50).body())
         .await;
-    app.ok(&created(lk::room_started("sd2", "RM_sd2b"), t + 5, t + 5).body())
+    app.ok(&created(webhook::room_started("sd2", "RM_sd2b"), t + 5, t + 5).body())
         .await;
     for room in ["sd1", "sd2"] {
         assert_rows_in_time_order(app, room).await;
@@ -617,10 +631,12 @@ async fn old_event_times_keep_their_history_across_a_restart() {
     for db in TestDb::all().await {
         let app = common::spawn_app(&db).await;
         let old = now_secs() - 7200;
-        app.ok(&lk::joined("aged", "RM_aged", "PA_b", "bob").at(old).body())
+        app.ok(&webhook::joined("aged", "RM_aged", "PA_b", "bob")
+            .at(old)
+            .body())
             .await;
         // Alice's leave arrives before her join: a tombstone.
-        app.ok(&lk::left("aged", "RM_aged", "PA_a", "alice")
+        app.ok(&webhook::left("aged", "RM_aged", "PA_a", "alice")
             .at(old + 10)
             .body())
             .await;
@@ -628,7 +644,7 @@ async fn old_event_times_keep_their_history_across_a_restart() {
 
         let app = common::spawn_app(&db).await;
         let late = app
-            .ok(&lk::joined("aged", "RM_aged", "PA_a", "alice")
+            .ok(&webhook::joined("aged", "RM_aged", "PA_a", "alice")
                 .at(old + 5)
                 .body())
             .await;

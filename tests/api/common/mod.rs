@@ -1,12 +1,11 @@
 //! Test helpers: a fresh database per test (SQLite always, PostgreSQL when
 //! `ROOMD_TEST_POSTGRES_URL` is set), the real roomd app on a random port,
 //! and LiveKit-format webhook bodies signed the way LiveKit signs them.
-#![allow(dead_code)]
 
-pub mod livekit;
-pub mod lk;
+pub mod fake_livekit;
 pub mod process;
 pub mod proxy;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -134,7 +133,7 @@ pub async fn spawn_app_with(settings: Settings, backend: &'static str) -> TestAp
 /// The app reconciling with `livekit`, once its round at start-up is over
 /// (that round would race a test's webhooks). The periodic round is left
 /// to its default (60 s): tests reconcile on demand.
-pub async fn spawn_with_livekit(db: &TestDb, livekit: &livekit::FakeLiveKit) -> TestApp {
+pub async fn spawn_with_livekit(db: &TestDb, livekit: &fake_livekit::FakeLiveKit) -> TestApp {
     let mut settings = settings_for(db);
     settings.livekit.url = livekit.url.clone();
     let app = spawn_app_with(settings, db.backend).await;
@@ -379,8 +378,8 @@ macro_rules! on_every_backend {
     ($test:ident, $scenario:path) => {
         #[actix_web::test]
         async fn $test() {
-            for db in common::TestDb::all().await {
-                let app = common::spawn_app(&db).await;
+            for db in $crate::common::TestDb::all().await {
+                let app = $crate::common::spawn_app(&db).await;
                 $scenario(&app).await;
                 app.stop().await;
                 db.drop_database().await;

@@ -1,6 +1,6 @@
 //! `roomd webhook send` builds and signs a webhook that a running roomd accepts.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 
@@ -69,7 +69,7 @@ async fn the_cli_sends_a_webhook_roomd_accepts() {
 async fn the_cli_mints_read_tokens_roomd_accepts() {
     let db = common::TestDb::sqlite();
     let app = common::spawn_app(&db).await;
-    app.ok(&common::lk::joined("demo", "RM_demo", "PA_1", "alice").body())
+    app.ok(&common::webhook::joined("demo", "RM_demo", "PA_1", "alice").body())
         .await;
     let token = |args: &'static [&'static str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_roomd"))

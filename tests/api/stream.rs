@@ -2,11 +2,12 @@
 //! order; a reconnect with Last-Event-ID misses nothing; a client that never
 //! reads does not hold the room up.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{TestApp, join_token, lk};
+use common::process::Roomd;
+use common::{TestApp, join_token, webhook};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -73,7 +74,7 @@ impl Events {
 }
 
 async fn a_connected_client_sees_joins_and_leaves_in_order(app: &TestApp) {
-    app.ok(&lk::joined("live", "RM_live", "PA_0", "host").body())
+    app.ok(&webhook::joined("live", "RM_live", "PA_0", "host").body())
         .await;
     let mut events = Events::open(app, "live", None).await;
     let first = events.next().await;
@@ -82,10 +83,10 @@ async fn a_connected_client_sees_joins_and_leaves_in_order(app: &TestApp) {
     assert_eq!(first.data["participants"][0]["identity"], "host");
 
     for who in ["ann", "bob"] {
-        app.ok(&lk::joined("live", "RM_live", &format!("PA_{who}"), who).body())
+        app.ok(&webhook::joined("live", "RM_live", &format!("PA_{who}"), who).body())
             .await;
     }
-    app.ok(&lk::left("live", "RM_live", "PA_ann", "ann").body())
+    app.ok(&webhook::left("live", "RM_live", "PA_ann", "ann").body())
         .await;
     let seen: Vec<(String, String, u64)> = {
         let mut seen = Vec::new();
@@ -115,19 +116,19 @@ on_every_backend!(
 );
 
 async fn a_reconnect_with_last_event_id_misses_nothing(app: &TestApp) {
-    app.ok(&lk::joined("resume", "RM_res", "PA_0", "host").body())
+    app.ok(&webhook::joined("resume", "RM_res", "PA_0", "host").body())
         .await;
     let mut events = Events::open(app, "resume", None).await;
     assert_eq!(events.next().await.kind, "snapshot");
-    app.ok(&lk::joined("resume", "RM_res", "PA_1", "one").body())
+    app.ok(&webhook::joined("resume", "RM_res", "PA_1", "one").body())
         .await;
     let seen = events.next().await;
     drop(events);
 
     // While the client is away:
-    app.ok(&lk::joined("resume", "RM_res", "PA_2", "two").body())
+    app.ok(&webhook::joined("resume", "RM_res", "PA_2", "two").body())
         .await;
-    app.ok(&lk::joined("resume", "RM_res", "PA_3", "three").body())
+    app.ok(&webhook::joined("resume", "RM_res", "PA_3", "three").body())
         .await;
 
     let mut events = Events::open(app, "resume", Some(&seen.id)).await;
@@ -155,13 +156,13 @@ on_every_backend!(
 );
 
 async fn a_client_that_never_reads_does_not_hold_the_room_up(app: &TestApp) {
-    app.ok(&lk::joined("slow", "RM_slow", "PA_0", "host").body())
+    app.ok(&webhook::joined("slow", "RM_slow", "PA_0", "host").body())
         .await;
     let stalled = Events::open(app, "slow", None).await;
     // More updates than the feed keeps for a subscriber; each must be
     // committed and answered while the client reads nothing.
     for i in 1..=400 {
-        app.ok(&lk::joined("slow", "RM_slow", &format!("PA_{i}"), &format!("p{i}")).body())
+        app.ok(&webhook::joined("slow", "RM_slow", &format!("PA_{i}"), &format!("p{i}")).body())
             .await;
     }
     assert_eq!(app.count("slow").await, 401);
@@ -198,9 +199,10 @@ async fn streams_of_rooms_without_an_actor_leave_no_feed_behind() {
     settings.api.stream_keepalive_secs = 1;
     settings.rooms.retire_after_finish_secs = 0;
     let app = common::spawn_app_with(settings, "sqlite").await;
-    app.ok(&lk::joined("quiet", "RM_quiet", "PA_0", "host").body())
+    app.ok(&webhook::joined("quiet", "RM_quiet", "PA_0", "host").body())
         .await;
-    app.ok(&lk::room_finished("quiet", "RM_quiet").body()).await;
+    app.ok(&webhook::room_finished("quiet", "RM_quiet").body())
+        .await;
     common::until("the finished room's actor retires", async || {
         app.rooms.live_actors() == 0
     })
@@ -217,31 +219,44 @@ async fn streams_of_rooms_without_an_actor_leave_no_feed_behind() {
     app.stop().await;
 }
 
-/// Open file descriptors of this process (the app runs in it).
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 // Streams are capped (`api.max_streams`), past it a JSON 503; and a stream
-// whose client went away gives its descriptor back within a keep-alive.
-#[actix_web::test]
+// whose client went away gives its descriptor back within a keep-alive. A
+// real process: its descriptors are its own, whatever else the tests run.
+#[tokio::test]
 async fn streams_are_capped_and_closed_ones_give_their_descriptors_back() {
     let db = common::TestDb::sqlite();
-    let mut settings = common::settings_for(&db);
-    settings.api.stream_keepalive_secs = 1;
-    settings.api.max_streams = 2;
-    let app = common::spawn_app_with(settings, "sqlite").await;
-    app.ok(&lk::joined("capped", "RM_capped", "PA_0", "host").body())
-        .await;
-    let first = Events::open(&app, "capped", None).await;
-    let second = Events::open(&app, "capped", None).await;
-    let third = app
-        .client
-        .get(format!("{}/v1/rooms/capped/stream", app.base))
-        .bearer_auth(join_token("capped", "viewer"))
-        .send()
-        .await
-        .unwrap();
+    let roomd = Roomd::start_with(
+        &db.url,
+        "127.0.0.1:0",
+        &[
+            ("ROOMD__API__STREAM_KEEPALIVE_SECS", "1"),
+            ("ROOMD__API__MAX_STREAMS", "2"),
+        ],
+    );
+    let body = webhook::joined("capped", "RM_capped", "PA_0", "host").body();
+    assert_eq!(roomd.send(&body).await, StatusCode::OK);
+    let client = reqwest::Client::new();
+    let open = async || {
+        client
+            .get(format!("{}/v1/rooms/capped/stream", roomd.base))
+            .bearer_auth(join_token("capped", "viewer"))
+            .send()
+            .await
+            .unwrap()
+    };
+    let baseline = open_fds(roomd.pid());
+    let first = open().await;
+    let second = open().await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let third = open().await;
     assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(third.headers().contains_key("retry-after"));
     let body: Value = third.json().await.unwrap();
@@ -249,16 +264,9 @@ async fn streams_are_capped_and_closed_ones_give_their_descriptors_back() {
     drop((first, second));
 
     // Churn: open, read the snapshot, close; several times the cap.
-    let baseline = open_fds();
     for _ in 0..12 {
         let mut events = loop {
-            let response = app
-                .client
-                .get(format!("{}/v1/rooms/capped/stream", app.base))
-                .bearer_auth(join_token("capped", "viewer"))
-                .send()
-                .await
-                .unwrap();
+            let response = open().await;
             if response.status() == StatusCode::OK {
                 break Events {
                     response,
@@ -271,17 +279,11 @@ async fn streams_are_capped_and_closed_ones_give_their_descriptors_back() {
         };
         assert_eq!(events.next().await.kind, "snapshot");
     }
-    let mut fds = open_fds();
-    for _ in 0..100 {
-        if fds <= baseline + 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        fds = open_fds();
-    }
-    assert!(
-        fds <= baseline + 4,
-        "{baseline} descriptors before, {fds} after"
-    );
-    app.stop().await;
+    drop(client);
+    common::until(
+        "the closed streams' descriptors are given back",
+        async || open_fds(roomd.pid()) <= baseline,
+    )
+    .await;
+    roomd.terminate();
 }

@@ -2,13 +2,13 @@
 //! keeps recognising redeliveries; a roomd killed with SIGKILL mid-burst has
 //! committed every event it acknowledged, and redelivery converges.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use common::process::Roomd;
-use common::{KEY, SECRET, TestDb, lk, sign_with};
+use common::{KEY, SECRET, TestDb, sign_with, webhook};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use roomd::store::entity::{participants, webhook_events};
@@ -20,23 +20,25 @@ async fn a_restarted_roomd_serves_the_same_counts_and_keeps_applying() {
         let first = common::spawn_app(&db).await;
         for (i, who) in ["ann", "bob", "cyd"].iter().enumerate() {
             first
-                .ok(&lk::joined("keep", "RM_keep", &format!("PA_{i}"), who)
+                .ok(&webhook::joined("keep", "RM_keep", &format!("PA_{i}"), who)
                     .id(&format!("EV_keep_{i}"))
                     .body())
                 .await;
         }
         first
-            .ok(&lk::left("keep", "RM_keep", "PA_1", "bob")
+            .ok(&webhook::left("keep", "RM_keep", "PA_1", "bob")
                 .id("EV_keep_left")
                 .body())
             .await;
         first
-            .ok(&lk::joined("done", "RM_done", "PA_d", "dee")
+            .ok(&webhook::joined("done", "RM_done", "PA_d", "dee")
                 .id("EV_done_1")
                 .body())
             .await;
         first
-            .ok(&lk::room_finished("done", "RM_done").id("EV_done_2").body())
+            .ok(&webhook::room_finished("done", "RM_done")
+                .id("EV_done_2")
+                .body())
             .await;
         first.stop().await;
 
@@ -45,26 +47,26 @@ async fn a_restarted_roomd_serves_the_same_counts_and_keeps_applying() {
         assert_eq!(second.room("done").await["status"], "ended");
         // The event log outlives the process: a retry from before is a duplicate.
         let retry = second
-            .ok(&lk::joined("keep", "RM_keep", "PA_0", "ann")
+            .ok(&webhook::joined("keep", "RM_keep", "PA_0", "ann")
                 .id("EV_keep_0")
                 .body())
             .await;
         assert_eq!(retry["duplicate"], true);
         // Tombstones and finished instances survive too.
         let late = second
-            .ok(&lk::joined("keep", "RM_keep", "PA_1", "bob")
+            .ok(&webhook::joined("keep", "RM_keep", "PA_1", "bob")
                 .id("EV_keep_late")
                 .body())
             .await;
         assert_eq!(late["outcome"], "ignored");
         let stale = second
-            .ok(&lk::joined("done", "RM_done", "PA_e", "eve")
+            .ok(&webhook::joined("done", "RM_done", "PA_e", "eve")
                 .id("EV_done_late")
                 .body())
             .await;
         assert_eq!(stale["outcome"], "stale");
         second
-            .ok(&lk::joined("keep", "RM_keep", "PA_3", "dan")
+            .ok(&webhook::joined("keep", "RM_keep", "PA_3", "dan")
                 .id("EV_keep_3")
                 .body())
             .await;
@@ -154,7 +156,7 @@ fn joins(prefix: &str, rooms: usize, people: usize) -> Vec<(String, String, Stri
             (0..people).map(move |p| {
                 let id = format!("EV_{prefix}_{r}_{p}");
                 let sid = format!("PA_{prefix}_{r}_{p}");
-                let body = lk::joined(
+                let body = webhook::joined(
                     &format!("{prefix}-{r}"),
                     &format!("RM_{prefix}_{r}"),
                     &sid,

@@ -1,10 +1,10 @@
 //! Every way a webhook can be refused gets its status and a JSON error, and
 //! changes nothing: no row, no count, no audit entry.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
-use common::{KEY, SECRET, TestApp, lk, sign_with};
+use common::{KEY, SECRET, TestApp, sign_with, webhook};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -65,11 +65,11 @@ async fn assert_refused(
 }
 
 async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
-    app.ok(&lk::joined("keep-me", "RM_keep", "PA_k1", "kim")
+    app.ok(&webhook::joined("keep-me", "RM_keep", "PA_k1", "kim")
         .id("EV_keep_1")
         .body())
         .await;
-    let body = lk::joined("keep-me", "RM_keep", "PA_k2", "lee")
+    let body = webhook::joined("keep-me", "RM_keep", "PA_k2", "lee")
         .id("EV_keep_2")
         .body();
     let unauthorized = StatusCode::UNAUTHORIZED;
@@ -161,7 +161,7 @@ async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
     .await;
 
     let bad_request = StatusCode::BAD_REQUEST;
-    let joined = || lk::joined("keep-me", "RM_keep", "PA_k3", "max").id("EV_keep_3");
+    let joined = || webhook::joined("keep-me", "RM_keep", "PA_k3", "max").id("EV_keep_3");
     let malformed: Vec<(&str, String)> = vec![
         ("not JSON", "{\"event\": \"participant_joined\",".into()),
         ("not an object", "[1, 2, 3]".into()),
@@ -195,13 +195,13 @@ async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
         ),
         (
             "join without participant",
-            lk::event("participant_joined")
+            webhook::event("participant_joined")
                 .room("keep-me", "RM_keep")
                 .body(),
         ),
         (
             "leave without room",
-            lk::event("participant_left")
+            webhook::event("participant_left")
                 .participant("PA_k1", "kim")
                 .body(),
         ),
@@ -225,7 +225,7 @@ on_every_backend!(
 /// A verified body from a newer LiveKit (an enum name this build does not
 /// know, `"id": null`) is applied from the fields roomd needs, not refused.
 async fn newer_livekit_bodies_are_applied(app: &TestApp) {
-    let body = lk::joined("future", "RM_future", "PA_f1", "robot")
+    let body = webhook::joined("future", "RM_future", "PA_f1", "robot")
         .kind("HOLOGRAM")
         .set("/participant", "state", json!("TELEPORTING"))
         .set("", "id", Value::Null)
@@ -236,7 +236,7 @@ async fn newer_livekit_bodies_are_applied(app: &TestApp) {
     assert_eq!(view["participant_count"], 1);
     assert_eq!(view["counts_by_kind"]["hologram"], 1);
 
-    let numeric_kind = lk::joined("future", "RM_future", "PA_f2", "agent-1")
+    let numeric_kind = webhook::joined("future", "RM_future", "PA_f2", "agent-1")
         .set("/participant", "kind", json!(4))
         .set("/participant", "disconnectReason", json!("SOMETHING_NEW"))
         .body();
@@ -265,24 +265,24 @@ on_every_backend!(
 /// refused with 400 (a 503 would be retried by LiveKit for ever), a read of
 /// such a name finds nothing, and no answer ever carries database text.
 async fn nul_characters_are_refused_and_never_reach_the_database(app: &TestApp) {
-    app.ok(&lk::joined("keep-me", "RM_keep", "PA_k", "kim").body())
+    app.ok(&webhook::joined("keep-me", "RM_keep", "PA_k", "kim").body())
         .await;
     for (what, body) in [
         (
             "room name",
-            lk::joined("nul\u{0}room", "RM_n", "PA_n", "nia").body(),
+            webhook::joined("nul\u{0}room", "RM_n", "PA_n", "nia").body(),
         ),
         (
             "identity",
-            lk::joined("nulroom", "RM_n", "PA_n", "n\u{0}ia").body(),
+            webhook::joined("nulroom", "RM_n", "PA_n", "n\u{0}ia").body(),
         ),
         (
             "participant sid",
-            lk::joined("nulroom", "RM_n", "PA\u{0}n", "nia").body(),
+            webhook::joined("nulroom", "RM_n", "PA\u{0}n", "nia").body(),
         ),
         (
             "event id",
-            lk::joined("nulroom", "RM_n", "PA_n", "nia")
+            webhook::joined("nulroom", "RM_n", "PA_n", "nia")
                 .id("EV_\u{0}x")
                 .body(),
         ),

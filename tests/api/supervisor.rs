@@ -2,10 +2,10 @@
 //! readiness, crash restarts, actor retirement, and reconciliation against a
 //! stand-in LiveKit RoomService for every webhook LiveKit may have dropped.
 
-mod common;
+use crate::common;
 
-use common::livekit::{FakeLiveKit, active, participant};
-use common::{KEY, SECRET, TestApp, TestDb, lk};
+use common::fake_livekit::{FakeLiveKit, active, participant};
+use common::{KEY, SECRET, TestApp, TestDb, webhook};
 use livekit_protocol::participant_info::State;
 use reqwest::StatusCode;
 use roomd::room::state::CorrectionKind;
@@ -19,7 +19,7 @@ async fn readyz_and_webhooks_wait_for_recovery() {
     for db in TestDb::all().await {
         let first = common::spawn_app(&db).await;
         first
-            .ok(&lk::joined("warm", "RM_warm", "PA_w", "wes")
+            .ok(&webhook::joined("warm", "RM_warm", "PA_w", "wes")
                 .id("EV_warm_1")
                 .body())
             .await;
@@ -33,7 +33,7 @@ async fn readyz_and_webhooks_wait_for_recovery() {
         assert_eq!(body["recovered"], false);
         let early = app
             .webhook(
-                &lk::joined("warm", "RM_warm", "PA_x", "xan")
+                &webhook::joined("warm", "RM_warm", "PA_x", "xan")
                     .id("EV_warm_2")
                     .body(),
             )
@@ -48,7 +48,7 @@ async fn readyz_and_webhooks_wait_for_recovery() {
         assert_eq!(app.rooms.recover().await.unwrap(), 1);
         let (status, _) = app.get("/readyz").await;
         assert_eq!(status, StatusCode::OK);
-        app.ok(&lk::joined("warm", "RM_warm", "PA_x", "xan")
+        app.ok(&webhook::joined("warm", "RM_warm", "PA_x", "xan")
             .id("EV_warm_2")
             .body())
             .await;
@@ -64,10 +64,10 @@ async fn a_room_finished_while_roomd_was_down_is_ended_by_reconciliation() {
         let livekit = FakeLiveKit::start(KEY, SECRET).await;
         let first = common::spawn_app(&db).await;
         first
-            .ok(&lk::joined("gone", "RM_gone", "PA_g1", "gil").body())
+            .ok(&webhook::joined("gone", "RM_gone", "PA_g1", "gil").body())
             .await;
         first
-            .ok(&lk::joined("gone", "RM_gone", "PA_g2", "gus").body())
+            .ok(&webhook::joined("gone", "RM_gone", "PA_g2", "gus").body())
             .await;
         first.stop().await;
         // While roomd was down the room finished; LiveKit no longer has it.
@@ -104,11 +104,11 @@ async fn missed_joins_and_leaves_are_corrected_to_livekits_counts() {
         let livekit = FakeLiveKit::start(KEY, SECRET).await;
         livekit.set_room("drift", "RM_drift", vec![]);
         let app = with_livekit(&db, &livekit).await;
-        app.ok(&lk::joined("drift", "RM_drift", "PA_a", "alice")
+        app.ok(&webhook::joined("drift", "RM_drift", "PA_a", "alice")
             .id("EV_drift_1")
             .body())
             .await;
-        app.ok(&lk::joined("drift", "RM_drift", "PA_b", "bob")
+        app.ok(&webhook::joined("drift", "RM_drift", "PA_b", "bob")
             .id("EV_drift_2")
             .body())
             .await;
@@ -177,7 +177,7 @@ async fn a_room_livekit_has_that_roomd_never_saw_is_created() {
             "two people, one of them twice connected"
         );
         // Its webhooks then apply on top of it.
-        app.ok(&lk::left("unseen", "RM_unseen", "PA_1", "u1").body())
+        app.ok(&webhook::left("unseen", "RM_unseen", "PA_1", "u1").body())
             .await;
         assert_eq!(app.count("unseen").await, 1);
         app.stop().await;
@@ -192,7 +192,7 @@ async fn an_unreachable_livekit_leaves_roomd_serving_and_reconcile_resumes() {
         let livekit = FakeLiveKit::start(KEY, SECRET).await;
         livekit.set_reachable(false);
         let app = with_livekit(&db, &livekit).await;
-        app.ok(&lk::joined("solo", "RM_solo", "PA_s", "sol").body())
+        app.ok(&webhook::joined("solo", "RM_solo", "PA_s", "sol").body())
             .await;
         assert_eq!(app.count("solo").await, 1);
         assert!(app.reconcile_now().await.is_err(), "LiveKit is down");
@@ -213,11 +213,11 @@ async fn an_unreachable_livekit_leaves_roomd_serving_and_reconcile_resumes() {
 }
 
 async fn a_crashing_actor_is_restarted_from_the_committed_state(app: &TestApp) {
-    app.ok(&lk::joined("crash", "RM_crash", "PA_1", "one")
+    app.ok(&webhook::joined("crash", "RM_crash", "PA_1", "one")
         .id("EV_crash_1")
         .body())
         .await;
-    app.ok(&lk::joined("crash", "RM_crash", "PA_2", "two")
+    app.ok(&webhook::joined("crash", "RM_crash", "PA_2", "two")
         .id("EV_crash_2")
         .body())
         .await;
@@ -226,7 +226,7 @@ async fn a_crashing_actor_is_restarted_from_the_committed_state(app: &TestApp) {
     // The actor panics on the first delivery of an `EV_PANIC` id (a test-only
     // fault, once per id in the process): 503, nothing lost.
     let id = format!("EV_PANIC_crash_{}", app.backend);
-    let poison = lk::joined("crash", "RM_crash", "PA_3", "three")
+    let poison = webhook::joined("crash", "RM_crash", "PA_3", "three")
         .id(&id)
         .body();
     let reply = app.webhook(&poison).await;
@@ -245,7 +245,7 @@ async fn a_crashing_actor_is_restarted_from_the_committed_state(app: &TestApp) {
     assert_eq!(retry["outcome"], "applied");
     assert_eq!(app.count("crash").await, 3);
     let retried_join = app
-        .ok(&lk::joined("crash", "RM_crash", "PA_1", "one")
+        .ok(&webhook::joined("crash", "RM_crash", "PA_1", "one")
             .id("EV_crash_1")
             .body())
         .await;
@@ -281,14 +281,15 @@ async fn finished_and_idle_rooms_retire_their_actors_and_stay_readable() {
         settings.rooms.retire_after_finish_secs = 0;
         settings.rooms.idle_timeout_secs = 0;
         let app = common::spawn_app_with(settings, db.backend).await;
-        app.ok(&lk::joined("busy", "RM_busy", "PA_b", "bea").body())
+        app.ok(&webhook::joined("busy", "RM_busy", "PA_b", "bea").body())
             .await;
-        app.ok(&lk::joined("done", "RM_done", "PA_d", "dot").body())
+        app.ok(&webhook::joined("done", "RM_done", "PA_d", "dot").body())
             .await;
-        app.ok(&lk::room_finished("done", "RM_done").body()).await;
-        app.ok(&lk::joined("empty", "RM_empty", "PA_e", "eli").body())
+        app.ok(&webhook::room_finished("done", "RM_done").body())
             .await;
-        app.ok(&lk::left("empty", "RM_empty", "PA_e", "eli").body())
+        app.ok(&webhook::joined("empty", "RM_empty", "PA_e", "eli").body())
+            .await;
+        app.ok(&webhook::left("empty", "RM_empty", "PA_e", "eli").body())
             .await;
 
         // Only the room with someone in keeps its actor.
@@ -299,10 +300,10 @@ async fn finished_and_idle_rooms_retire_their_actors_and_stay_readable() {
 
         // The idle room's next event rebuilds it from the database, tombstone included.
         let late = app
-            .ok(&lk::joined("empty", "RM_empty", "PA_e", "eli").body())
+            .ok(&webhook::joined("empty", "RM_empty", "PA_e", "eli").body())
             .await;
         assert_eq!(late["outcome"], "ignored");
-        app.ok(&lk::joined("empty", "RM_empty", "PA_f", "fay").body())
+        app.ok(&webhook::joined("empty", "RM_empty", "PA_f", "fay").body())
             .await;
         assert_eq!(app.count("empty").await, 1);
         app.stop().await;

@@ -6,7 +6,7 @@
 //! from the database, and once the 503s are redelivered the served counts
 //! and stored rows equal the ground truth.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -68,6 +68,18 @@ impl Roomd {
         }
     }
 
+    /// Sends `body` signed as LiveKit would; the answer's status.
+    pub async fn send(&self, body: &str) -> StatusCode {
+        reqwest::Client::new()
+            .post(format!("{}/v1/webhooks/livekit", self.base))
+            .header("Authorization", super::sign_with(KEY, SECRET, body))
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request")
+            .status()
+    }
+
     /// What roomd has logged so far, one JSON line each.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
