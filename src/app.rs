@@ -17,7 +17,7 @@ use crate::http::{self, AppState, BodyReader};
 
 use crate::livekit::{RoomService, Tokens, WebhookVerifier};
 use crate::metrics::Metrics;
-use crate::room::reconciler;
+use crate::reconcile;
 use crate::room::{Lifecycle, Rooms, SupervisorSettings};
 use crate::store::{self, Writer};
 
@@ -151,7 +151,7 @@ impl Application {
         );
         match &self.room_service {
             Some(service) => {
-                reconciler::spawn(self.rooms.clone(), service.clone(), self.reconcile_interval)
+                reconcile::spawn(self.rooms.clone(), service.clone(), self.reconcile_interval)
             }
             None => tracing::info!("livekit.url is not set: no reconciliation, webhooks alone"),
         }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use crate::event::Action;
 use crate::livekit::{self, WebhookVerifier, sign_webhook};
-use crate::room::event::Action;
 use crate::room::state::{Outcome, RoomState};
 
 const KEY: &str = "APIfuzz";

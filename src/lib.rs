@@ -4,16 +4,26 @@
 //! supervisor routes to the room's actor, which applies the event through the
 //! pure state machine) -> `store` (group commit) -> reply. Reads take the
 //! snapshots the actors publish after each commit.
+//!
+//! Imports run one way too, leaves first:
+//! - `event` (what LiveKit told us) imports nothing of roomd's, and `record`
+//!   (the rows kept, the persistence contract) only `event`;
+//! - `livekit` imports `event`; `store` imports `record` and `event`;
+//! - `room` imports `event`, `record` and `store`, never `livekit`;
+//! - `reconcile` joins `livekit` to `room`; `http` and `app` sit on top.
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod event;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod harness;
 pub mod http;
 pub mod livekit;
 pub mod metrics;
+pub mod reconcile;
+pub mod record;
 pub mod room;
 pub mod store;
 pub mod telemetry;

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::{AppState, error::ApiError};
 use crate::room::Rooms;
-use crate::room::actor::Claim;
 use crate::room::feed::{Cursor, Next};
+use crate::room::messages::Claim;
 
 fn sse(id: &str, event: &str, data: &serde_json::Value) -> Result<Bytes, actix_web::Error> {
     Ok(Bytes::from(format!(

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use super::{AppState, error::ApiError};
 use crate::livekit;
-use crate::room::Delivered;
+use crate::room::messages::Delivered;
 
 #[derive(Serialize)]
 struct Ack<'a> {

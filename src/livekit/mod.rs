@@ -1,5 +1,5 @@
 //! The LiveKit edge: proves a webhook came from LiveKit and turns its body
-//! into roomd's own [`Delivery`](crate::room::event::Delivery). Nothing past
+//! into roomd's own [`Delivery`](crate::event::Delivery). Nothing past
 //! this module sees protobuf types.
 
 pub mod body;

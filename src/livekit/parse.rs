@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use livekit_protocol as proto;
 use serde_json::{Map, Value};
 
-use crate::room::event::{
+use crate::event::{
     Action, Delivery, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef,
 };
 

@@ -9,8 +9,7 @@ use livekit_api::services::room::RoomClient;
 use livekit_protocol as proto;
 
 use super::parse::{millis_or_seconds, participant_kind};
-use crate::room::event::{ParticipantRef, RoomRef};
-use crate::room::state::RoomTruth;
+use crate::event::{ParticipantRef, RoomRef, RoomTruth};
 
 #[derive(Debug, thiserror::Error)]
 #[error("LiveKit's RoomService failed: {0}")]

@@ -25,13 +25,14 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::feed::Feeds;
-pub use super::messages::{Apply, Claim, Delivered, Reconcile, Reconciled, RoomError};
+use super::messages::{Apply, Delivered, Reconcile, Reconciled, RoomError};
 use super::published::Published;
-use super::record::StoredRoom;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, Transition};
 use crate::metrics::Metrics;
-use crate::store::{self, Committed, EventRecord, StoreError, Writer};
+use crate::record::StoredRoom;
+use crate::record::{Committed, EventRecord};
+use crate::store::{self, StoreError, Writer};
 
 /// Events an actor keeps for the debug view.
 const RECENT: usize = 16;
@@ -355,7 +356,7 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
 }
 
 #[cfg(feature = "fault-injection")]
-fn inject_fault(delivery: &super::event::Delivery) {
+fn inject_fault(delivery: &crate::event::Delivery) {
     use std::sync::Mutex;
     static CRASHED: Mutex<Vec<String>> = Mutex::new(Vec::new());
     if let Some(id) = delivery

@@ -228,7 +228,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::room::record::{RoomRecord, RoomStatus};
+    use crate::record::{RoomRecord, RoomStatus};
 
     fn view(count: i32) -> RoomView {
         RoomView::of_record(&RoomRecord {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::event::{Delivery, RoomEvent, RoomRef};
-use super::state::{Correction, Outcome, RoomTruth};
+use super::state::{Correction, Outcome};
+use crate::event::{Delivery, RoomEvent, RoomRef, RoomTruth};
 use crate::store::StoreError;
 
 /// What became of one delivered event.

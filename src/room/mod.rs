@@ -3,15 +3,12 @@
 //! about HTTP.
 
 pub mod actor;
-pub mod event;
 pub mod feed;
 pub mod messages;
 pub mod published;
-pub mod reconciler;
-pub mod record;
 pub mod snapshot;
 pub mod state;
 pub mod supervisor;
 
-pub use actor::{Delivered, Lifecycle};
+pub use actor::Lifecycle;
 pub use supervisor::{DeliverError, Rooms, SupervisorSettings, SupervisorStatus};

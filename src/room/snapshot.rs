@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::event::ParticipantKind;
-use super::record::{RoomRecord, RoomStatus, SessionRecord};
 use super::state::{Instance, RoomState};
+use crate::event::ParticipantKind;
+use crate::record::{RoomRecord, RoomStatus, SessionRecord};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 

@@ -21,11 +21,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::event::{LeaveReason, ParticipantRef, RoomEvent, RoomRef};
-use super::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+use crate::event::{LeaveReason, ParticipantRef, RoomEvent, RoomRef};
+use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
 mod reconcile;
-pub use reconcile::{Correction, CorrectionKind, RoomTruth};
+pub use reconcile::{Correction, CorrectionKind};
 
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,22 +21,32 @@ use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::actor::{
-    ActorParts, Apply, Claim, Delivered, Lifecycle, Reconcile, Reconciled, Registry, RoomActor,
-    RoomEntry, RoomError, Snapshots,
-};
-use super::event::{Action, Delivery};
+use super::actor::{ActorParts, Lifecycle, Registry, RoomActor, RoomEntry, Snapshots};
 use super::feed::{Feeds, Subscription};
+use super::messages::{Apply, Claim, Delivered, Reconcile, Reconciled, RoomError};
 use super::published::Page;
-use super::reconciler::ReconcileReport;
-use super::record::RoomRecord;
 use super::snapshot::{ParticipantView, RoomSnapshot, RoomView};
-use super::state::{Outcome, RoomState, RoomTruth};
+use super::state::{Correction, Outcome, RoomState};
+use crate::event::{Action, Delivery, RoomTruth};
 use crate::metrics::Metrics;
-use crate::store::{self, Committed, EventRecord, StoreError, Writer};
+use crate::record::RoomRecord;
+use crate::record::{Committed, EventRecord};
+use crate::store::{self, StoreError, Writer};
 
 /// Rooms read per query during recovery (bounds its transient memory).
 const RECOVERY_PAGE: u64 = 500;
+
+/// What the last reconciliation round found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReport {
+    pub finished_at: DateTime<Utc>,
+    /// Rooms compared with LiveKit's view (LiveKit's and roomd's together).
+    pub rooms_checked: usize,
+    /// Rooms left for the next round: a webhook raced the fetch, or the room was busy.
+    pub rooms_skipped: usize,
+    pub corrections: Vec<Correction>,
+    pub error: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {

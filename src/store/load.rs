@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::entity::{participants, rooms};
-use crate::room::event::ParticipantKind;
-use crate::room::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+use crate::event::ParticipantKind;
+use crate::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
 const ACTIVE: &str = "active";
 const ENDED: &str = "ended";

@@ -14,7 +14,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 pub use load::{active_room_names, find_latest_rooms, load_active_rooms, load_room};
 pub use retention::delete_audit_before;
-pub use writer::{Committed, EventRecord, Writer};
+pub use writer::Writer;
 
 use crate::config::DatabaseSettings;
 

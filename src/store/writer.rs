@@ -29,35 +29,11 @@ use super::StoreError;
 use super::entity::{participants, rooms, webhook_events};
 use crate::config::WriterSettings;
 use crate::metrics::Metrics;
-use crate::room::record::{Changes, RoomRecord, SessionRecord};
+use crate::record::{Changes, Committed, EventRecord, RoomRecord, SessionRecord};
 
 /// Rows per multi-row upsert: well inside SQLite's and PostgreSQL's limits on
 /// bound parameters (13 columns x 1000).
 const UPSERT_CHUNK: usize = 1000;
-
-/// The audit row of one delivery.
-#[derive(Debug, Clone)]
-pub struct EventRecord {
-    pub event_id: Option<String>,
-    pub event: String,
-    pub room_name: Option<String>,
-    pub room_sid: Option<String>,
-    pub room_id: Option<Uuid>,
-    pub participant_identity: Option<String>,
-    pub participant_sid: Option<String>,
-    pub created_at: Option<DateTime<Utc>>,
-    pub received_at: DateTime<Utc>,
-    pub outcome: &'static str,
-}
-
-/// What the commit did with an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Committed {
-    /// The event's row and its changes are committed.
-    Stored,
-    /// An event with this id was committed before; nothing was changed.
-    Duplicate,
-}
 
 struct Job {
     event: EventRecord,

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
-use roomd::room::event::{LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef};
-use roomd::room::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+use roomd::event::{LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef};
+use roomd::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 use roomd::room::state::RoomState;
 use uuid::Uuid;
 
@@ -474,7 +474,7 @@ proptest! {
         for (i, (event, at)) in events.iter().enumerate() {
             if i == fetch_after {
                 // LiveKit's list as of now: who is open.
-                truth = Some(roomd::room::state::RoomTruth {
+                truth = Some(roomd::event::RoomTruth {
                     room: room.clone(),
                     participants: state.current().map(|c| {
                         c.open_sessions().map(|s| ParticipantRef {

@@ -10,15 +10,7 @@ use super::{
     Changes, END_RECONCILED, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord,
     Transition,
 };
-use crate::room::event::{ParticipantRef, RoomRef};
-
-/// LiveKit's own view of one room, from its RoomService.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomTruth {
-    pub room: RoomRef,
-    /// The participants LiveKit lists as ACTIVE.
-    pub participants: Vec<ParticipantRef>,
-}
+use crate::event::RoomTruth;
 
 /// One change reconciliation made because a webhook was lost.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -346,23 +346,22 @@ impl TestApp {
     /// One reconciliation round with the configured LiveKit, now.
     pub async fn reconcile_now(
         &self,
-    ) -> Result<roomd::room::reconciler::ReconcileReport, roomd::room::reconciler::ReconcileError>
-    {
+    ) -> Result<roomd::room::supervisor::ReconcileReport, roomd::reconcile::ReconcileError> {
         let service = self.room_service.as_ref().expect("livekit.url is set");
-        roomd::room::reconciler::reconcile_once(&self.rooms, service).await
+        roomd::reconcile::reconcile_once(&self.rooms, service).await
     }
 
     /// A reconciliation round with the configured LiveKit, running on its own.
     pub fn spawn_reconcile(
         &self,
     ) -> tokio::task::JoinHandle<
-        Result<roomd::room::reconciler::ReconcileReport, roomd::room::reconciler::ReconcileError>,
+        Result<roomd::room::supervisor::ReconcileReport, roomd::reconcile::ReconcileError>,
     > {
         let service = self.room_service.clone().expect("livekit.url is set");
         let rooms = self.rooms.clone();
-        actix_web::rt::spawn(async move {
-            roomd::room::reconciler::reconcile_once(&rooms, &service).await
-        })
+        actix_web::rt::spawn(
+            async move { roomd::reconcile::reconcile_once(&rooms, &service).await },
+        )
     }
 
     pub async fn stop(self) {

@@ -175,3 +175,11 @@ impl Delivery {
         }
     }
 }
+
+/// LiveKit's own view of one room, from its RoomService.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomTruth {
+    pub room: RoomRef,
+    /// The participants LiveKit lists as ACTIVE.
+    pub participants: Vec<ParticipantRef>,
+}

@@ -8,29 +8,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::StreamExt;
-use serde::Serialize;
 
-use super::actor::Reconciled;
-use super::state::Correction;
-use super::supervisor::Rooms;
 use crate::livekit::{RoomService, ServiceError};
+use crate::room::messages::Reconciled;
+use crate::room::supervisor::{ReconcileReport, Rooms};
 use crate::store::StoreError;
 
 /// LiveKit's RoomService calls in flight at once.
 const CONCURRENT_ROOMS: usize = 8;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ReconcileReport {
-    pub finished_at: DateTime<Utc>,
-    /// Rooms compared with LiveKit's view (LiveKit's and roomd's together).
-    pub rooms_checked: usize,
-    /// Rooms left for the next round: a webhook raced the fetch, or the room was busy.
-    pub rooms_skipped: usize,
-    pub corrections: Vec<Correction>,
-    pub error: Option<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::event::ParticipantKind;
+use crate::event::ParticipantKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,4 +102,28 @@ pub struct StoredRoom {
     /// Sids of the ended instances under the name, with when they ended:
     /// their late events are stale.
     pub ended_sids: Vec<(String, DateTime<Utc>)>,
+}
+
+/// The audit row of one delivery.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub event_id: Option<String>,
+    pub event: String,
+    pub room_name: Option<String>,
+    pub room_sid: Option<String>,
+    pub room_id: Option<Uuid>,
+    pub participant_identity: Option<String>,
+    pub participant_sid: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub outcome: &'static str,
+}
+
+/// What the commit did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The event's row and its changes are committed.
+    Stored,
+    /// An event with this id was committed before; nothing was changed.
+    Duplicate,
 }
