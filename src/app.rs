@@ -18,13 +18,13 @@ use crate::http::{self, AppState, BodyReader};
 use crate::livekit::{RoomService, Tokens, WebhookVerifier};
 use crate::metrics::Metrics;
 use crate::reconcile;
-use crate::room::{Lifecycle, Rooms, SupervisorSettings};
+use crate::room::{Lifecycle, Supervisor, SupervisorSettings};
 use crate::store::{self, Writer};
 
 pub struct Application {
     port: u16,
     server: Server,
-    rooms: Rooms,
+    supervisor: Supervisor,
     db: sea_orm::DatabaseConnection,
     /// LiveKit's RoomService, when `livekit.url` is set.
     room_service: Option<Arc<RoomService>>,
@@ -59,7 +59,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let writer = Writer::start(db.clone(), &settings.writer, metrics.clone());
         let arbiter = Arbiter::new();
-        let rooms = Rooms::new(
+        let supervisor = Supervisor::new(
             db.clone(),
             writer,
             arbiter.handle(),
@@ -90,11 +90,11 @@ impl Application {
         let listener = TcpListener::bind(settings.bind_addr()?)?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
-            rooms: rooms.clone(),
+            supervisor: supervisor.clone(),
             verifier: WebhookVerifier::new(&settings.livekit.api_key, &settings.livekit.api_secret),
             tokens: Tokens::new(&settings.livekit.api_key, &settings.livekit.api_secret),
             public_counts: settings.api.public_counts,
-            metrics: rooms.metrics_handle(),
+            metrics: supervisor.metrics_handle(),
             db: db.clone(),
             bodies: BodyReader::new(
                 settings.server.max_body_bytes,
@@ -120,6 +120,8 @@ impl Application {
                 .configure(http::configure)
         })
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        // roomd takes SIGTERM/SIGINT itself (`run`): the streams end first.
+        .disable_signals()
         .listen(listener)?;
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
@@ -128,7 +130,7 @@ impl Application {
         Ok(Self {
             port,
             server: server.run(),
-            rooms,
+            supervisor,
             db,
             room_service,
             reconcile_interval: Duration::from_secs(settings.livekit.reconcile_interval_secs),
@@ -142,7 +144,7 @@ impl Application {
     /// endpoint and starts reconciling with LiveKit (when configured).
     pub async fn recover(&self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
-        let recovered = self.rooms.recover().await?;
+        let recovered = self.supervisor.recover().await?;
         release_freed_memory();
         tracing::info!(
             rooms = recovered,
@@ -150,13 +152,15 @@ impl Application {
             "live rooms rebuilt from the database; ready"
         );
         match &self.room_service {
-            Some(service) => {
-                reconcile::spawn(self.rooms.clone(), service.clone(), self.reconcile_interval)
-            }
+            Some(service) => reconcile::spawn(
+                self.supervisor.clone(),
+                service.clone(),
+                self.reconcile_interval,
+            ),
             None => tracing::info!("livekit.url is not set: no reconciliation, webhooks alone"),
         }
         if let Some(keep) = self.audit_retention {
-            spawn_audit_retention(self.db.clone(), self.rooms.metrics_handle(), keep);
+            spawn_audit_retention(self.db.clone(), self.supervisor.metrics_handle(), keep);
         }
         Ok(())
     }
@@ -170,8 +174,8 @@ impl Application {
         self.port
     }
 
-    pub fn rooms(&self) -> &Rooms {
-        &self.rooms
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
     }
 
     pub fn handle(&self) -> ServerHandle {
@@ -180,7 +184,18 @@ impl Application {
 
     /// Serves until the server is stopped (SIGINT/SIGTERM or its handle):
     /// in-flight requests finish, so every acknowledged event is committed.
+    /// On a signal the live-update streams are ended first: they never
+    /// finish on their own, and would hold shutdown for its whole timeout.
     pub async fn run(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let supervisor = self.supervisor.clone();
+        actix_web::rt::spawn(async move {
+            if shutdown_signal().await.is_ok() {
+                tracing::info!("shutting down: streams end, in-flight requests finish");
+                supervisor.feeds().close_all();
+                handle.stop(true).await;
+            }
+        });
         self.server.await?;
         tracing::info!("HTTP server stopped; stopping room actors and closing the database");
         self.arbiter.stop();
@@ -188,6 +203,15 @@ impl Application {
         // process (closing waits for every connection).
         let _ = tokio::time::timeout(Duration::from_secs(5), self.db.close()).await;
         Ok(())
+    }
+}
+
+/// SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => Ok(()),
+        interrupted = tokio::signal::ctrl_c() => interrupted,
     }
 }
 

@@ -93,6 +93,29 @@ pub struct ParticipantRef {
     pub joined_at: Option<DateTime<Utc>>,
 }
 
+/// Why a room instance ended, as `rooms.end_reason` spells it; the sessions
+/// it closed say the same in `participants.leave_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// LiveKit's `room_finished`.
+    RoomFinished,
+    /// A new room instance took the name while this one was still open (its
+    /// `room_finished` was lost: LiveKit never has two live rooms of one name).
+    Replaced,
+    /// LiveKit's RoomService no longer lists the room.
+    Reconciled,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoomFinished => "room_finished",
+            Self::Replaced => "replaced",
+            Self::Reconciled => "reconciled",
+        }
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaveReason {
@@ -100,10 +123,8 @@ pub enum LeaveReason {
     Left(Option<String>),
     /// `participant_connection_aborted`: the session never fully connected.
     ConnectionAborted,
-    /// The room finished with the session still open.
-    RoomFinished,
-    /// A new room instance took the name while this one was still open.
-    RoomReplaced,
+    /// Its room instance ended with the session still open.
+    RoomEnded(EndReason),
     /// LiveKit's RoomService no longer lists the session (its leave was lost).
     Reconciled,
 }
@@ -114,9 +135,8 @@ impl LeaveReason {
             Self::Left(Some(reason)) => reason.to_ascii_lowercase(),
             Self::Left(None) => "participant_left".into(),
             Self::ConnectionAborted => "connection_aborted".into(),
-            Self::RoomFinished => "room_finished".into(),
-            Self::RoomReplaced => "room_replaced".into(),
-            Self::Reconciled => "reconciled".into(),
+            Self::RoomEnded(why) => why.as_str().into(),
+            Self::Reconciled => EndReason::Reconciled.as_str().into(),
         }
     }
 }
@@ -149,17 +169,20 @@ pub struct Delivery {
     /// LiveKit's `createdAt`, when it gave one.
     pub created_at: Option<DateTime<Utc>>,
     pub received_at: DateTime<Utc>,
-    pub room: Option<RoomRef>,
     pub action: Action,
 }
 
-/// What roomd does with a delivery.
+/// What roomd does with a delivery. An event roomd applies always names its
+/// room (parsing refuses one that does not).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Routed to the room's actor and applied to its state.
-    Apply(RoomEvent),
+    Apply { room: RoomRef, event: RoomEvent },
     /// Recorded in the audit log and acknowledged (tracks, egress, ingress, ...).
-    Record { participant: Option<ParticipantRef> },
+    Record {
+        room: Option<RoomRef>,
+        participant: Option<ParticipantRef>,
+    },
 }
 
 impl Delivery {
@@ -168,10 +191,17 @@ impl Delivery {
         self.created_at.unwrap_or(self.received_at)
     }
 
+    pub fn room(&self) -> Option<&RoomRef> {
+        match &self.action {
+            Action::Apply { room, .. } => Some(room),
+            Action::Record { room, .. } => room.as_ref(),
+        }
+    }
+
     pub fn participant(&self) -> Option<&ParticipantRef> {
         match &self.action {
-            Action::Apply(event) => event.participant(),
-            Action::Record { participant } => participant.as_ref(),
+            Action::Apply { event, .. } => event.participant(),
+            Action::Record { participant, .. } => participant.as_ref(),
         }
     }
 }

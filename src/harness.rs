@@ -56,7 +56,7 @@ impl Harness {
         let Ok(delivery) = livekit::parse(body, Utc::now()) else {
             return;
         };
-        let (Action::Apply(event), Some(room)) = (&delivery.action, &delivery.room) else {
+        let Action::Apply { room, event } = &delivery.action else {
             return;
         };
         let state = self

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 
 use crate::livekit::{RoomService, ServiceError};
 use crate::room::messages::Reconciled;
-use crate::room::supervisor::{ReconcileReport, Rooms};
+use crate::room::supervisor::{ReconcileReport, Supervisor};
 use crate::store::StoreError;
 
 /// LiveKit's RoomService calls in flight at once.
@@ -30,13 +30,13 @@ pub enum ReconcileError {
 /// One round: end rooms LiveKit no longer has, then make every room LiveKit
 /// has agree with its participant list.
 pub async fn reconcile_once(
-    rooms: &Rooms,
+    supervisor: &Supervisor,
     service: &RoomService,
 ) -> Result<ReconcileReport, ReconcileError> {
     let fetched_at = Utc::now();
     let live = service.rooms().await?;
     let live_names: HashSet<&str> = live.iter().map(|r| r.name.as_str()).collect();
-    let gone: Vec<String> = rooms
+    let gone: Vec<String> = supervisor
         .active_room_names()
         .await?
         .into_iter()
@@ -46,14 +46,18 @@ pub async fn reconcile_once(
 
     let mut results = Vec::with_capacity(checked);
     for name in &gone {
-        results.push(rooms.reconcile_room(name, None, fetched_at).await);
+        results.push(supervisor.reconcile_room(name, None, fetched_at).await);
     }
     let mut per_room = futures_util::stream::iter(live)
         .map(|room| async move {
             let fetched_at = Utc::now();
             let name = room.name.clone();
             let truth = service.truth(room).await?;
-            Ok::<_, ServiceError>(rooms.reconcile_room(&name, Some(truth), fetched_at).await)
+            Ok::<_, ServiceError>(
+                supervisor
+                    .reconcile_room(&name, Some(truth), fetched_at)
+                    .await,
+            )
         })
         .buffer_unordered(CONCURRENT_ROOMS);
     while let Some(result) = per_room.next().await {
@@ -72,7 +76,7 @@ pub async fn reconcile_once(
             Ok(Reconciled::Corrected(corrections)) => report.corrections.extend(corrections),
             Ok(Reconciled::Skipped) => report.rooms_skipped += 1,
             Err(err) => {
-                tracing::warn!(error = %err, "a room could not be reconciled this round");
+                tracing::warn!(error = %crate::telemetry::chain(&err), "a room could not be reconciled this round");
                 report.rooms_skipped += 1;
             }
         }
@@ -83,11 +87,11 @@ pub async fn reconcile_once(
 /// Reconciles now and then every `interval`; while LiveKit cannot be
 /// reached, retries sooner, backing off from 1 s up to `interval`. roomd
 /// keeps serving on webhooks alone meanwhile.
-pub fn spawn(rooms: Rooms, service: Arc<RoomService>, interval: Duration) {
+pub fn spawn(supervisor: Supervisor, service: Arc<RoomService>, interval: Duration) {
     actix::spawn(async move {
         let mut backoff = Duration::from_secs(1).min(interval);
         loop {
-            let wait = match reconcile_once(&rooms, &service).await {
+            let wait = match reconcile_once(&supervisor, &service).await {
                 Ok(report) => {
                     tracing::info!(
                         rooms = report.rooms_checked,
@@ -96,25 +100,25 @@ pub fn spawn(rooms: Rooms, service: Arc<RoomService>, interval: Duration) {
                         "reconciled with LiveKit"
                     );
                     for c in &report.corrections {
-                        rooms
+                        supervisor
                             .metrics()
                             .reconcile_corrections
                             .with_label_values(&[c.what.as_str()])
                             .inc();
                     }
-                    rooms.set_reconcile_report(report);
+                    supervisor.set_reconcile_report(report);
                     backoff = Duration::from_secs(1).min(interval);
                     interval
                 }
                 Err(err) => {
-                    rooms.metrics().reconcile_failures.inc();
-                    tracing::warn!(error = %err, retry_in_secs = backoff.as_secs(), "cannot reconcile with LiveKit; serving on webhooks alone");
-                    rooms.set_reconcile_report(ReconcileReport {
+                    supervisor.metrics().reconcile_failures.inc();
+                    tracing::warn!(error = %crate::telemetry::chain(&err), retry_in_secs = backoff.as_secs(), "cannot reconcile with LiveKit; serving on webhooks alone");
+                    supervisor.set_reconcile_report(ReconcileReport {
                         finished_at: Utc::now(),
                         rooms_checked: 0,
                         rooms_skipped: 0,
                         corrections: Vec::new(),
-                        error: Some(err.to_string()),
+                        error: Some(crate::telemetry::chain(&err)),
                     });
                     let wait = backoff;
                     backoff = (backoff * 2).min(interval);

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::ParticipantKind;
+use crate::event::{Delivery, ParticipantKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +117,50 @@ pub struct EventRecord {
     pub created_at: Option<DateTime<Utc>>,
     pub received_at: DateTime<Utc>,
     pub outcome: &'static str,
+}
+
+impl EventRecord {
+    /// The event name reconciliation's rows carry (they have no LiveKit id).
+    pub const RECONCILE: &'static str = "reconcile";
+
+    /// The audit row of a webhook, with what became of it.
+    pub fn of_delivery(delivery: &Delivery, room_id: Option<Uuid>, outcome: &'static str) -> Self {
+        let participant = delivery.participant();
+        Self {
+            event_id: delivery.id.clone(),
+            event: delivery.event.clone(),
+            room_name: delivery.room().map(|r| r.name.clone()),
+            room_sid: delivery.room().and_then(|r| r.sid.clone()),
+            room_id,
+            participant_identity: participant.map(|p| p.identity.clone()),
+            participant_sid: participant.and_then(|p| p.sid.clone()),
+            created_at: delivery.created_at,
+            received_at: delivery.received_at,
+            outcome,
+        }
+    }
+
+    /// The audit row of a reconciliation that corrected room `name` at `at`.
+    pub fn of_reconcile(
+        name: &str,
+        sid: Option<String>,
+        room_id: Option<Uuid>,
+        at: DateTime<Utc>,
+        outcome: &'static str,
+    ) -> Self {
+        Self {
+            event_id: None,
+            event: Self::RECONCILE.into(),
+            room_name: Some(name.to_owned()),
+            room_sid: sid,
+            room_id,
+            participant_identity: None,
+            participant_sid: None,
+            created_at: Some(at),
+            received_at: at,
+            outcome,
+        }
+    }
 }
 
 /// What the commit did with an event.

@@ -17,3 +17,19 @@ pub fn init(settings: &LogSettings) {
     // A second init (tests start several apps in one process) keeps the first.
     let _ = result;
 }
+
+/// An error and its causes, outermost first: `a: b: c`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // `#[error(transparent)]` layers repeat their source's words.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

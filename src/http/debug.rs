@@ -25,7 +25,7 @@ pub async fn actors(
 ) -> Result<HttpResponse, ApiError> {
     Reader::of(&req, &state.tokens)?.require_admin()?;
     let page = state
-        .rooms
+        .supervisor
         .snapshots(query.after.as_deref(), page_limit(query.limit)?);
     let actors: Vec<_> = page
         .items
@@ -36,14 +36,14 @@ pub async fn actors(
                 "sid": s.room.as_ref().and_then(|r| r.sid.clone()),
                 "status": s.room.as_ref().map(|r| r.status),
                 "participant_count": s.room.as_ref().map_or(0, |r| r.participant_count),
-                "mailbox_depth": state.rooms.mailbox_depth(&name),
+                "mailbox_depth": state.supervisor.mailbox_depth(&name),
                 "last_event": s.last_event,
                 "counters": s.counters,
                 "actor_started_at": s.actor_started_at,
             })
         })
         .collect();
-    let mut body = json!({ "supervisor": state.rooms.status(), "actors": actors });
+    let mut body = json!({ "supervisor": state.supervisor.status(), "actors": actors });
     if let Some(next) = page.next {
         body["next"] = next.into();
     }
@@ -58,10 +58,10 @@ pub async fn actor(
 ) -> Result<HttpResponse, ApiError> {
     Reader::of(&req, &state.tokens)?.require_admin()?;
     let name = name.into_inner();
-    match state.rooms.snapshot(&name) {
+    match state.supervisor.snapshot(&name) {
         Some(snapshot) => Ok(HttpResponse::Ok().json(json!({
             "room": name,
-            "mailbox_depth": state.rooms.mailbox_depth(&name),
+            "mailbox_depth": state.supervisor.mailbox_depth(&name),
             "snapshot": snapshot,
         }))),
         None => Err(ApiError::RoomNotFound(name)),

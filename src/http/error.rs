@@ -26,10 +26,12 @@ pub enum ApiError {
     BodyTimeout { secs: u64 },
     #[error("{limit} webhook bodies are being read already (server.max_body_reads)")]
     TooManyBodies { limit: usize },
-    #[error("{0}")]
+    #[error("a body signed with this token is being read already (a token signs one body)")]
+    BodyBeingRead,
+    #[error(transparent)]
     Busy(DeliverError),
-    #[error("{0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
     #[error("room {0:?} not found")]
     RoomNotFound(String),
     #[error("a token is required: Authorization: Bearer <LiveKit token>")]
@@ -50,14 +52,14 @@ impl From<DeliverError> for ApiError {
     fn from(e: DeliverError) -> Self {
         match e {
             DeliverError::Busy { .. } | DeliverError::Overloaded { .. } => Self::Busy(e),
-            DeliverError::Unavailable { .. } => Self::Unavailable(e.to_string()),
+            DeliverError::Unavailable { .. } => Self::Unavailable(Box::new(e)),
         }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::Unavailable(e.to_string())
+        Self::Unavailable(Box::new(e))
     }
 }
 
@@ -75,7 +77,10 @@ impl ApiError {
             Self::BadBody(_) | Self::BodyRead(_) | Self::BadQuery(_) => "bad_request",
             Self::TooLarge { .. } => "payload_too_large",
             Self::BodyTimeout { .. } => "request_timeout",
-            Self::Busy(_) | Self::TooManyStreams { .. } | Self::TooManyBodies { .. } => "busy",
+            Self::Busy(_)
+            | Self::TooManyStreams { .. }
+            | Self::TooManyBodies { .. }
+            | Self::BodyBeingRead => "busy",
             Self::Unavailable(_) => "unavailable",
             Self::RoomNotFound(_) | Self::NoRoute => "not_found",
         }
@@ -96,7 +101,10 @@ impl ApiError {
     /// Seconds LiveKit (or any client) should wait before retrying.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::Busy(_) | Self::TooManyStreams { .. } | Self::TooManyBodies { .. } => Some(1),
+            Self::Busy(_)
+            | Self::TooManyStreams { .. }
+            | Self::TooManyBodies { .. }
+            | Self::BodyBeingRead => Some(1),
             Self::Unavailable(_) => Some(2),
             _ => None,
         }
@@ -116,17 +124,24 @@ impl ResponseError for ApiError {
             Self::Busy(_)
             | Self::Unavailable(_)
             | Self::TooManyStreams { .. }
-            | Self::TooManyBodies { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::TooManyBodies { .. }
+            | Self::BodyBeingRead => StatusCode::SERVICE_UNAVAILABLE,
             Self::RoomNotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "request refused");
+        // Once, here, with every cause: the client gets only the first line.
+        let error = crate::telemetry::chain(self);
+        // A failure is a warning; a refusal for load (503 busy) is routine,
+        // and under a flood a warning per request would flood the log.
+        if matches!(self, Self::Unavailable(_)) {
+            tracing::warn!(status = status.as_u16(), %error, "request refused");
+        } else if status.is_server_error() {
+            tracing::info!(status = status.as_u16(), %error, "request refused");
         } else if !matches!(self, Self::RoomNotFound(_) | Self::NoRoute) {
-            tracing::info!(status = status.as_u16(), error = %self, "request rejected");
+            tracing::info!(status = status.as_u16(), %error, "request rejected");
         }
         let mut response = HttpResponse::build(status);
         if let Some(secs) = self.retry_after() {

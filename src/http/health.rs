@@ -14,7 +14,7 @@ pub async fn healthz() -> HttpResponse {
 /// Live rooms are rebuilt and the database answers.
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let recovered = state.rooms.is_recovered();
+    let recovered = state.supervisor.is_recovered();
     let database = state.db.ping().await.is_ok();
     let body = json!({"recovered": recovered, "database": database});
     if recovered && database {
@@ -32,11 +32,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state
         .metrics
         .live_actors
-        .set(state.rooms.live_actors() as i64);
+        .set(state.supervisor.live_actors() as i64);
     state
         .metrics
         .mailbox_depth
-        .set(state.rooms.mailbox_depth_total() as i64);
+        .set(state.supervisor.mailbox_depth_total() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -14,14 +14,14 @@ use actix_web::web;
 use sea_orm::DatabaseConnection;
 
 use crate::livekit::WebhookVerifier;
-use crate::room::Rooms;
+use crate::room::Supervisor;
 
 pub use error::ApiError;
 pub use webhooks::BodyReader;
 
 /// What every handler may use. Built once at start.
 pub struct AppState {
-    pub rooms: Rooms,
+    pub supervisor: Supervisor,
     pub verifier: WebhookVerifier,
     /// Verifies the LiveKit tokens readers send.
     pub tokens: crate::livekit::Tokens,

@@ -28,25 +28,10 @@ pub async fn room(
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
     may_read_counts(&state, &Reader::of(&req, &state.tokens)?, Some(&name))?;
-    match state.rooms.room_view(&name).await? {
+    match state.supervisor.room_view(&name).await? {
         Some(view) => Ok(HttpResponse::Ok().json(view)),
         None => Err(ApiError::RoomNotFound(name)),
     }
-}
-
-/// The room `name`, for a reader whose token grants it (or an admin): 401/403
-/// without the grant, 404 for a name never seen.
-pub(super) async fn granted_room(
-    req: &HttpRequest,
-    state: &AppState,
-    name: &str,
-) -> Result<RoomView, ApiError> {
-    Reader::of(req, &state.tokens)?.require_room(name)?;
-    state
-        .rooms
-        .room_view(name)
-        .await?
-        .ok_or_else(|| ApiError::RoomNotFound(name.to_owned()))
 }
 
 #[derive(Serialize)]
@@ -63,12 +48,14 @@ pub async fn participants(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
-    let view = granted_room(&req, &state, &name).await?;
-    let participants = state.rooms.participants(&name);
+    Reader::of(&req, &state.tokens)?.require_room(&name)?;
+    let Some(detail) = state.supervisor.room_detail(&name).await? else {
+        return Err(ApiError::RoomNotFound(name));
+    };
     Ok(HttpResponse::Ok().json(Participants {
         room: name,
-        participant_count: view.participant_count,
-        participants,
+        participant_count: detail.room.participant_count,
+        participants: detail.participants,
     }))
 }
 
@@ -125,7 +112,7 @@ pub async fn list(
         }
         let mut rooms = Vec::new();
         let mut unknown = Vec::new();
-        for (name, view) in asked.iter().zip(state.rooms.room_views(&asked).await?) {
+        for (name, view) in asked.iter().zip(state.supervisor.room_views(&asked).await?) {
             match view {
                 Some(view) => rooms.push(view),
                 None => unknown.push((*name).to_owned()),
@@ -138,7 +125,7 @@ pub async fn list(
         }));
     }
     let page = state
-        .rooms
+        .supervisor
         .live_rooms(query.after.as_deref(), page_limit(query.limit)?);
     Ok(HttpResponse::Ok().json(RoomList {
         rooms: page.items,

@@ -8,8 +8,9 @@ use actix_web::{HttpRequest, HttpResponse, get, web};
 use futures_util::{StreamExt, stream};
 use serde_json::json;
 
+use super::auth::Reader;
 use super::{AppState, error::ApiError};
-use crate::room::Rooms;
+use crate::room::Supervisor;
 use crate::room::feed::{Cursor, Next};
 use crate::room::messages::Claim;
 
@@ -19,10 +20,18 @@ fn sse(id: &str, event: &str, data: &serde_json::Value) -> Result<Bytes, actix_w
     )))
 }
 
-/// The room now, as a `snapshot` event standing for update `id`.
-async fn snapshot(rooms: &Rooms, name: &str, id: &str) -> Result<Bytes, actix_web::Error> {
-    let room = rooms.room_view(name).await.ok().flatten();
-    let participants = rooms.participants(name);
+/// The room now, as a `snapshot` event standing for update `id`: its count
+/// and its list from one snapshot.
+async fn snapshot(
+    supervisor: &Supervisor,
+    name: &str,
+    id: &str,
+) -> Result<Bytes, actix_web::Error> {
+    let detail = supervisor.room_detail(name).await.ok().flatten();
+    let (room, participants) = match detail {
+        Some(d) => (Some(d.room), d.participants),
+        None => (None, Vec::new()),
+    };
     sse(
         id,
         "snapshot",
@@ -33,7 +42,7 @@ async fn snapshot(rooms: &Rooms, name: &str, id: &str) -> Result<Bytes, actix_we
 /// One client's subscription; its room's feed is released when the client
 /// goes (the stream is dropped).
 struct Listener {
-    rooms: Rooms,
+    supervisor: Supervisor,
     name: String,
     cursor: Option<Cursor>,
     /// Its place under `api.max_streams`, given back when it goes.
@@ -47,7 +56,7 @@ impl Drop for Listener {
     fn drop(&mut self) {
         // The receiver must be gone before the feed counts its listeners.
         drop(self.cursor.take());
-        self.rooms.unsubscribe(&self.name);
+        self.supervisor.unsubscribe(&self.name);
     }
 }
 
@@ -58,7 +67,10 @@ pub async fn room_stream(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
-    super::rooms::granted_room(&req, &state, &name).await?;
+    Reader::of(&req, &state.tokens)?.require_room(&name)?;
+    if state.supervisor.room_view(&name).await?.is_none() {
+        return Err(ApiError::RoomNotFound(name));
+    }
     let open = Claim::take(&state.streams, state.max_streams).ok_or(ApiError::TooManyStreams {
         limit: state.max_streams,
     })?;
@@ -66,8 +78,8 @@ pub async fn room_stream(
         .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok());
-    let subscription = state.rooms.subscribe(&name, last_event_id);
-    let rooms = state.rooms.clone();
+    let subscription = state.supervisor.subscribe(&name, last_event_id);
+    let supervisor = state.supervisor.clone();
 
     let first: Vec<Result<Bytes, actix_web::Error>> = match subscription.replay {
         Some(missed) => missed
@@ -80,10 +92,10 @@ pub async fn room_stream(
                 )
             })
             .collect(),
-        None => vec![snapshot(&rooms, &name, &subscription.snapshot_id).await],
+        None => vec![snapshot(&supervisor, &name, &subscription.snapshot_id).await],
     };
     let listener = Listener {
-        rooms,
+        supervisor,
         name,
         cursor: Some(subscription.cursor),
         _open: open,
@@ -99,7 +111,7 @@ pub async fn room_stream(
     let live = stream::unfold(listener, |mut l| async move {
         let cursor = l.cursor.as_mut()?;
         let next = tokio::select! {
-            next = cursor.next(l.rooms.feeds(), &l.name) => next,
+            next = cursor.next(l.supervisor.feeds(), &l.name) => next,
             _ = l.keepalive.tick() => {
                 return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), l));
             }
@@ -112,7 +124,7 @@ pub async fn room_stream(
             ),
             // This client fell behind: it gets the room as it is now instead
             // of the updates it missed (the room never waited for it).
-            Next::Resync { id } => snapshot(&l.rooms, &l.name, &id).await,
+            Next::Resync { id } => snapshot(&l.supervisor, &l.name, &id).await,
             Next::Closed => return None,
         };
         Some((item, l))

@@ -7,13 +7,14 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::Instrument;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
 use super::{AppState, error::ApiError};
-use crate::livekit;
+use crate::livekit::{self, BodyHash};
 use crate::room::messages::Delivered;
 
 #[derive(Serialize)]
@@ -27,14 +28,17 @@ struct Ack<'a> {
 #[post("/v1/webhooks/livekit")]
 pub async fn receive(
     req: HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     // The event's name once the body is verified; unverified requests are
     // counted as "unknown" so nobody can mint metric labels.
     let mut event = None;
-    let result = accept(&req, payload, &state, &mut event).await;
+    let result = accept(&req, &mut payload, &state, &mut event).await;
+    if result.is_err() {
+        discard(payload);
+    }
     let outcome = match &result {
         Ok(delivered) => delivered.as_str(),
         Err(err) => err.code(),
@@ -85,7 +89,7 @@ fn metric_label(event: &str) -> &str {
 
 async fn accept(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: &mut web::Payload,
     state: &AppState,
     event: &mut Option<String>,
 ) -> Result<Delivered, ApiError> {
@@ -96,7 +100,7 @@ async fn accept(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let body_hash = state.verifier.token(authorization)?;
-    let body = state.bodies.read(req, payload).await?;
+    let body = state.bodies.read(req, payload, &body_hash).await?;
     body_hash.check(&body)?;
     let delivery = livekit::parse(&body, chrono::Utc::now())?;
     *event = Some(delivery.event.clone());
@@ -104,12 +108,12 @@ async fn accept(
         "webhook",
         event = %delivery.event,
         event_id = delivery.id.as_deref().unwrap_or(""),
-        room = delivery.room.as_ref().map_or("", |r| r.name.as_str()),
-        room_sid = delivery.room.as_ref().and_then(|r| r.sid.as_deref()).unwrap_or(""),
+        room = delivery.room().map_or("", |r| r.name.as_str()),
+        room_sid = delivery.room().and_then(|r| r.sid.as_deref()).unwrap_or(""),
         identity = delivery.participant().map_or("", |p| p.identity.as_str()),
     );
     let delivered = state
-        .rooms
+        .supervisor
         .deliver(delivery)
         .instrument(span.clone())
         .await?;
@@ -119,12 +123,27 @@ async fn accept(
 
 /// Reads webhook bodies within bounds: at most `max_bytes` each, each within
 /// `timeout` of its headers, and at most `reads` of them at once, so slow or
-/// stalled senders (even signed ones) cannot pile up memory.
+/// stalled senders (even signed ones) cannot pile up memory. One body per
+/// signed hash at a time: a token is good for one body only, so a captured
+/// token replayed with stalled bodies holds one slot, not all of them.
 pub struct BodyReader {
     max_bytes: usize,
     timeout: Duration,
     reads: Arc<Semaphore>,
     max_reads: usize,
+    reading: Mutex<HashSet<BodyHash>>,
+}
+
+/// A signed hash whose body is being read; forgotten when dropped.
+struct Reading<'a> {
+    hashes: &'a Mutex<HashSet<BodyHash>>,
+    hash: BodyHash,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.hashes.lock().expect("reading lock").remove(&self.hash);
+    }
 }
 
 impl BodyReader {
@@ -134,10 +153,16 @@ impl BodyReader {
             timeout,
             reads: Arc::new(Semaphore::new(max_reads)),
             max_reads,
+            reading: Mutex::default(),
         }
     }
 
-    async fn read(&self, req: &HttpRequest, payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    async fn read(
+        &self,
+        req: &HttpRequest,
+        payload: &mut web::Payload,
+        hash: &BodyHash,
+    ) -> Result<web::Bytes, ApiError> {
         let limit = self.max_bytes;
         let declared = req
             .headers()
@@ -147,6 +172,18 @@ impl BodyReader {
         if declared.is_some_and(|len| len > limit) {
             return Err(ApiError::TooLarge { limit });
         }
+        if !self
+            .reading
+            .lock()
+            .expect("reading lock")
+            .insert(hash.clone())
+        {
+            return Err(ApiError::BodyBeingRead);
+        }
+        let _reading = Reading {
+            hashes: &self.reading,
+            hash: hash.clone(),
+        };
         let _read = self
             .reads
             .try_acquire()
@@ -161,10 +198,24 @@ impl BodyReader {
     }
 }
 
+/// What is left of a refused request's body is read and thrown away, for at
+/// most a second, off the request. Dropping it at once would be worse: actix
+/// then keeps the connection to drain a chunked body, with no deadline, for
+/// as long as the client trickles (or never ends) it. Held here, the body is
+/// unread when the answer goes out, so actix closes the connection after it.
+fn discard(mut payload: web::Payload) {
+    actix_web::rt::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = payload.next().await {}
+        })
+        .await;
+    });
+}
+
 /// The raw body, refused as soon as it passes `limit` bytes. Memory grows
 /// with what arrives, not with what `Content-Length` announces.
 async fn read_body(
-    mut payload: web::Payload,
+    payload: &mut web::Payload,
     declared: Option<usize>,
     limit: usize,
 ) -> Result<web::Bytes, ApiError> {

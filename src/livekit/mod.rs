@@ -11,4 +11,4 @@ pub mod verify;
 pub use parse::{ParseError, parse};
 pub use room_service::{RoomService, ServiceError};
 pub use sign::sign_webhook;
-pub use verify::{Tokens, VerifyError, WebhookVerifier, bearer};
+pub use verify::{BodyHash, Tokens, VerifyError, WebhookVerifier, bearer};

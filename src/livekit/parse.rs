@@ -306,17 +306,16 @@ fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, Pars
         )),
         _ => None,
     };
-    let action = match room_event {
-        Some(_) if room.is_none() => return Err(ParseError::Missing("room.name")),
-        Some(event) => Action::Apply(event),
-        None => Action::Record { participant },
+    let action = match (room_event, room) {
+        (Some(event), Some(room)) => Action::Apply { room, event },
+        (Some(_), None) => return Err(ParseError::Missing("room.name")),
+        (None, room) => Action::Record { room, participant },
     };
     Ok(Delivery {
         id: non_empty(f.id),
         event: f.event,
         created_at: seconds(f.created_at),
         received_at,
-        room,
         action,
     })
 }
@@ -346,13 +345,17 @@ mod tests {
             delivery.created_at,
             DateTime::from_timestamp(1_700_000_000, 0)
         );
-        let room = delivery.room.as_ref().unwrap();
+        let room = delivery.room().unwrap();
         assert_eq!(
             (room.name.as_str(), room.sid.as_deref()),
             ("demo", Some("RM_1"))
         );
         assert_eq!(room.created_at, DateTime::from_timestamp(1_699_999_990, 0));
-        let Action::Apply(RoomEvent::ParticipantJoined(p)) = &delivery.action else {
+        let Action::Apply {
+            event: RoomEvent::ParticipantJoined(p),
+            ..
+        } = &delivery.action
+        else {
             panic!("{:?}", delivery.action);
         };
         assert_eq!(p.identity, "alice");
@@ -368,7 +371,11 @@ mod tests {
     #[test]
     fn an_unknown_enum_name_is_read_from_the_fields_roomd_needs() {
         let delivery = parse(joined(r#""HOLOGRAM""#).as_bytes(), now()).unwrap();
-        let Action::Apply(RoomEvent::ParticipantJoined(p)) = &delivery.action else {
+        let Action::Apply {
+            event: RoomEvent::ParticipantJoined(p),
+            ..
+        } = &delivery.action
+        else {
             panic!("{:?}", delivery.action);
         };
         assert_eq!(p.kind, ParticipantKind::Other("hologram".into()));
@@ -386,7 +393,8 @@ mod tests {
         assert!(matches!(
             delivery.action,
             Action::Record {
-                participant: Some(_)
+                participant: Some(_),
+                ..
             }
         ));
         // Without a creation time, the event happened when it arrived.

@@ -12,8 +12,8 @@ use super::parse::{millis_or_seconds, participant_kind};
 use crate::event::{ParticipantRef, RoomRef, RoomTruth};
 
 #[derive(Debug, thiserror::Error)]
-#[error("LiveKit's RoomService failed: {0}")]
-pub struct ServiceError(String);
+#[error("LiveKit's RoomService failed")]
+pub struct ServiceError(#[from] livekit_api::services::ServiceError);
 
 pub struct RoomService {
     client: RoomClient,
@@ -34,7 +34,7 @@ impl RoomService {
             .client
             .list_rooms(Vec::new())
             .await
-            .map_err(|e| ServiceError(e.to_string()))?;
+            .map_err(ServiceError)?;
         Ok(rooms
             .into_iter()
             .filter(|r| !r.name.is_empty())
@@ -53,7 +53,7 @@ impl RoomService {
             .client
             .list_participants(&room.name)
             .await
-            .map_err(|e| ServiceError(e.to_string()))?;
+            .map_err(ServiceError)?;
         let active = i32::from(proto::participant_info::State::Active);
         Ok(RoomTruth {
             room,

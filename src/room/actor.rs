@@ -15,18 +15,17 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use dashmap::DashMap;
 use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::feed::Feeds;
 use super::messages::{Apply, Delivered, Reconcile, Reconciled, RoomError};
 use super::published::Published;
+use super::registry;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, Transition};
 use crate::metrics::Metrics;
@@ -37,16 +36,11 @@ use crate::store::{self, StoreError, Writer};
 /// Events an actor keeps for the debug view.
 const RECENT: usize = 16;
 
-/// A live actor and the messages waiting in its mailbox: the room's
-/// bookkeeping, which leaves the registry with the actor.
-#[derive(Clone)]
-pub struct RoomEntry {
-    pub addr: Addr<RoomActor>,
-    pub depth: Arc<AtomicUsize>,
-}
-
-pub type Registry = Arc<DashMap<String, RoomEntry>>;
+pub type Registry = Arc<registry::Registry>;
 pub type Snapshots = Arc<Published>;
+
+/// How soon an actor that could not retire (a message was on its way) tries again.
+const RETIRE_RETRY: Duration = Duration::from_secs(1);
 
 /// How often an actor forgets history older than its horizon.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
@@ -201,10 +195,7 @@ impl RoomActor {
     }
 
     fn unregister(&self, ctx: &Context<Self>) {
-        let me = ctx.address();
-        self.parts
-            .registry
-            .remove_if(&self.name, |_, entry| entry.addr == me);
+        self.parts.registry.remove(&self.name, &ctx.address());
     }
 
     /// How long until this actor may retire, if it may at all.
@@ -230,10 +221,18 @@ impl RoomActor {
             act.retire_check = None;
             match act.retire_in() {
                 Some(left) if left.is_zero() => {
-                    tracing::debug!(room = %act.name, "room actor retires");
                     // Off the registry first, so the next event starts a fresh
-                    // actor; and the snapshot goes: reads fall back to the database.
-                    act.unregister(ctx);
+                    // actor; but not while a delivery holds a mailbox slot:
+                    // its message would be dropped unhandled.
+                    if !act.parts.registry.retire(&act.name, &ctx.address()) {
+                        act.retire_check = Some(ctx.run_later(RETIRE_RETRY, |act, ctx| {
+                            act.retire_check = None;
+                            act.schedule_retirement(ctx);
+                        }));
+                        return;
+                    }
+                    tracing::debug!(room = %act.name, "room actor retires");
+                    // The snapshot goes: reads fall back to the database.
                     act.parts.snapshots.remove(&act.name);
                     act.parts.feeds.close(&act.name);
                     ctx.stop();
@@ -257,9 +256,8 @@ impl RoomActor {
 
     /// The one path from "the state machine said X" to "committed,
     /// published, answered". `transition` is committed with its audit row;
-    /// once committed, `next` becomes the room's state (`None`: the state
-    /// was changed in place) and `done` turns the result into the answer and
-    /// the live update. The snapshot is published before the update and the
+    /// once committed, `next` says where the room's new state is, and `done`
+    /// turns the result into the answer and the live update. The snapshot is published before the update and the
     /// answer, so a read after the 200 sees what the 200 acknowledged, and a
     /// stream never shows an update its snapshot lacks.
     ///
@@ -269,7 +267,7 @@ impl RoomActor {
     /// next message (`restart`).
     fn commit<T: 'static>(
         &mut self,
-        next: Option<RoomState>,
+        next: Next,
         transition: Transition,
         record: EventRecord,
         reply: oneshot::Sender<T>,
@@ -284,8 +282,8 @@ impl RoomActor {
             move |committed, act, ctx| {
                 let keep = match &committed {
                     Ok(Committed::Stored) => {
-                        if let Some(next) = next {
-                            act.state = Some(next);
+                        if let Next::Swap(next) = next {
+                            act.state = Some(*next);
                         }
                         if outcome == Outcome::Applied {
                             act.last_change = Instant::now();
@@ -296,7 +294,7 @@ impl RoomActor {
                     // the event; one that changed it here (the state was
                     // rebuilt, or lost a race) must not stay ahead of the
                     // database.
-                    Ok(Committed::Duplicate) if changed && next.is_none() => {
+                    Ok(Committed::Duplicate) if changed && matches!(next, Next::InPlace) => {
                         tracing::info!(room = %act.name, "a redelivery changed the in-memory room; rebuilding it from the database");
                         false
                     }
@@ -304,7 +302,7 @@ impl RoomActor {
                     Err(err) => {
                         // The commit may or may not have happened: only the
                         // database knows. Rebuild from it on the next event.
-                        tracing::warn!(room = %act.name, error = %err, "commit failed; restarting the room from the database");
+                        tracing::warn!(room = %act.name, error = %crate::telemetry::chain(err), "commit failed; reloading the room from the database");
                         false
                     }
                 };
@@ -323,6 +321,16 @@ impl RoomActor {
             },
         )))
     }
+}
+
+/// Where the state a commit makes durable is.
+enum Next {
+    /// Already in the actor: webhooks are applied in place (undone by a
+    /// reload when the commit fails).
+    InPlace,
+    /// A copy to swap in once committed: reconciliation works on a copy,
+    /// since it may find the room changed and do nothing.
+    Swap(Box<RoomState>),
 }
 
 /// What a committed change tells live subscribers.
@@ -386,7 +394,7 @@ impl Handler<Apply> for RoomActor {
             admission,
             span,
         } = msg;
-        drop(slot);
+        slot.take();
         let _request = span.enter();
         let Some(state) = &mut self.state else {
             // Only reachable if loading failed; the actor is stopping.
@@ -413,23 +421,12 @@ impl Handler<Apply> for RoomActor {
             let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
-        let participant = event.participant();
-        let identity = participant.map(|p| p.identity.clone());
-        let record = EventRecord {
-            event_id: delivery.id.clone(),
-            event: delivery.event.clone(),
-            room_name: Some(room.name.clone()),
-            room_sid: room.sid.clone(),
-            room_id: transition.room_id,
-            participant_identity: participant.map(|p| p.identity.clone()),
-            participant_sid: participant.and_then(|p| p.sid.clone()),
-            created_at: delivery.created_at,
-            received_at: delivery.received_at,
-            outcome: transition.outcome.as_str(),
-        };
+        let identity = event.participant().map(|p| p.identity.clone());
+        let record =
+            EventRecord::of_delivery(&delivery, transition.room_id, transition.outcome.as_str());
         let outcome = transition.outcome;
         let span = span.clone();
-        self.commit(None, transition, record, reply, move |act, committed| {
+        self.commit(Next::InPlace, transition, record, reply, move |act, committed| {
             let _request = span.enter();
             // The event is handled: it no longer counts against the
             // in-flight bound, whatever became of its request.
@@ -479,7 +476,7 @@ impl Handler<Reconcile> for RoomActor {
             reply,
             slot,
         } = msg;
-        drop(slot);
+        slot.take();
         let Some(state) = &self.state else {
             let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
@@ -508,20 +505,15 @@ impl Handler<Reconcile> for RoomActor {
             let _ = reply.send(Ok(Reconciled::Corrected(corrections)));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
-        let room = truth.as_ref().map(|t| &t.room);
-        let record = EventRecord {
-            event_id: None,
-            event: "reconcile".into(),
-            room_name: Some(self.name.clone()),
-            room_sid: room.and_then(|r| r.sid.clone()),
-            room_id: transition.room_id,
-            participant_identity: None,
-            participant_sid: None,
-            created_at: Some(now),
-            received_at: now,
-            outcome: transition.outcome.as_str(),
-        };
-        self.commit(Some(next), transition, record, reply, move |act, committed| {
+        let sid = truth.as_ref().and_then(|t| t.room.sid.clone());
+        let record = EventRecord::of_reconcile(
+            &self.name,
+            sid,
+            transition.room_id,
+            now,
+            transition.outcome.as_str(),
+        );
+        self.commit(Next::Swap(Box::new(next)), transition, record, reply, move |act, committed| {
             let mut update = None;
             if committed.is_ok() {
                 for c in &corrections {
@@ -529,12 +521,12 @@ impl Handler<Reconcile> for RoomActor {
                 }
                 act.remember(LastEvent {
                     id: None,
-                    event: "reconcile".into(),
+                    event: EventRecord::RECONCILE.into(),
                     outcome: Outcome::Applied.as_str(),
                     at: now,
                 });
                 update = Some(LiveUpdate {
-                    event: "reconcile".into(),
+                    event: EventRecord::RECONCILE.into(),
                     identity: None,
                 });
             }

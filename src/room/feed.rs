@@ -221,6 +221,12 @@ impl Feeds {
     pub fn close(&self, name: &str) {
         self.rooms.remove(name);
     }
+
+    /// Ends every live-update stream (at shutdown: a stream never finishes
+    /// on its own, and graceful shutdown waits for every connection).
+    pub fn close_all(&self) {
+        self.rooms.clear();
+    }
 }
 
 #[cfg(test)]

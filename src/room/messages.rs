@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -68,6 +68,30 @@ impl Drop for Claim {
     }
 }
 
+/// A message's place in a room's mailbox, and whether the actor took it. A
+/// message the actor never took (it stopped first: it retired, or could not
+/// load) was not applied, so it may go to the room's next actor.
+pub struct Slot {
+    _place: Claim,
+    taken: Arc<AtomicBool>,
+}
+
+impl Slot {
+    pub fn new(place: Claim) -> (Self, Arc<AtomicBool>) {
+        let taken = Arc::new(AtomicBool::new(false));
+        let slot = Self {
+            _place: place,
+            taken: taken.clone(),
+        };
+        (slot, taken)
+    }
+
+    /// The actor has the message: its place in the mailbox is free.
+    pub fn take(self) {
+        self.taken.store(true, Ordering::Release);
+    }
+}
+
 /// Apply one event to the room. Carries its own reply channel: the sender
 /// `try_send`s it and awaits the channel, so a full mailbox is refused at
 /// once and a caller that goes away does not cancel an event already queued.
@@ -79,9 +103,10 @@ pub struct Apply {
     pub event: RoomEvent,
     pub reply: oneshot::Sender<Result<Delivered, RoomError>>,
     /// Its place in the room's mailbox.
-    pub slot: Claim,
-    /// Its admission among the deliveries in flight, held until handled.
-    pub admission: Option<Claim>,
+    pub slot: Slot,
+    /// Its admission among the deliveries in flight, held until handled
+    /// (shared with the delivery, which may hand the event to another actor).
+    pub admission: Arc<Claim>,
     /// The request's span, so the actor's logs can be tied to it.
     pub span: tracing::Span,
 }
@@ -96,7 +121,7 @@ pub struct Reconcile {
     pub truth: Option<RoomTruth>,
     pub fetched_at: DateTime<Utc>,
     pub reply: oneshot::Sender<Result<Reconciled, RoomError>>,
-    pub slot: Claim,
+    pub slot: Slot,
 }
 
 #[derive(Debug)]

@@ -3,12 +3,16 @@
 //! about HTTP.
 
 pub mod actor;
+pub mod delivery;
 pub mod feed;
 pub mod messages;
 pub mod published;
+pub mod reads;
+pub mod registry;
 pub mod snapshot;
 pub mod state;
 pub mod supervisor;
 
 pub use actor::Lifecycle;
-pub use supervisor::{DeliverError, Rooms, SupervisorSettings, SupervisorStatus};
+pub use delivery::DeliverError;
+pub use supervisor::{Supervisor, SupervisorSettings, SupervisorStatus};

@@ -60,13 +60,14 @@ impl Published {
 
     /// The active rooms after `after`, in name order.
     pub fn active_page(&self, after: Option<&str>, limit: usize) -> Page<RoomView> {
-        // A room that ends between the two reads is left out of this page.
+        // A room that ended (or retired) since its name was listed is
+        // skipped before counting, so a full page always says what follows.
         let mut items: Vec<RoomView> = self
             .active
             .range::<str, _>(from(after))
-            .take(limit + 1)
             .filter_map(|name| self.get(name.value()))
             .filter_map(|s| s.room.clone().filter(RoomView::is_active))
+            .take(limit + 1)
             .collect();
         let next = (items.len() > limit).then(|| items[limit - 1].name.clone());
         items.truncate(limit);
@@ -79,4 +80,61 @@ fn from(after: Option<&str>) -> (Bound<&str>, Bound<&str>) {
         after.map_or(Bound::Unbounded, Bound::Excluded),
         Bound::Unbounded,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::record::RoomStatus;
+    use crate::room::snapshot::Counters;
+
+    fn snapshot(name: &str, status: RoomStatus) -> Arc<RoomSnapshot> {
+        Arc::new(RoomSnapshot {
+            room: Some(RoomView {
+                name: name.to_owned(),
+                sid: None,
+                status,
+                participant_count: 1,
+                counts_by_kind: BTreeMap::new(),
+                started_at: Utc::now(),
+                ended_at: None,
+                end_reason: None,
+            }),
+            participants: Vec::new(),
+            closed_sessions: 0,
+            last_event: None,
+            recent_events: Vec::new(),
+            counters: Counters::default(),
+            actor_started_at: Utc::now(),
+        })
+    }
+
+    fn names(page: &Page<RoomView>) -> Vec<&str> {
+        page.items.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    // A reader can find a name in the active index whose snapshot has just
+    // ended: that room is skipped, and the page is still full and says
+    // where to go on.
+    #[test]
+    fn a_room_that_ended_under_a_reader_does_not_cut_the_page_short() {
+        let published = Published::default();
+        for name in ["a", "b", "c", "d"] {
+            published.insert(name, snapshot(name, RoomStatus::Active));
+        }
+        // "b" ended after its name was indexed (the reader's view of the race).
+        published
+            .all
+            .insert("b".into(), snapshot("b", RoomStatus::Ended));
+        let first = published.active_page(None, 2);
+        assert_eq!(names(&first), ["a", "c"]);
+        assert_eq!(first.next.as_deref(), Some("c"));
+        let second = published.active_page(first.next.as_deref(), 2);
+        assert_eq!(names(&second), ["d"]);
+        assert_eq!(second.next, None);
+    }
 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{LeaveReason, ParticipantRef, RoomEvent, RoomRef};
+use crate::event::{EndReason, LeaveReason, ParticipantRef, RoomEvent, RoomRef};
 use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
 mod reconcile;
@@ -188,20 +188,14 @@ impl Instance {
     }
 
     /// Ends the instance and closes every open session at `at`.
-    fn end(
-        &mut self,
-        at: DateTime<Utc>,
-        why: &str,
-        session_reason: &LeaveReason,
-        changes: &mut Changes,
-    ) {
+    fn end(&mut self, at: DateTime<Utc>, why: EndReason, changes: &mut Changes) {
         for session in self.sessions.values_mut().filter(|s| s.is_open()) {
-            session.close(at, session_reason.as_string());
+            session.close(at, LeaveReason::RoomEnded(why).as_string());
             changes.sessions.push(session.clone());
         }
         self.room.status = RoomStatus::Ended;
         self.room.ended_at = Some(at.max(self.room.started_at));
-        self.room.end_reason = Some(why.to_owned());
+        self.room.end_reason = Some(why.as_str().to_owned());
         self.room.current_participants = 0;
     }
 
@@ -328,9 +322,6 @@ pub struct RoomState {
     ended_sids: HashMap<String, DateTime<Utc>>,
 }
 
-/// Why an instance ended, as `rooms.end_reason` spells it.
-pub(crate) const END_RECONCILED: &str = "reconciled";
-
 impl RoomState {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
@@ -421,7 +412,7 @@ impl RoomState {
     fn revives(&self, sid: &str, event: &RoomEvent, at: DateTime<Utc>) -> bool {
         self.current.as_ref().is_some_and(|cur| {
             cur.room.sid.as_deref() == Some(sid)
-                && cur.room.end_reason.as_deref() == Some(END_RECONCILED)
+                && cur.room.end_reason.as_deref() == Some(EndReason::Reconciled.as_str())
                 && !matches!(event, RoomEvent::RoomFinished)
                 && cur.room.ended_at.is_some_and(|ended| at > ended)
         })
@@ -523,7 +514,7 @@ impl RoomState {
             if let Some(old) = self.current.as_mut().filter(|cur| cur.is_active()) {
                 // LiveKit never has two live rooms with one name: a new sid means
                 // the old instance is over, even if its room_finished was lost.
-                old.end(at, "replaced", &LeaveReason::RoomReplaced, &mut changes);
+                old.end(at, EndReason::Replaced, &mut changes);
                 changes.rooms.push(old.room.clone());
             }
             self.ended_sids
@@ -549,12 +540,7 @@ impl RoomState {
                 }
             }
             RoomEvent::RoomFinished => {
-                instance.end(
-                    at,
-                    "room_finished",
-                    &LeaveReason::RoomFinished,
-                    &mut changes,
-                );
+                instance.end(at, EndReason::RoomFinished, &mut changes);
                 self.ended_sids.extend(instance.ended_sid());
                 room_changed = true;
                 Outcome::Applied

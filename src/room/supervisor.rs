@@ -1,36 +1,25 @@
-//! The supervisor: owns the registry of room actors, starts one on the first
-//! event of a room, rebuilds the live rooms at start, restarts crashed ones,
-//! and is the handle the HTTP layer and the reconciler talk to, so they never
-//! touch actix types and mailbox errors become one error type here.
-//!
-//! It never holds two actors for one name: actors are created inside the
-//! registry's entry lock, and an actor loads its state after it is
-//! registered (its first message waits for that).
+//! The supervisor: the handle the HTTP layer and the reconciler talk to, so
+//! they never touch actix types. Its jobs are split by file: this one starts,
+//! restarts and rebuilds actors (through the `registry`) and reports status;
+//! `delivery` admits webhooks and hands them to the actors; `reads` answers
+//! the frontend from the published snapshots, else the database.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use actix::prelude::*;
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
-use super::actor::{ActorParts, Lifecycle, Registry, RoomActor, RoomEntry, Snapshots};
-use super::feed::{Feeds, Subscription};
-use super::messages::{Apply, Claim, Delivered, Reconcile, Reconciled, RoomError};
-use super::published::Page;
-use super::snapshot::{ParticipantView, RoomSnapshot, RoomView};
-use super::state::{Correction, Outcome, RoomState};
-use crate::event::{Action, Delivery, RoomTruth};
+use super::actor::{ActorParts, Lifecycle, Registry, RoomActor, Snapshots};
+use super::feed::Feeds;
+use super::messages::Claim;
+use super::registry::Found;
+use super::snapshot::RoomSnapshot;
+use super::state::{Correction, RoomState};
 use crate::metrics::Metrics;
-use crate::record::RoomRecord;
-use crate::record::{Committed, EventRecord};
 use crate::store::{self, StoreError, Writer};
 
 /// Rooms read per query during recovery (bounds its transient memory).
@@ -46,16 +35,6 @@ pub struct ReconcileReport {
     pub rooms_skipped: usize,
     pub corrections: Vec<Correction>,
     pub error: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeliverError {
-    #[error("room {room:?} is busy: its mailbox is full")]
-    Busy { room: String },
-    #[error("roomd is busy: {limit} webhooks are already waiting for their commits")]
-    Overloaded { limit: usize },
-    #[error("the event for room {room:?} could not be committed: {reason}")]
-    Unavailable { room: String, reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -77,23 +56,23 @@ pub struct SupervisorStatus {
     pub last_reconcile: Option<ReconcileReport>,
 }
 
-struct Inner {
-    parts: ActorParts,
+pub(super) struct Inner {
+    pub(super) parts: ActorParts,
     arbiter: ArbiterHandle,
-    settings: SupervisorSettings,
+    pub(super) settings: SupervisorSettings,
     recovered: AtomicBool,
     /// Deliveries admitted and not yet handled, all rooms together.
-    in_flight: Arc<AtomicUsize>,
+    pub(super) in_flight: Arc<AtomicUsize>,
     last_reconcile: Mutex<Option<ReconcileReport>>,
 }
 
 /// The handle to the supervisor. Cheap to clone.
 #[derive(Clone)]
-pub struct Rooms {
-    inner: Arc<Inner>,
+pub struct Supervisor {
+    pub(super) inner: Arc<Inner>,
 }
 
-impl Rooms {
+impl Supervisor {
     /// Room actors run on `arbiter`, away from the HTTP workers.
     pub fn new(
         db: DatabaseConnection,
@@ -124,7 +103,7 @@ impl Rooms {
         }
     }
 
-    fn registry(&self) -> &DashMap<String, RoomEntry> {
+    fn registry(&self) -> &super::registry::Registry {
         &self.inner.parts.registry
     }
 
@@ -150,9 +129,8 @@ impl Rooms {
                     chrono::Utc::now(),
                 );
                 self.inner.parts.snapshots.insert(&name, Arc::new(snapshot));
-                if let Entry::Vacant(slot) = self.registry().entry(name.clone()) {
-                    slot.insert(self.start_actor(name, Some(state)));
-                }
+                self.registry()
+                    .start_if_absent(name.clone(), || self.start_actor(name, Some(state)));
             }
         }
         self.inner.recovered.store(true, Ordering::Release);
@@ -163,243 +141,28 @@ impl Rooms {
         self.inner.recovered.load(Ordering::Acquire)
     }
 
-    fn start_actor(&self, name: String, preloaded: Option<RoomState>) -> RoomEntry {
+    fn start_actor(&self, name: String, preloaded: Option<RoomState>) -> Addr<RoomActor> {
         let inner = self.inner.clone();
-        let addr = RoomActor::start_in_arbiter(&self.inner.arbiter, move |_| {
+        RoomActor::start_in_arbiter(&self.inner.arbiter, move |_| {
             RoomActor::new(name, preloaded, &inner.parts)
-        });
-        RoomEntry {
-            addr,
-            depth: Arc::default(),
+        })
+    }
+
+    /// The actor for `name` (started if there is none) and a slot in its
+    /// mailbox; `None` when the mailbox is full. An actor that died without
+    /// unregistering (it panicked) is replaced: the new one loads the
+    /// committed state.
+    pub(super) fn actor(&self, name: &str) -> Option<(Addr<RoomActor>, Claim)> {
+        let (actor, found) = self
+            .registry()
+            .actor(name, self.inner.parts.mailbox_capacity, || {
+                self.start_actor(name.to_owned(), None)
+            });
+        if let Found::Restarted = found {
+            self.inner.parts.metrics.actor_restarts.inc();
+            tracing::warn!(room = %name, "room actor died; restarted it from the database");
         }
-    }
-
-    /// The actor for `name`, started if there is none. An entry whose actor
-    /// died without unregistering (it panicked) is replaced: the new actor
-    /// loads the committed state.
-    fn actor(&self, name: &str) -> RoomEntry {
-        if let Some(entry) = self.registry().get(name).filter(|e| e.addr.connected()) {
-            return entry.clone();
-        }
-        match self.registry().entry(name.to_owned()) {
-            Entry::Occupied(slot) if slot.get().addr.connected() => slot.get().clone(),
-            Entry::Occupied(mut slot) => {
-                self.inner.parts.metrics.actor_restarts.inc();
-                tracing::warn!(room = %name, "room actor died; restarting it from the database");
-                let entry = self.start_actor(name.to_owned(), None);
-                slot.insert(entry.clone());
-                entry
-            }
-            Entry::Vacant(slot) => slot.insert(self.start_actor(name.to_owned(), None)).clone(),
-        }
-    }
-
-    /// Hands one delivery over and waits until it is committed.
-    pub async fn deliver(&self, delivery: Delivery) -> Result<Delivered, DeliverError> {
-        let room_name = delivery
-            .room
-            .as_ref()
-            .map(|r| r.name.clone())
-            .unwrap_or_default();
-        let unavailable = |reason: String| DeliverError::Unavailable {
-            room: room_name.clone(),
-            reason,
-        };
-        if !self.is_recovered() {
-            return Err(unavailable("roomd is still rebuilding its rooms".into()));
-        }
-        let admission = Claim::take(&self.inner.in_flight, self.inner.settings.max_in_flight)
-            .ok_or(DeliverError::Overloaded {
-                limit: self.inner.settings.max_in_flight,
-            })?;
-        let (room, event) = match (&delivery.action, &delivery.room) {
-            (Action::Apply(event), Some(room)) => (room.clone(), event.clone()),
-            _ => {
-                let recorded = self.record_only(delivery).await;
-                drop(admission);
-                return recorded.map_err(|e| unavailable(e.to_string()));
-            }
-        };
-        let (reply, done) = oneshot::channel();
-        let msg = |slot| Apply {
-            delivery,
-            room,
-            event,
-            reply,
-            slot,
-            admission: Some(admission),
-            span: tracing::Span::current(),
-        };
-        self.ask(&room_name, msg, done).await
-    }
-
-    /// Hands `msg` to the room's actor and waits, at most the commit
-    /// timeout, for the answer it sends on `done`.
-    async fn ask<M, T>(
-        &self,
-        room: &str,
-        msg: impl FnOnce(Claim) -> M,
-        done: oneshot::Receiver<Result<T, RoomError>>,
-    ) -> Result<T, DeliverError>
-    where
-        M: Message<Result = ()> + Send + 'static,
-        RoomActor: Handler<M>,
-    {
-        let unavailable = |reason: String| DeliverError::Unavailable {
-            room: room.to_owned(),
-            reason,
-        };
-        let busy = || DeliverError::Busy {
-            room: room.to_owned(),
-        };
-        let entry = self.actor(room);
-        let slot = Claim::take(&entry.depth, self.inner.parts.mailbox_capacity).ok_or_else(busy)?;
-        match entry.addr.try_send(msg(slot)) {
-            Ok(()) => {}
-            Err(SendError::Full(_)) => return Err(busy()),
-            Err(SendError::Closed(_)) => {
-                return Err(unavailable("the room's actor is restarting".into()));
-            }
-        }
-        match tokio::time::timeout(self.inner.settings.commit_timeout, done).await {
-            Ok(Ok(result)) => result.map_err(|e| unavailable(e.to_string())),
-            Ok(Err(_)) => Err(unavailable(
-                "the room's actor stopped before committing".into(),
-            )),
-            Err(_) => Err(unavailable("timed out waiting for the commit".into())),
-        }
-    }
-
-    /// Sends LiveKit's truth about one room through the room's actor, so a
-    /// correction is ordered with the room's webhooks.
-    pub async fn reconcile_room(
-        &self,
-        name: &str,
-        truth: Option<RoomTruth>,
-        fetched_at: DateTime<Utc>,
-    ) -> Result<Reconciled, DeliverError> {
-        let (reply, done) = oneshot::channel();
-        let msg = |slot| Reconcile {
-            truth,
-            fetched_at,
-            reply,
-            slot,
-        };
-        self.ask(name, msg, done).await
-    }
-
-    /// Events roomd does not act on (tracks, egress, ingress, ...): an audit
-    /// row, committed like everything else, and no actor.
-    async fn record_only(&self, delivery: Delivery) -> Result<Delivered, StoreError> {
-        let participant = delivery.participant();
-        let record = EventRecord {
-            event_id: delivery.id.clone(),
-            event: delivery.event.clone(),
-            room_name: delivery.room.as_ref().map(|r| r.name.clone()),
-            room_sid: delivery.room.as_ref().and_then(|r| r.sid.clone()),
-            room_id: None,
-            participant_identity: participant.map(|p| p.identity.clone()),
-            participant_sid: participant.and_then(|p| p.sid.clone()),
-            created_at: delivery.created_at,
-            received_at: delivery.received_at,
-            outcome: Outcome::Ignored.as_str(),
-        };
-        match self
-            .inner
-            .parts
-            .writer
-            .commit(record, Default::default())
-            .await?
-        {
-            Committed::Stored => Ok(Delivered::Committed(Outcome::Ignored)),
-            Committed::Duplicate => Ok(Delivered::Duplicate),
-        }
-    }
-
-    /// The latest published snapshot of a room with a live actor.
-    pub fn snapshot(&self, name: &str) -> Option<Arc<RoomSnapshot>> {
-        self.inner.parts.snapshots.get(name)
-    }
-
-    /// The room instance now or last live under `name`: from the snapshot when
-    /// an actor holds the room, else from the database (retired actors, rooms
-    /// that ended before a restart).
-    pub async fn room_view(&self, name: &str) -> Result<Option<RoomView>, StoreError> {
-        Ok(self.room_views(&[name]).await?.pop().flatten())
-    }
-
-    /// `room_view` for each of `names` (distinct), with one database query
-    /// for all the rooms no actor holds.
-    pub async fn room_views(&self, names: &[&str]) -> Result<Vec<Option<RoomView>>, StoreError> {
-        let mut views: Vec<Option<RoomView>> = names
-            .iter()
-            .map(|name| self.snapshot(name).and_then(|s| s.room.clone()))
-            .collect();
-        // No room can have a NUL in its name (webhooks carrying one are
-        // refused), and PostgreSQL would refuse the query.
-        let missing: Vec<&str> = names
-            .iter()
-            .zip(&views)
-            .filter(|(name, view)| view.is_none() && !name.contains('\0'))
-            .map(|(name, _)| *name)
-            .collect();
-        if !missing.is_empty() {
-            let mut stored: HashMap<String, RoomRecord> =
-                store::find_latest_rooms(&self.inner.parts.db, &missing)
-                    .await?
-                    .into_iter()
-                    .map(|room| (room.name.clone(), room))
-                    .collect();
-            for (name, view) in names.iter().zip(&mut views) {
-                if view.is_none() {
-                    *view = stored.remove(*name).as_ref().map(RoomView::of_record);
-                }
-            }
-        }
-        Ok(views)
-    }
-
-    /// Live updates of a room, for a new subscriber.
-    pub fn subscribe(&self, name: &str, last_event_id: Option<&str>) -> Subscription {
-        self.inner.parts.feeds.subscribe(name, last_event_id)
-    }
-
-    /// Every room's live-update feed.
-    pub fn feeds(&self) -> &Feeds {
-        &self.inner.parts.feeds
-    }
-
-    /// A subscriber left: a room without an actor keeps no feed nobody reads.
-    pub fn unsubscribe(&self, name: &str) {
-        let keep = self.registry().contains_key(name);
-        self.inner.parts.feeds.release(name, keep);
-    }
-
-    /// Who is in the room now. A room without a snapshot has nobody in it:
-    /// actors retire only when their room is empty or finished.
-    pub fn participants(&self, name: &str) -> Vec<ParticipantView> {
-        self.snapshot(name)
-            .map(|s| s.participants.clone())
-            .unwrap_or_default()
-    }
-
-    /// Published snapshots in name order after `after`: a page of actors.
-    pub fn snapshots(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Page<(String, Arc<RoomSnapshot>)> {
-        self.inner.parts.snapshots.page(after, limit)
-    }
-
-    /// Active rooms held by actors, in name order after `after`.
-    pub fn live_rooms(&self, after: Option<&str>, limit: usize) -> Page<RoomView> {
-        self.inner.parts.snapshots.active_page(after, limit)
-    }
-
-    /// Names of the rooms the database holds as active (with or without an actor).
-    pub async fn active_room_names(&self) -> Result<Vec<String>, StoreError> {
-        store::active_room_names(&self.inner.parts.db).await
+        actor
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -420,17 +183,12 @@ impl Rooms {
 
     /// Messages waiting in a room's mailbox.
     pub fn mailbox_depth(&self, room: &str) -> usize {
-        self.registry()
-            .get(room)
-            .map_or(0, |e| e.depth.load(Ordering::Relaxed))
+        self.registry().depth(room)
     }
 
     /// Messages waiting in every mailbox.
     pub fn mailbox_depth_total(&self) -> usize {
-        self.registry()
-            .iter()
-            .map(|e| e.depth.load(Ordering::Relaxed))
-            .sum()
+        self.registry().total_depth()
     }
 
     /// Deliveries admitted and not yet handled, all rooms together.

@@ -24,8 +24,8 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("the writer has stopped")]
     WriterStopped,
-    #[error("the database cannot be reached: {0}")]
-    Unreachable(String),
+    #[error("the database cannot be reached")]
+    Unreachable(#[source] std::sync::Arc<StoreError>),
     #[error("the transaction did not finish within {0:?}; it was abandoned")]
     TimedOut(Duration),
     #[error("a stored row is not what roomd writes: {0}")]

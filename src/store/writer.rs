@@ -126,9 +126,9 @@ impl Task {
                     // Down, not a bad event: retrying events one by one would
                     // hold this writer for a connect timeout per event.
                     tracing::warn!(events = batch.len(), error = %err, "batch commit failed; the database is unreachable");
-                    let reason = err.to_string();
+                    let cause = Arc::new(err);
                     for job in batch.drain(..) {
-                        let _ = job.reply.send(Err(StoreError::Unreachable(reason.clone())));
+                        let _ = job.reply.send(Err(StoreError::Unreachable(cause.clone())));
                     }
                 }
                 Err(err) if batch.len() > 1 => {

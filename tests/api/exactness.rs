@@ -432,11 +432,15 @@ async fn a_full_mailbox_refuses_at_once_and_a_timed_out_delivery_stays_in_flight
     assert!(replies.iter().all(|r| r.retry_after.is_some()));
     // Their requests timed out, but their events are still queued or being
     // handled: they count against the in-flight bound until then.
-    assert!(app.rooms.in_flight() >= 1, "{}", app.rooms.in_flight());
-    assert!(app.rooms.mailbox_depth("busy") <= 2);
+    assert!(
+        app.supervisor.in_flight() >= 1,
+        "{}",
+        app.supervisor.in_flight()
+    );
+    assert!(app.supervisor.mailbox_depth("busy") <= 2);
     drop(lock);
     until("the queued events handled", async || {
-        app.rooms.in_flight() == 0
+        app.supervisor.in_flight() == 0
     })
     .await;
     let committed = webhook_events::Entity::find()

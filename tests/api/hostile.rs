@@ -81,6 +81,22 @@ impl Stalled {
     }
 }
 
+/// How many of `stalled` got each status (408 or 503, each with its JSON).
+async fn answers(stalled: &mut [Stalled]) -> std::collections::BTreeMap<u16, usize> {
+    let mut answers = std::collections::BTreeMap::new();
+    for connection in stalled {
+        let (status, body) = connection.answer().await;
+        let expected = match status {
+            408 => "request_timeout",
+            503 => "busy",
+            _ => panic!("{status} {body}"),
+        };
+        assert_eq!(body["error"], expected, "{body}");
+        *answers.entry(status).or_insert(0) += 1;
+    }
+    answers
+}
+
 fn rss_mib(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: usize = status
@@ -138,29 +154,26 @@ async fn signed_bodies_are_bounded_in_time_and_in_number() {
             ("ROOMD__SERVER__MAX_BODY_READS", "4"),
         ],
     );
-    let token = common::sign_with(common::KEY, common::SECRET, "a body that never comes");
-    // Eight at once: whichever four come first hold the slots until their
-    // deadline, so the other four are refused, in whatever order they came.
+    // Eight at once, each with its own token: whichever four come first
+    // hold the slots until their deadline, so the other four are refused,
+    // in whatever order they came.
     let mut stalled = Vec::new();
-    for _ in 0..8 {
+    for i in 0..8 {
+        let token = common::sign_with(common::KEY, common::SECRET, &format!("body {i}"));
         stalled.push(Stalled::open(&roomd.base, Some(&token)).await);
     }
-    let mut answers = std::collections::BTreeMap::new();
-    for connection in &mut stalled {
-        let (status, body) = connection.answer().await;
-        let expected = match status {
-            408 => "request_timeout",
-            503 => "busy",
-            _ => panic!("{status} {body}"),
-        };
-        assert_eq!(body["error"], expected, "{body}");
-        *answers.entry(status).or_insert(0) += 1;
-    }
     assert_eq!(
-        answers,
+        answers(&mut stalled).await,
         [(408, 4), (503, 4)].into(),
         "408 past the deadline, 503 past the cap"
     );
+    // A captured token replayed: it signs one body, so it holds one slot.
+    let token = common::sign_with(common::KEY, common::SECRET, "the one body");
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        replayed.push(Stalled::open(&roomd.base, Some(&token)).await);
+    }
+    assert_eq!(answers(&mut replayed).await, [(408, 1), (503, 2)].into());
     // The slots are free again: a whole webhook is committed.
     let body = webhook::joined("after-the-stall", "RM_stall", "PA_1", "alice").body();
     assert_eq!(roomd.send(&body).await, StatusCode::OK);
@@ -460,5 +473,43 @@ async fn token_failures_say_what_failed() {
         assert!(message.contains(says), "{says:?} not in {message:?}");
         assert!(!message.contains("failed to encode jwt"), "{message}");
     }
+    app.stop().await;
+}
+
+/// A chunked webhook whose first chunk arrives and then nothing: the
+/// status roomd answered, once it has closed the connection (a guard of
+/// 30 s against a server that never does).
+async fn chunked_then_silence(base: &str, authorization: Option<&str>) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "POST /v1/webhooks/livekit HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/webhook+json\r\nTransfer-Encoding: chunked\r\n"
+    );
+    if let Some(token) = authorization {
+        head.push_str(&format!("Authorization: {token}\r\n"));
+    }
+    head.push_str("\r\n10\r\n{\"event\":\"room_s\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("roomd closes the connection of a refused body")
+        .ok();
+    let text = String::from_utf8_lossy(&answer);
+    text[9..12].parse().unwrap()
+}
+
+// A refused chunked body is not drained for ever: roomd answers and closes
+// the connection, so a client that trickles (or never ends) such bodies
+// holds no descriptor past the answer, with a token or without.
+#[actix_web::test]
+async fn refused_chunked_bodies_do_not_hold_their_connections() {
+    let db = TestDb::sqlite();
+    let mut settings = common::settings_for(&db);
+    settings.server.body_timeout_secs = 1;
+    let app = common::spawn_app_with(settings, db.backend).await;
+    assert_eq!(chunked_then_silence(&app.base, None).await, 401);
+    let token = common::sign_with(common::KEY, common::SECRET, "never sent");
+    assert_eq!(chunked_then_silence(&app.base, Some(&token)).await, 408);
     app.stop().await;
 }

@@ -254,7 +254,7 @@ async fn a_new_sid_ends_an_instance_whose_finish_was_lost(app: &TestApp) {
     assert_eq!(old.end_reason.as_deref(), Some("replaced"));
     assert_eq!(old.current_participants, 0);
     let xia = &app.participant_rows(old.id).await[0];
-    assert_eq!(xia.leave_reason.as_deref(), Some("room_replaced"));
+    assert_eq!(xia.leave_reason.as_deref(), Some("replaced"));
 }
 on_every_backend!(
     a_new_sid_ends_an_instance_whose_finish_was_lost_on_every_backend,

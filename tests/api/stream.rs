@@ -204,7 +204,7 @@ async fn streams_of_rooms_without_an_actor_leave_no_feed_behind() {
     app.ok(&webhook::room_finished("quiet", "RM_quiet").body())
         .await;
     common::until("the finished room's actor retires", async || {
-        app.rooms.live_actors() == 0
+        app.supervisor.live_actors() == 0
     })
     .await;
     for _ in 0..20 {
@@ -213,7 +213,7 @@ async fn streams_of_rooms_without_an_actor_leave_no_feed_behind() {
     }
     // Within a keep-alive or two every closed stream is noticed.
     common::until("every closed stream's feed released", async || {
-        app.rooms.feeds().is_empty()
+        app.supervisor.feeds().is_empty()
     })
     .await;
     app.stop().await;
@@ -286,4 +286,42 @@ async fn streams_are_capped_and_closed_ones_give_their_descriptors_back() {
     )
     .await;
     roomd.terminate();
+}
+
+// SIGTERM ends the live-update streams, so shutdown does not wait out its
+// timeout (an hour here) for streams that never finish on their own.
+#[tokio::test]
+async fn sigterm_ends_the_streams_and_roomd_exits() {
+    let db = common::TestDb::sqlite();
+    let roomd = Roomd::start_with(
+        &db.url,
+        "127.0.0.1:0",
+        &[("ROOMD__SERVER__SHUTDOWN_TIMEOUT_SECS", "3600")],
+    );
+    let body = webhook::joined("open", "RM_open", "PA_0", "host").body();
+    assert_eq!(roomd.send(&body).await, StatusCode::OK);
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/rooms/open/stream", roomd.base))
+        .bearer_auth(join_token("open", "viewer"))
+        .send()
+        .await
+        .unwrap();
+    let mut events = Events {
+        response,
+        buffer: String::new(),
+    };
+    assert_eq!(events.next().await.kind, "snapshot");
+    // A guard against a hung test, not a speed requirement.
+    let exited = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || roomd.terminate()),
+    )
+    .await
+    .expect("roomd exits on SIGTERM with a stream open")
+    .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    let end = tokio::time::timeout(Duration::from_secs(20), events.response.chunk())
+        .await
+        .expect("the stream ends");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
 }

@@ -45,7 +45,7 @@ async fn readyz_and_webhooks_wait_for_recovery() {
         );
         assert!(early.retry_after.is_some());
 
-        assert_eq!(app.rooms.recover().await.unwrap(), 1);
+        assert_eq!(app.supervisor.recover().await.unwrap(), 1);
         let (status, _) = app.get("/readyz").await;
         assert_eq!(status, StatusCode::OK);
         app.ok(&webhook::joined("warm", "RM_warm", "PA_x", "xan")
@@ -221,7 +221,7 @@ async fn a_crashing_actor_is_restarted_from_the_committed_state(app: &TestApp) {
         .id("EV_crash_2")
         .body())
         .await;
-    let restarts = app.rooms.status().restarts;
+    let restarts = app.supervisor.status().restarts;
 
     // The actor panics on the first delivery of an `EV_PANIC` id (a test-only
     // fault, once per id in the process): 503, nothing lost.
@@ -237,7 +237,7 @@ async fn a_crashing_actor_is_restarted_from_the_committed_state(app: &TestApp) {
         reply.json
     );
     assert!(reply.retry_after.is_some());
-    assert_eq!(app.rooms.status().restarts, restarts + 1);
+    assert_eq!(app.supervisor.status().restarts, restarts + 1);
     assert_eq!(app.count("crash").await, 2);
 
     // LiveKit redelivers: a new actor, rebuilt from the database, applies it.
@@ -266,12 +266,12 @@ on_every_backend!(
 /// Polls (bounded, no timing assertion) until the supervisor holds `n` actors.
 async fn until_live_actors(app: &TestApp, n: usize) -> usize {
     for _ in 0..200 {
-        if app.rooms.status().live_actors == n {
+        if app.supervisor.status().live_actors == n {
             break;
         }
         actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    app.rooms.status().live_actors
+    app.supervisor.status().live_actors
 }
 
 #[actix_web::test]
@@ -309,4 +309,37 @@ async fn finished_and_idle_rooms_retire_their_actors_and_stay_readable() {
         app.stop().await;
         db.drop_database().await;
     }
+}
+
+// An actor retires only when no delivery holds a slot in its mailbox, and a
+// message an actor never took goes to the room's next actor. With idle rooms
+// retiring at once, a room that keeps emptying has its actor retire between
+// almost every pair of events. Each event gets the one retry LiveKit would
+// make after a 503, and no event may be lost or counted twice. (Measured
+// here: before the two fixes about 1 event in 130 got a 503, after them
+// about 1 in 10,000 on an idle machine, more under load; the rate is a
+// figure, not an assertion.)
+#[actix_web::test]
+async fn retiring_actors_lose_no_event() {
+    let db = TestDb::sqlite();
+    let mut settings = common::settings_for(&db);
+    settings.rooms.idle_timeout_secs = 0;
+    let app = common::spawn_app_with(settings, db.backend).await;
+    for i in 0..500 {
+        let sid = format!("PA_{i}");
+        for body in [
+            webhook::joined("flicker", "RM_flicker", &sid, "fox").body(),
+            webhook::left("flicker", "RM_flicker", &sid, "fox").body(),
+        ] {
+            if app.webhook(&body).await.status != StatusCode::OK {
+                app.ok(&body).await;
+            }
+        }
+    }
+    assert_eq!(app.count("flicker").await, 0);
+    let rows = app.room_rows("flicker").await;
+    let sessions = app.participant_rows(rows[0].id).await;
+    assert_eq!(sessions.len(), 500);
+    assert!(sessions.iter().all(|s| s.left_at.is_some()));
+    app.stop().await;
 }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Changes, END_RECONCILED, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord,
+    Changes, EndReason, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord,
     Transition,
 };
 use crate::event::RoomTruth;
@@ -90,7 +90,7 @@ impl RoomState {
                 return (Transition::nothing(None), corrections);
             };
             let mut changes = Changes::default();
-            instance.end(at, END_RECONCILED, &LeaveReason::Reconciled, &mut changes);
+            instance.end(at, EndReason::Reconciled, &mut changes);
             corrections.push(correction(CorrectionKind::RoomEnded, None));
             corrections.extend(
                 changes

@@ -118,7 +118,7 @@ pub struct TestApp {
     pub key: String,
     pub secret: String,
     handle: ServerHandle,
-    pub rooms: roomd::room::Rooms,
+    pub supervisor: roomd::room::Supervisor,
     room_service: Option<std::sync::Arc<roomd::livekit::RoomService>>,
 }
 
@@ -138,7 +138,7 @@ pub async fn spawn_with_livekit(db: &TestDb, livekit: &fake_livekit::FakeLiveKit
     settings.livekit.url = livekit.url.clone();
     let app = spawn_app_with(settings, db.backend).await;
     until("the reconciliation at start-up", async || {
-        app.rooms.status().last_reconcile.is_some()
+        app.supervisor.status().last_reconcile.is_some()
     })
     .await;
     app
@@ -156,7 +156,7 @@ pub async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     panic!("never happened: {what}");
 }
 
-/// The app listening but not yet recovered: `app.rooms.recover()` finishes start-up.
+/// The app listening but not yet recovered: `app.supervisor.recover()` finishes start-up.
 pub async fn spawn_unrecovered(settings: Settings, backend: &'static str) -> TestApp {
     spawn(settings, backend, false).await
 }
@@ -176,7 +176,7 @@ async fn spawn(settings: Settings, backend: &'static str, recover: bool) -> Test
     }
     let base = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
-    let rooms = app.rooms().clone();
+    let supervisor = app.supervisor().clone();
     let room_service = app.room_service();
     actix_web::rt::spawn(app.run());
     TestApp {
@@ -190,7 +190,7 @@ async fn spawn(settings: Settings, backend: &'static str, recover: bool) -> Test
         key,
         secret,
         handle,
-        rooms,
+        supervisor,
         room_service,
     }
 }
@@ -348,7 +348,7 @@ impl TestApp {
         &self,
     ) -> Result<roomd::room::supervisor::ReconcileReport, roomd::reconcile::ReconcileError> {
         let service = self.room_service.as_ref().expect("livekit.url is set");
-        roomd::reconcile::reconcile_once(&self.rooms, service).await
+        roomd::reconcile::reconcile_once(&self.supervisor, service).await
     }
 
     /// A reconciliation round with the configured LiveKit, running on its own.
@@ -358,10 +358,10 @@ impl TestApp {
         Result<roomd::room::supervisor::ReconcileReport, roomd::reconcile::ReconcileError>,
     > {
         let service = self.room_service.clone().expect("livekit.url is set");
-        let rooms = self.rooms.clone();
-        actix_web::rt::spawn(
-            async move { roomd::reconcile::reconcile_once(&rooms, &service).await },
-        )
+        let supervisor = self.supervisor.clone();
+        actix_web::rt::spawn(async move {
+            roomd::reconcile::reconcile_once(&supervisor, &service).await
+        })
     }
 
     pub async fn stop(self) {

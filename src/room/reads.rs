@@ -1,0 +1,118 @@
+//! Reads for the frontend and admins: from the snapshots the actors publish
+//! (never through a mailbox), else from the database for rooms no actor
+//! holds. Each answer comes from one snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::feed::{Feeds, Subscription};
+use super::published::Page;
+use super::snapshot::{ParticipantView, RoomSnapshot, RoomView};
+use super::supervisor::Supervisor;
+use crate::record::RoomRecord;
+use crate::store::{self, StoreError};
+
+/// A room and who is in it, as one snapshot had them.
+#[derive(Debug, Clone)]
+pub struct RoomDetail {
+    pub room: RoomView,
+    pub participants: Vec<ParticipantView>,
+}
+
+impl Supervisor {
+    /// The latest published snapshot of a room with a live actor.
+    pub fn snapshot(&self, name: &str) -> Option<Arc<RoomSnapshot>> {
+        self.inner.parts.snapshots.get(name)
+    }
+
+    /// The room instance now or last live under `name`: from the snapshot when
+    /// an actor holds the room, else from the database (retired actors, rooms
+    /// that ended before a restart).
+    pub async fn room_view(&self, name: &str) -> Result<Option<RoomView>, StoreError> {
+        Ok(self.room_views(&[name]).await?.pop().flatten())
+    }
+
+    /// `room_view` for each of `names` (distinct), with one database query
+    /// for all the rooms no actor holds.
+    pub async fn room_views(&self, names: &[&str]) -> Result<Vec<Option<RoomView>>, StoreError> {
+        let mut views: Vec<Option<RoomView>> = names
+            .iter()
+            .map(|name| self.snapshot(name).and_then(|s| s.room.clone()))
+            .collect();
+        // No room can have a NUL in its name (webhooks carrying one are
+        // refused), and PostgreSQL would refuse the query.
+        let missing: Vec<&str> = names
+            .iter()
+            .zip(&views)
+            .filter(|(name, view)| view.is_none() && !name.contains('\0'))
+            .map(|(name, _)| *name)
+            .collect();
+        if !missing.is_empty() {
+            let mut stored: HashMap<String, RoomRecord> =
+                store::find_latest_rooms(&self.inner.parts.db, &missing)
+                    .await?
+                    .into_iter()
+                    .map(|room| (room.name.clone(), room))
+                    .collect();
+            for (name, view) in names.iter().zip(&mut views) {
+                if view.is_none() {
+                    *view = stored.remove(*name).as_ref().map(RoomView::of_record);
+                }
+            }
+        }
+        Ok(views)
+    }
+
+    /// Live updates of a room, for a new subscriber.
+    pub fn subscribe(&self, name: &str, last_event_id: Option<&str>) -> Subscription {
+        self.inner.parts.feeds.subscribe(name, last_event_id)
+    }
+
+    /// Every room's live-update feed.
+    pub fn feeds(&self) -> &Feeds {
+        &self.inner.parts.feeds
+    }
+
+    /// A subscriber left: a room without an actor keeps no feed nobody reads.
+    pub fn unsubscribe(&self, name: &str) {
+        let keep = self.inner.parts.registry.contains(name);
+        self.inner.parts.feeds.release(name, keep);
+    }
+
+    /// A room and who is in it now, both from one snapshot. A room without
+    /// an actor is read from the database, with nobody in it: actors retire
+    /// only when their room is empty or finished.
+    pub async fn room_detail(&self, name: &str) -> Result<Option<RoomDetail>, StoreError> {
+        if let Some(snapshot) = self.snapshot(name)
+            && let Some(room) = &snapshot.room
+        {
+            return Ok(Some(RoomDetail {
+                room: room.clone(),
+                participants: snapshot.participants.clone(),
+            }));
+        }
+        Ok(self.room_view(name).await?.map(|room| RoomDetail {
+            room,
+            participants: Vec::new(),
+        }))
+    }
+
+    /// Published snapshots in name order after `after`: a page of actors.
+    pub fn snapshots(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Page<(String, Arc<RoomSnapshot>)> {
+        self.inner.parts.snapshots.page(after, limit)
+    }
+
+    /// Active rooms held by actors, in name order after `after`.
+    pub fn live_rooms(&self, after: Option<&str>, limit: usize) -> Page<RoomView> {
+        self.inner.parts.snapshots.active_page(after, limit)
+    }
+
+    /// Names of the rooms the database holds as active (with or without an actor).
+    pub async fn active_room_names(&self) -> Result<Vec<String>, StoreError> {
+        store::active_room_names(&self.inner.parts.db).await
+    }
+}

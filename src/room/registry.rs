@@ -1,0 +1,129 @@
+//! The live room actors by name. Each actor's mailbox depth is kept beside
+//! its address, so the room's bookkeeping leaves with the actor.
+//!
+//! It never holds two actors for one name: actors are started inside the
+//! map's entry lock, and an actor loads its state after it is registered
+//! (its first message waits for that).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix::Addr;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::actor::RoomActor;
+use super::messages::Claim;
+
+/// A live actor and the messages waiting in its mailbox.
+#[derive(Clone)]
+pub struct RoomEntry {
+    pub addr: Addr<RoomActor>,
+    pub depth: Arc<AtomicUsize>,
+}
+
+impl RoomEntry {
+    fn of(addr: Addr<RoomActor>) -> Self {
+        Self {
+            addr,
+            depth: Arc::default(),
+        }
+    }
+}
+
+/// Whether `actor` found the room's actor or had to start one.
+pub enum Found {
+    Live,
+    Started,
+    /// The registered actor had died without unregistering (it panicked).
+    Restarted,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    actors: DashMap<String, RoomEntry>,
+}
+
+impl Registry {
+    /// The live actor for `name` (else one `start`ed in its place) with a
+    /// slot in its mailbox, or no slot when the mailbox holds `capacity`.
+    /// The slot is taken while the entry is held, so the actor cannot retire
+    /// between the two (`retire` refuses while a slot is taken).
+    pub fn actor(
+        &self,
+        name: &str,
+        capacity: usize,
+        start: impl FnOnce() -> Addr<RoomActor>,
+    ) -> (Option<(Addr<RoomActor>, Claim)>, Found) {
+        let with_slot =
+            |e: &RoomEntry| Claim::take(&e.depth, capacity).map(|slot| (e.addr.clone(), slot));
+        if let Some(entry) = self.actors.get(name)
+            && entry.addr.connected()
+        {
+            return (with_slot(&entry), Found::Live);
+        }
+        match self.actors.entry(name.to_owned()) {
+            Entry::Occupied(slot) if slot.get().addr.connected() => {
+                (with_slot(slot.get()), Found::Live)
+            }
+            Entry::Occupied(mut slot) => {
+                slot.insert(RoomEntry::of(start()));
+                (with_slot(slot.get()), Found::Restarted)
+            }
+            Entry::Vacant(slot) => (
+                with_slot(&slot.insert(RoomEntry::of(start()))),
+                Found::Started,
+            ),
+        }
+    }
+
+    /// Registers an actor `start`ed for `name` unless one is registered.
+    pub fn start_if_absent(&self, name: String, start: impl FnOnce() -> Addr<RoomActor>) {
+        if let Entry::Vacant(slot) = self.actors.entry(name) {
+            slot.insert(RoomEntry::of(start()));
+        }
+    }
+
+    /// Takes `addr` off the registry so it can stop, unless a delivery holds
+    /// a slot in its mailbox: then false, and the actor must stay.
+    pub fn retire(&self, name: &str, addr: &Addr<RoomActor>) -> bool {
+        let mut waiting = false;
+        self.actors.remove_if(name, |_, entry| {
+            waiting = entry.addr == *addr && entry.depth.load(Ordering::Acquire) > 0;
+            entry.addr == *addr && !waiting
+        });
+        !waiting
+    }
+
+    /// Takes `addr` off the registry, if it is still the one registered for `name`.
+    pub fn remove(&self, name: &str, addr: &Addr<RoomActor>) {
+        self.actors.remove_if(name, |_, entry| entry.addr == *addr);
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.actors.contains_key(name)
+    }
+
+    /// Messages waiting in a room's mailbox.
+    pub fn depth(&self, name: &str) -> usize {
+        self.actors
+            .get(name)
+            .map_or(0, |e| e.depth.load(Ordering::Relaxed))
+    }
+
+    /// Messages waiting in every mailbox.
+    pub fn total_depth(&self) -> usize {
+        self.actors
+            .iter()
+            .map(|e| e.depth.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.actors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
+    }
+}
