@@ -14,7 +14,7 @@ pub enum RoomStatus {
 }
 
 impl RoomStatus {
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Ended => "ended",

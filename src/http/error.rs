@@ -26,7 +26,7 @@ pub enum ApiError {
     BodyTimeout { secs: u64 },
     #[error("{limit} webhook bodies are being read already (server.max_body_reads)")]
     TooManyBodies { limit: usize },
-    #[error("a body signed with this token is being read already (a token signs one body)")]
+    #[error("a body with this token is being read already (a token signs one body)")]
     BodyBeingRead,
     #[error(transparent)]
     Busy(DeliverError),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{AppState, error::ApiError};
-use crate::livekit::{self, BodyHash};
+use crate::livekit;
 use crate::room::messages::Delivered;
 
 #[derive(Serialize)]
@@ -100,7 +100,9 @@ async fn accept(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let body_hash = state.verifier.token(authorization)?;
-    let body = state.bodies.read(req, payload, &body_hash).await?;
+    // A token that verified is there.
+    let token = authorization.unwrap_or_default();
+    let body = state.bodies.read(req, payload, token).await?;
     body_hash.check(&body)?;
     let delivery = livekit::parse(&body, chrono::Utc::now())?;
     *event = Some(delivery.event.clone());
@@ -124,25 +126,29 @@ async fn accept(
 /// Reads webhook bodies within bounds: at most `max_bytes` each, each within
 /// `timeout` of its headers, and at most `reads` of them at once, so slow or
 /// stalled senders (even signed ones) cannot pile up memory. One body per
-/// signed hash at a time: a token is good for one body only, so a captured
-/// token replayed with stalled bodies holds one slot, not all of them.
+/// token at a time: a token signs one body (LiveKit retries a delivery with
+/// its token only after giving up on the previous try), so a captured token
+/// replayed with stalled bodies holds one slot, not all of them.
 pub struct BodyReader {
     max_bytes: usize,
     timeout: Duration,
     reads: Arc<Semaphore>,
     max_reads: usize,
-    reading: Mutex<HashSet<BodyHash>>,
+    reading: Mutex<HashSet<String>>,
 }
 
-/// A signed hash whose body is being read; forgotten when dropped.
+/// A token whose body is being read; forgotten when dropped.
 struct Reading<'a> {
-    hashes: &'a Mutex<HashSet<BodyHash>>,
-    hash: BodyHash,
+    tokens: &'a Mutex<HashSet<String>>,
+    token: String,
 }
 
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
-        self.hashes.lock().expect("reading lock").remove(&self.hash);
+        self.tokens
+            .lock()
+            .expect("reading lock")
+            .remove(&self.token);
     }
 }
 
@@ -161,7 +167,7 @@ impl BodyReader {
         &self,
         req: &HttpRequest,
         payload: &mut web::Payload,
-        hash: &BodyHash,
+        token: &str,
     ) -> Result<web::Bytes, ApiError> {
         let limit = self.max_bytes;
         let declared = req
@@ -176,13 +182,13 @@ impl BodyReader {
             .reading
             .lock()
             .expect("reading lock")
-            .insert(hash.clone())
+            .insert(token.to_owned())
         {
             return Err(ApiError::BodyBeingRead);
         }
         let _reading = Reading {
-            hashes: &self.reading,
-            hash: hash.clone(),
+            tokens: &self.reading,
+            token: token.to_owned(),
         };
         let _read = self
             .reads

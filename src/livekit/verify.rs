@@ -128,7 +128,7 @@ impl WebhookVerifier {
 }
 
 /// The SHA-256 a verified token claims for the body it came with.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug)]
 pub struct BodyHash(Vec<u8>);
 
 impl BodyHash {

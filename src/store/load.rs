@@ -14,8 +14,9 @@ use super::entity::{participants, rooms};
 use crate::event::ParticipantKind;
 use crate::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
-const ACTIVE: &str = "active";
-const ENDED: &str = "ended";
+/// `rooms.status` as the writer stores it.
+const ACTIVE: &str = RoomStatus::Active.as_str();
+const ENDED: &str = RoomStatus::Ended.as_str();
 
 fn room_record(m: rooms::Model) -> Result<RoomRecord, StoreError> {
     let status = RoomStatus::parse(&m.status).ok_or_else(|| {

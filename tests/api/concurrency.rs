@@ -131,10 +131,10 @@ async fn concurrent_deliveries_across_rooms_match_the_ground_truth(app: &TestApp
         "one instance per room, however concurrent"
     );
 }
-on_every_backend!(
-    concurrent_deliveries_across_rooms_match_the_ground_truth_on_every_backend,
-    concurrent_deliveries_across_rooms_match_the_ground_truth
-);
+#[actix_web::test]
+async fn concurrent_deliveries_across_rooms_match_the_ground_truth_on_every_backend() {
+    common::on_every_backend(concurrent_deliveries_across_rooms_match_the_ground_truth).await;
+}
 
 /// 100 first events for one new room at once: one actor, one room row.
 async fn concurrent_first_events_make_one_room(app: &TestApp) {
@@ -162,7 +162,7 @@ async fn concurrent_first_events_make_one_room(app: &TestApp) {
     assert_eq!(app.room_rows("stampede").await.len(), 1);
     assert_eq!(app.count("stampede").await, 100);
 }
-on_every_backend!(
-    concurrent_first_events_make_one_room_on_every_backend,
-    concurrent_first_events_make_one_room
-);
+#[actix_web::test]
+async fn concurrent_first_events_make_one_room_on_every_backend() {
+    common::on_every_backend(concurrent_first_events_make_one_room).await;
+}

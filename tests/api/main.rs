@@ -4,7 +4,6 @@
 //! kills it or measures it; LiveKit played by `common::fake_livekit` (its
 //! RoomService) and `common::webhook` (its signed deliveries).
 
-#[macro_use]
 mod common;
 
 mod cli;

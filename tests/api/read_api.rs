@@ -121,10 +121,10 @@ async fn every_read_route_answers(app: &TestApp) {
     let (status, _) = get(app, "/v1/debug/actors/nowhere", Some(&admin)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
-on_every_backend!(
-    every_read_route_answers_on_every_backend,
-    every_read_route_answers
-);
+#[actix_web::test]
+async fn every_read_route_answers_on_every_backend() {
+    common::on_every_backend(every_read_route_answers).await;
+}
 
 async fn livekit_tokens_decide_who_reads_what(app: &TestApp) {
     seed(app).await;
@@ -231,10 +231,10 @@ async fn livekit_tokens_decide_who_reads_what(app: &TestApp) {
         assert_eq!(response.status(), StatusCode::OK, "{scheme}");
     }
 }
-on_every_backend!(
-    livekit_tokens_decide_who_reads_what_on_every_backend,
-    livekit_tokens_decide_who_reads_what
-);
+#[actix_web::test]
+async fn livekit_tokens_decide_who_reads_what_on_every_backend() {
+    common::on_every_backend(livekit_tokens_decide_who_reads_what).await;
+}
 
 #[actix_web::test]
 async fn counts_can_be_made_private() {
@@ -345,10 +345,10 @@ async fn metrics_reflect_a_known_sequence_of_events(app: &TestApp) {
     assert_eq!(sample(&text, "roomd_actor_restarts_total"), 0.0);
     assert_eq!(sample(&text, "roomd_mailbox_depth"), 0.0);
 }
-on_every_backend!(
-    metrics_reflect_a_known_sequence_of_events_on_every_backend,
-    metrics_reflect_a_known_sequence_of_events
-);
+#[actix_web::test]
+async fn metrics_reflect_a_known_sequence_of_events_on_every_backend() {
+    common::on_every_backend(metrics_reflect_a_known_sequence_of_events).await;
+}
 
 #[actix_web::test]
 async fn cors_lets_the_configured_frontend_read() {
@@ -422,7 +422,7 @@ async fn every_response_carries_a_request_id(app: &TestApp) {
         "the proxy's id is kept, errors too"
     );
 }
-on_every_backend!(
-    every_response_carries_a_request_id_on_every_backend,
-    every_response_carries_a_request_id
-);
+#[actix_web::test]
+async fn every_response_carries_a_request_id_on_every_backend() {
+    common::on_every_backend(every_response_carries_a_request_id).await;
+}

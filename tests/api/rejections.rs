@@ -217,10 +217,10 @@ async fn every_rejection_leaves_state_unchanged(app: &TestApp) {
     assert_eq!(reply.status, StatusCode::OK, "a Bearer prefix is accepted");
     assert_eq!(app.count("keep-me").await, 2);
 }
-on_every_backend!(
-    every_rejection_leaves_state_unchanged_on_every_backend,
-    every_rejection_leaves_state_unchanged
-);
+#[actix_web::test]
+async fn every_rejection_leaves_state_unchanged_on_every_backend() {
+    common::on_every_backend(every_rejection_leaves_state_unchanged).await;
+}
 
 /// A verified body from a newer LiveKit (an enum name this build does not
 /// know, `"id": null`) is applied from the fields roomd needs, not refused.
@@ -243,10 +243,10 @@ async fn newer_livekit_bodies_are_applied(app: &TestApp) {
     app.ok(&numeric_kind).await;
     assert_eq!(app.room("future").await["counts_by_kind"]["agent"], 1);
 }
-on_every_backend!(
-    newer_livekit_bodies_are_applied_on_every_backend,
-    newer_livekit_bodies_are_applied
-);
+#[actix_web::test]
+async fn newer_livekit_bodies_are_applied_on_every_backend() {
+    common::on_every_backend(newer_livekit_bodies_are_applied).await;
+}
 
 async fn unknown_routes_get_a_json_404(app: &TestApp) {
     let (status, json) = app.get("/v1/nothing-here").await;
@@ -256,10 +256,10 @@ async fn unknown_routes_get_a_json_404(app: &TestApp) {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(json["error"], "not_found");
 }
-on_every_backend!(
-    unknown_routes_get_a_json_404_on_every_backend,
-    unknown_routes_get_a_json_404
-);
+#[actix_web::test]
+async fn unknown_routes_get_a_json_404_on_every_backend() {
+    common::on_every_backend(unknown_routes_get_a_json_404).await;
+}
 
 /// A NUL character cannot be stored by PostgreSQL: a webhook carrying one is
 /// refused with 400 (a 503 would be retried by LiveKit for ever), a read of
@@ -315,7 +315,7 @@ async fn nul_characters_are_refused_and_never_reach_the_database(app: &TestApp) 
         );
     }
 }
-on_every_backend!(
-    nul_characters_are_refused_and_never_reach_the_database_on_every_backend,
-    nul_characters_are_refused_and_never_reach_the_database
-);
+#[actix_web::test]
+async fn nul_characters_are_refused_and_never_reach_the_database_on_every_backend() {
+    common::on_every_backend(nul_characters_are_refused_and_never_reach_the_database).await;
+}

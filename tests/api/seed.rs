@@ -51,10 +51,10 @@ async fn closing_the_browser_sets_left_at(app: &TestApp) {
     assert_eq!(room.current_participants, 0);
     assert_eq!(app.count("meeting-1").await, 0);
 }
-on_every_backend!(
-    closing_the_browser_sets_left_at_on_every_backend,
-    closing_the_browser_sets_left_at
-);
+#[actix_web::test]
+async fn closing_the_browser_sets_left_at_on_every_backend() {
+    common::on_every_backend(closing_the_browser_sets_left_at).await;
+}
 
 /// Test 2: everyone closes the browser at once: several participant_left,
 /// then room_finished; the room ends with status 'ended', ended_at set and
@@ -107,10 +107,10 @@ async fn everyone_leaving_ends_the_room(app: &TestApp) {
     assert_eq!(view["participant_count"], 0);
     assert!(view["ended_at"].is_string());
 }
-on_every_backend!(
-    everyone_leaving_ends_the_room_on_every_backend,
-    everyone_leaving_ends_the_room
-);
+#[actix_web::test]
+async fn everyone_leaving_ends_the_room_on_every_backend() {
+    common::on_every_backend(everyone_leaving_ends_the_room).await;
+}
 
 /// Test 3: the seed's curl body exactly (no id, no sids, a numeric
 /// createdAt), signed, gets the seed's reply.
@@ -141,7 +141,7 @@ async fn the_seed_curl_body_is_accepted(app: &TestApp) {
     app.ok(&later.body()).await;
     assert_eq!(app.count("test-room-abc123").await, 1);
 }
-on_every_backend!(
-    the_seed_curl_body_is_accepted_on_every_backend,
-    the_seed_curl_body_is_accepted
-);
+#[actix_web::test]
+async fn the_seed_curl_body_is_accepted_on_every_backend() {
+    common::on_every_backend(the_seed_curl_body_is_accepted).await;
+}

@@ -40,10 +40,10 @@ async fn a_redelivered_event_is_acknowledged_and_not_reapplied(app: &TestApp) {
     );
     assert_eq!(row.outcome, "applied");
 }
-on_every_backend!(
-    a_redelivered_event_is_acknowledged_and_not_reapplied_on_every_backend,
-    a_redelivered_event_is_acknowledged_and_not_reapplied
-);
+#[actix_web::test]
+async fn a_redelivered_event_is_acknowledged_and_not_reapplied_on_every_backend() {
+    common::on_every_backend(a_redelivered_event_is_acknowledged_and_not_reapplied).await;
+}
 
 async fn a_leave_before_its_join_keeps_the_session_closed(app: &TestApp) {
     app.ok(&webhook::room_started("ooo", "RM_ooo").id("EV_ooo_0").body())
@@ -84,10 +84,10 @@ async fn a_leave_before_its_join_keeps_the_session_closed(app: &TestApp) {
     );
     assert_eq!(room.current_participants, 0);
 }
-on_every_backend!(
-    a_leave_before_its_join_keeps_the_session_closed_on_every_backend,
-    a_leave_before_its_join_keeps_the_session_closed
-);
+#[actix_web::test]
+async fn a_leave_before_its_join_keeps_the_session_closed_on_every_backend() {
+    common::on_every_backend(a_leave_before_its_join_keeps_the_session_closed).await;
+}
 
 async fn a_reconnect_with_a_new_sid_counts_the_person_once(app: &TestApp) {
     app.ok(&webhook::joined("rc", "RM_rc", "PA_r1", "rita")
@@ -121,10 +121,10 @@ async fn a_reconnect_with_a_new_sid_counts_the_person_once(app: &TestApp) {
     let room = app.active_room_row("rc").await.unwrap();
     assert_eq!(room.current_participants, 1);
 }
-on_every_backend!(
-    a_reconnect_with_a_new_sid_counts_the_person_once_on_every_backend,
-    a_reconnect_with_a_new_sid_counts_the_person_once
-);
+#[actix_web::test]
+async fn a_reconnect_with_a_new_sid_counts_the_person_once_on_every_backend() {
+    common::on_every_backend(a_reconnect_with_a_new_sid_counts_the_person_once).await;
+}
 
 async fn room_finished_closes_every_open_participant(app: &TestApp) {
     for (i, who) in ["ann", "ben", "cat"].iter().enumerate() {
@@ -169,10 +169,10 @@ async fn room_finished_closes_every_open_participant(app: &TestApp) {
     assert_eq!(late_leave["outcome"], "stale");
     assert_eq!(app.count("fin").await, 0);
 }
-on_every_backend!(
-    room_finished_closes_every_open_participant_on_every_backend,
-    room_finished_closes_every_open_participant
-);
+#[actix_web::test]
+async fn room_finished_closes_every_open_participant_on_every_backend() {
+    common::on_every_backend(room_finished_closes_every_open_participant).await;
+}
 
 async fn a_reused_room_name_is_a_new_instance(app: &TestApp) {
     app.ok(&webhook::room_started("daily", "RM_day1")
@@ -224,10 +224,10 @@ async fn a_reused_room_name_is_a_new_instance(app: &TestApp) {
         .unwrap();
     assert_eq!(first.status, "ended");
 }
-on_every_backend!(
-    a_reused_room_name_is_a_new_instance_on_every_backend,
-    a_reused_room_name_is_a_new_instance
-);
+#[actix_web::test]
+async fn a_reused_room_name_is_a_new_instance_on_every_backend() {
+    common::on_every_backend(a_reused_room_name_is_a_new_instance).await;
+}
 
 async fn a_new_sid_ends_an_instance_whose_finish_was_lost(app: &TestApp) {
     app.ok(&webhook::joined("lost", "RM_lost1", "PA_x", "xia")
@@ -256,10 +256,10 @@ async fn a_new_sid_ends_an_instance_whose_finish_was_lost(app: &TestApp) {
     let xia = &app.participant_rows(old.id).await[0];
     assert_eq!(xia.leave_reason.as_deref(), Some("replaced"));
 }
-on_every_backend!(
-    a_new_sid_ends_an_instance_whose_finish_was_lost_on_every_backend,
-    a_new_sid_ends_an_instance_whose_finish_was_lost
-);
+#[actix_web::test]
+async fn a_new_sid_ends_an_instance_whose_finish_was_lost_on_every_backend() {
+    common::on_every_backend(a_new_sid_ends_an_instance_whose_finish_was_lost).await;
+}
 
 async fn counts_include_every_kind_and_break_them_down(app: &TestApp) {
     app.ok(&webhook::joined("kinds", "RM_k", "PA_1", "u1").body())
@@ -289,10 +289,10 @@ async fn counts_include_every_kind_and_break_them_down(app: &TestApp) {
     let room = app.active_room_row("kinds").await.unwrap();
     assert_eq!(room.current_participants, 5);
 }
-on_every_backend!(
-    counts_include_every_kind_and_break_them_down_on_every_backend,
-    counts_include_every_kind_and_break_them_down
-);
+#[actix_web::test]
+async fn counts_include_every_kind_and_break_them_down_on_every_backend() {
+    common::on_every_backend(counts_include_every_kind_and_break_them_down).await;
+}
 
 async fn events_roomd_does_not_act_on_are_acknowledged_and_audited(app: &TestApp) {
     let track = webhook::event("track_published")
@@ -314,7 +314,7 @@ async fn events_roomd_does_not_act_on_are_acknowledged_and_audited(app: &TestApp
     // None of them made a room.
     assert!(app.room_rows("audit").await.is_empty());
 }
-on_every_backend!(
-    events_roomd_does_not_act_on_are_acknowledged_and_audited_on_every_backend,
-    events_roomd_does_not_act_on_are_acknowledged_and_audited
-);
+#[actix_web::test]
+async fn events_roomd_does_not_act_on_are_acknowledged_and_audited_on_every_backend() {
+    common::on_every_backend(events_roomd_does_not_act_on_are_acknowledged_and_audited).await;
+}

@@ -110,10 +110,10 @@ async fn a_connected_client_sees_joins_and_leaves_in_order(app: &TestApp) {
         ]
     );
 }
-on_every_backend!(
-    a_connected_client_sees_joins_and_leaves_in_order_on_every_backend,
-    a_connected_client_sees_joins_and_leaves_in_order
-);
+#[actix_web::test]
+async fn a_connected_client_sees_joins_and_leaves_in_order_on_every_backend() {
+    common::on_every_backend(a_connected_client_sees_joins_and_leaves_in_order).await;
+}
 
 async fn a_reconnect_with_last_event_id_misses_nothing(app: &TestApp) {
     app.ok(&webhook::joined("resume", "RM_res", "PA_0", "host").body())
@@ -150,10 +150,10 @@ async fn a_reconnect_with_last_event_id_misses_nothing(app: &TestApp) {
     assert_eq!(fresh.kind, "snapshot");
     assert_eq!(fresh.data["room"]["participant_count"], 4);
 }
-on_every_backend!(
-    a_reconnect_with_last_event_id_misses_nothing_on_every_backend,
-    a_reconnect_with_last_event_id_misses_nothing
-);
+#[actix_web::test]
+async fn a_reconnect_with_last_event_id_misses_nothing_on_every_backend() {
+    common::on_every_backend(a_reconnect_with_last_event_id_misses_nothing).await;
+}
 
 async fn a_client_that_never_reads_does_not_hold_the_room_up(app: &TestApp) {
     app.ok(&webhook::joined("slow", "RM_slow", "PA_0", "host").body())
@@ -184,10 +184,10 @@ async fn a_client_that_never_reads_does_not_hold_the_room_up(app: &TestApp) {
         "the stream needs a token for the room"
     );
 }
-on_every_backend!(
-    a_client_that_never_reads_does_not_hold_the_room_up_on_every_backend,
-    a_client_that_never_reads_does_not_hold_the_room_up
-);
+#[actix_web::test]
+async fn a_client_that_never_reads_does_not_hold_the_room_up_on_every_backend() {
+    common::on_every_backend(a_client_that_never_reads_does_not_hold_the_room_up).await;
+}
 
 // A stream's room feed goes with its last listener when the room has no
 // actor: quiet and ended rooms never publish, so only the keep-alive can

@@ -258,10 +258,10 @@ async fn a_crashing_actor_is_restarted_from_the_committed_state(app: &TestApp) {
         3
     );
 }
-on_every_backend!(
-    a_crashing_actor_is_restarted_from_the_committed_state_on_every_backend,
-    a_crashing_actor_is_restarted_from_the_committed_state
-);
+#[actix_web::test]
+async fn a_crashing_actor_is_restarted_from_the_committed_state_on_every_backend() {
+    common::on_every_backend(a_crashing_actor_is_restarted_from_the_committed_state).await;
+}
 
 /// Polls (bounded, no timing assertion) until the supervisor holds `n` actors.
 async fn until_live_actors(app: &TestApp, n: usize) -> usize {

@@ -371,18 +371,13 @@ impl TestApp {
     }
 }
 
-/// Runs a scenario on every backend, each on a fresh database and app.
-#[macro_export]
-macro_rules! on_every_backend {
-    ($test:ident, $scenario:path) => {
-        #[actix_web::test]
-        async fn $test() {
-            for db in $crate::common::TestDb::all().await {
-                let app = $crate::common::spawn_app(&db).await;
-                $scenario(&app).await;
-                app.stop().await;
-                db.drop_database().await;
-            }
-        }
-    };
+/// Runs `scenario` on every backend, each on a fresh database and app: the
+/// loop that tests needing their own settings or processes write out.
+pub async fn on_every_backend(scenario: impl AsyncFn(&TestApp)) {
+    for db in TestDb::all().await {
+        let app = spawn_app(&db).await;
+        scenario(&app).await;
+        app.stop().await;
+        db.drop_database().await;
+    }
 }
