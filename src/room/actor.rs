@@ -224,7 +224,10 @@ impl RoomActor {
                     // Off the registry first, so the next event starts a fresh
                     // actor; but not while a delivery holds a mailbox slot:
                     // its message would be dropped unhandled.
-                    if !act.parts.registry.retire(&act.name, &ctx.address()) {
+                    // Nor while a commit is in flight: actix can run this
+                    // timer in the same turn that queued the commit's wait,
+                    // and stopping then drops the commit and its answer.
+                    if ctx.waiting() || !act.parts.registry.retire(&act.name, &ctx.address()) {
                         act.retire_check = Some(ctx.run_later(RETIRE_RETRY, |act, ctx| {
                             act.retire_check = None;
                             act.schedule_retirement(ctx);
