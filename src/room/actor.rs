@@ -13,7 +13,6 @@
 //! an idle timeout with nobody in; the room stays readable from the database.
 
 use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::feed::Feeds;
-use super::messages::{Apply, Delivered, Reconcile, Reconciled, RoomError};
+use super::messages::RoomError;
 use super::published::Published;
 use super::registry;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
@@ -34,6 +33,8 @@ use crate::record::{Committed, EventRecord};
 use crate::store::{self, StoreError, Writer};
 
 /// Events an actor keeps for the debug view.
+mod handlers;
+
 const RECENT: usize = 16;
 
 pub type Registry = Arc<registry::Registry>;
@@ -357,183 +358,5 @@ impl Actor for RoomActor {
     fn stopped(&mut self, ctx: &mut Self::Context) {
         self.unregister(ctx);
         tracing::debug!(room = %self.name, "room actor stopped");
-    }
-}
-
-/// Runs the pure state machine, turning a panic into an error: one bad event
-/// must not take the other rooms on this thread down with it.
-fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
-    catch_unwind(AssertUnwindSafe(f)).ok()
-}
-
-#[cfg(feature = "fault-injection")]
-fn inject_fault(delivery: &crate::event::Delivery) {
-    use std::sync::Mutex;
-    static CRASHED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    if let Some(id) = delivery
-        .id
-        .as_deref()
-        .filter(|id| id.starts_with("EV_PANIC"))
-    {
-        let mut crashed = CRASHED.lock().unwrap();
-        if !crashed.iter().any(|c| c == id) {
-            crashed.push(id.to_owned());
-            drop(crashed);
-            panic!("fault injection: first delivery of {id}");
-        }
-    }
-}
-
-impl Handler<Apply> for RoomActor {
-    type Result = AtomicResponse<Self, ()>;
-
-    fn handle(&mut self, msg: Apply, ctx: &mut Self::Context) -> Self::Result {
-        let Apply {
-            delivery,
-            room,
-            event,
-            reply,
-            slot,
-            admission,
-            span,
-        } = msg;
-        slot.take();
-        let _request = span.enter();
-        let Some(state) = &mut self.state else {
-            // Only reachable if loading failed; the actor is stopping.
-            let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
-        };
-        let applied = guarded(|| {
-            #[cfg(feature = "fault-injection")]
-            inject_fault(&delivery);
-            // In place, not on a copy: a room of hundreds would be copied on
-            // every event. Nobody sees the new state before the commit (the
-            // actor handles one message at a time and publishes after it),
-            // and every way the commit can disagree restarts the actor from
-            // the database without publishing (see `commit`).
-            let mut transition = state.apply(&room, &event, delivery.at());
-            // Now, not when the webhook arrived: a reconcile list fetched
-            // before this moment may not show the change yet.
-            state.mark_changed(&mut transition, Utc::now());
-            transition
-        });
-        let Some(transition) = applied else {
-            tracing::error!(room = %self.name, event_id = ?delivery.id, event = %delivery.event, "room state machine panicked; restarting the room");
-            self.restart(ctx);
-            let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
-        };
-        let identity = event.participant().map(|p| p.identity.clone());
-        let record =
-            EventRecord::of_delivery(&delivery, transition.room_id, transition.outcome.as_str());
-        let outcome = transition.outcome;
-        let span = span.clone();
-        self.commit(Next::InPlace, transition, record, reply, move |act, committed| {
-            let _request = span.enter();
-            // The event is handled: it no longer counts against the
-            // in-flight bound, whatever became of its request.
-            drop(admission);
-            let mut update = None;
-            let result = committed.map(|c| match c {
-                Committed::Stored => {
-                    match outcome {
-                        Outcome::Applied => {
-                            act.counters.applied += 1;
-                            update = Some(LiveUpdate {
-                                event: delivery.event.clone(),
-                                identity,
-                            });
-                        }
-                        Outcome::Ignored => act.counters.ignored += 1,
-                        Outcome::Stale => act.counters.stale += 1,
-                    }
-                    Delivered::Committed(outcome)
-                }
-                Committed::Duplicate => {
-                    act.counters.duplicates += 1;
-                    Delivered::Duplicate
-                }
-            });
-            if let Ok(delivered) = &result {
-                tracing::debug!(room = %act.name, event_id = ?delivery.id, event = %delivery.event, outcome = delivered.as_str(), "event committed");
-                act.remember(LastEvent {
-                    id: delivery.id.clone(),
-                    event: delivery.event.clone(),
-                    outcome: delivered.as_str(),
-                    at: delivery.received_at,
-                });
-            }
-            (result, update)
-        })
-    }
-}
-
-impl Handler<Reconcile> for RoomActor {
-    type Result = AtomicResponse<Self, ()>;
-
-    fn handle(&mut self, msg: Reconcile, ctx: &mut Self::Context) -> Self::Result {
-        let Reconcile {
-            truth,
-            fetched_at,
-            reply,
-            slot,
-        } = msg;
-        slot.take();
-        let Some(state) = &self.state else {
-            let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
-        };
-        let now = Utc::now();
-        let reconciled = guarded(|| {
-            let mut next = state.clone();
-            next.reconcile(truth.as_ref(), fetched_at, now)
-                .map(|(mut transition, corrections)| {
-                    next.mark_changed(&mut transition, now);
-                    (next, transition, corrections)
-                })
-        });
-        let Some(reconciled) = reconciled else {
-            tracing::error!(room = %self.name, "room state machine panicked in reconcile; restarting the room");
-            self.restart(ctx);
-            let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
-        };
-        let Some((next, transition, corrections)) = reconciled else {
-            // The room changed after LiveKit's list was fetched.
-            let _ = reply.send(Ok(Reconciled::Skipped));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
-        };
-        if corrections.is_empty() {
-            let _ = reply.send(Ok(Reconciled::Corrected(corrections)));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
-        }
-        let sid = truth.as_ref().and_then(|t| t.room.sid.clone());
-        let record = EventRecord::of_reconcile(
-            &self.name,
-            sid,
-            transition.room_id,
-            now,
-            transition.outcome.as_str(),
-        );
-        self.commit(Next::Swap(Box::new(next)), transition, record, reply, move |act, committed| {
-            let mut update = None;
-            if committed.is_ok() {
-                for c in &corrections {
-                    tracing::info!(room = %act.name, correction = ?c.what, identity = ?c.identity, sid = ?c.sid, "reconciled with LiveKit");
-                }
-                act.remember(LastEvent {
-                    id: None,
-                    event: EventRecord::RECONCILE.into(),
-                    outcome: Outcome::Applied.as_str(),
-                    at: now,
-                });
-                update = Some(LiveUpdate {
-                    event: EventRecord::RECONCILE.into(),
-                    identity: None,
-                });
-            }
-            (committed.map(|_| Reconciled::Corrected(corrections)), update)
-        })
     }
 }

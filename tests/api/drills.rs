@@ -144,7 +144,7 @@ async fn connections_hanging_mid_transaction_under_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn roomd_killed_mid_load_and_restarted() {
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let client = reqwest::Client::new();
         let roomd = Roomd::start(&db.url).ready(&client).await;
         let bind = roomd.base.trim_start_matches("http://").to_owned();
@@ -162,8 +162,8 @@ async fn roomd_killed_mid_load_and_restarted() {
             report.stdout
         );
         roomd.kill_9();
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

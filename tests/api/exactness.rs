@@ -27,9 +27,9 @@ fn created(event: webhook::Event, room_created: i64, at: i64) -> webhook::Event 
 // actor that restarted in between (its in-memory history is empty).
 #[actix_web::test]
 async fn reconcile_never_applies_a_list_fetched_before_a_change_across_an_actor_restart() {
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
-        let app = common::spawn_with_livekit(&db, &livekit).await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
         livekit.hold();
         let before = livekit.requests();
         let round = app.spawn_reconcile();
@@ -63,8 +63,8 @@ async fn reconcile_never_applies_a_list_fetched_before_a_change_across_an_actor_
         assert_eq!(app.count("late").await, 2);
         app.stop().await;
         livekit.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 // Hole 1, what comes after: a room reconciliation ended, which LiveKit then
@@ -72,9 +72,9 @@ async fn reconcile_never_applies_a_list_fetched_before_a_change_across_an_actor_
 // happened after the end revives it too.
 #[actix_web::test]
 async fn a_room_that_reconcile_ended_comes_back_when_livekit_shows_it_live() {
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
-        let app = common::spawn_with_livekit(&db, &livekit).await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
         for room in ["back", "woken"] {
             app.ok(&webhook::joined(room, &format!("RM_{room}"), "PA_a", "alice").body())
                 .await;
@@ -118,8 +118,8 @@ async fn a_room_that_reconcile_ended_comes_back_when_livekit_shows_it_live() {
         assert_eq!(view["participant_count"], 1);
         app.stop().await;
         livekit.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 // Hole 2: an unknown sid is a newer instance only if it was created later.
@@ -491,8 +491,8 @@ async fn every_copy_of_a_redelivery_is_counted_on_every_backend() {
 // aged by hand, as two hours of running would.
 #[actix_web::test]
 async fn history_past_the_horizon_is_not_loaded_at_recovery() {
-    for db in TestDb::all().await {
-        let app = common::spawn_app(&db).await;
+    common::on_every_database(async |db| {
+        let app = common::spawn_app(db).await;
         for i in 0..5 {
             let sid = format!("PA_old{i}");
             app.ok(&webhook::joined("marathon", "RM_m", &sid, "guest").body())
@@ -514,7 +514,7 @@ async fn history_past_the_horizon_is_not_loaded_at_recovery() {
             .unwrap();
         app.stop().await;
 
-        let mut settings = common::settings_for(&db);
+        let mut settings = common::settings_for(db);
         settings.rooms.history_horizon_secs = 3600;
         let app = common::spawn_app_with(settings, db.backend).await;
         let (status, actor) = app
@@ -541,8 +541,8 @@ async fn history_past_the_horizon_is_not_loaded_at_recovery() {
             .unwrap();
         assert_eq!(rows.len(), 5);
         app.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 // Bounded state: audit rows past retention go, in batches.
@@ -642,8 +642,8 @@ async fn no_session_is_closed_before_it_began_on_every_backend() {
 // clock is behind, replays) lost their tombstones at once after a restart.
 #[actix_web::test]
 async fn old_event_times_keep_their_history_across_a_restart() {
-    for db in TestDb::all().await {
-        let app = common::spawn_app(&db).await;
+    common::on_every_database(async |db| {
+        let app = common::spawn_app(db).await;
         let old = now_secs() - 7200;
         app.ok(&webhook::joined("aged", "RM_aged", "PA_b", "bob")
             .at(old)
@@ -656,7 +656,7 @@ async fn old_event_times_keep_their_history_across_a_restart() {
             .await;
         app.stop().await;
 
-        let app = common::spawn_app(&db).await;
+        let app = common::spawn_app(db).await;
         let late = app
             .ok(&webhook::joined("aged", "RM_aged", "PA_a", "alice")
                 .at(old + 5)
@@ -665,6 +665,6 @@ async fn old_event_times_keep_their_history_across_a_restart() {
         assert_eq!(late["outcome"], "ignored", "[{}] {late}", db.backend);
         assert_eq!(app.count("aged").await, 1);
         app.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }

@@ -105,8 +105,8 @@ fn golden_tokens_fail_with_another_key_or_secret() {
 #[actix_web::test]
 async fn the_golden_story_applies_over_http() {
     let fixtures = fixtures();
-    for db in common::TestDb::all().await {
-        let mut settings = common::settings_for(&db);
+    common::on_every_database(async |db| {
+        let mut settings = common::settings_for(db);
         settings.livekit.api_key = fixtures[0].1.api_key.clone();
         settings.livekit.api_secret = fixtures[0].1.api_secret.clone();
         let app = common::spawn_app_with(settings, db.backend).await;
@@ -147,6 +147,6 @@ async fn the_golden_story_applies_over_http() {
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
 
         app.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }

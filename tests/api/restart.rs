@@ -16,8 +16,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 #[actix_web::test]
 async fn a_restarted_roomd_serves_the_same_counts_and_keeps_applying() {
-    for db in TestDb::all().await {
-        let first = common::spawn_app(&db).await;
+    common::on_every_database(async |db| {
+        let first = common::spawn_app(db).await;
         for (i, who) in ["ann", "bob", "cyd"].iter().enumerate() {
             first
                 .ok(&webhook::joined("keep", "RM_keep", &format!("PA_{i}"), who)
@@ -42,7 +42,7 @@ async fn a_restarted_roomd_serves_the_same_counts_and_keeps_applying() {
             .await;
         first.stop().await;
 
-        let second = common::spawn_app(&db).await;
+        let second = common::spawn_app(db).await;
         assert_eq!(second.count("keep").await, 2, "[{}]", db.backend);
         assert_eq!(second.room("done").await["status"], "ended");
         // The event log outlives the process: a retry from before is a duplicate.
@@ -80,8 +80,8 @@ async fn a_restarted_roomd_serves_the_same_counts_and_keeps_applying() {
             3
         );
         second.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 /// Sends every event with some concurrency; after `stop_after`
@@ -194,7 +194,7 @@ async fn after_a_kill_9_every_acknowledged_event_is_committed() {
     const ROOMS: usize = 30;
     const PEOPLE: usize = 10;
     let events = joins("k9", ROOMS, PEOPLE);
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let client = client();
         let roomd = Roomd::start(&db.url).ready(&client).await;
         let base = roomd.base.clone();
@@ -209,7 +209,7 @@ async fn after_a_kill_9_every_acknowledged_event_is_committed() {
         assert!(acked.len() < events.len(), "roomd died mid-burst");
 
         let roomd = Roomd::start(&db.url).ready(&client).await;
-        assert_committed(&db, &events, &acked).await;
+        assert_committed(db, &events, &acked).await;
 
         // LiveKit redelivers what was not acknowledged (and some that were).
         for (_, _, body) in &events {
@@ -227,14 +227,14 @@ async fn after_a_kill_9_every_acknowledged_event_is_committed() {
             assert_eq!(view["participant_count"], PEOPLE, "[{}] k9-{r}", db.backend);
         }
         roomd.kill_9();
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 #[actix_web::test]
 async fn sigterm_drains_in_flight_events_and_exits_cleanly() {
     let events = joins("term", 20, 10);
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let client = client();
         let roomd = Roomd::start(&db.url).ready(&client).await;
         let base = roomd.base.clone();
@@ -246,7 +246,7 @@ async fn sigterm_drains_in_flight_events_and_exits_cleanly() {
         let exit = exit.into_inner().unwrap().expect("roomd was stopped");
         assert!(exit.success(), "[{}] roomd exited with {exit}", db.backend);
         assert!(acked.len() >= events.len() / 3);
-        assert_committed(&db, &events, &acked).await;
-        db.drop_database().await;
-    }
+        assert_committed(db, &events, &acked).await;
+    })
+    .await;
 }

@@ -16,8 +16,8 @@ async fn with_livekit(db: &TestDb, livekit: &FakeLiveKit) -> TestApp {
 
 #[actix_web::test]
 async fn readyz_and_webhooks_wait_for_recovery() {
-    for db in TestDb::all().await {
-        let first = common::spawn_app(&db).await;
+    common::on_every_database(async |db| {
+        let first = common::spawn_app(db).await;
         first
             .ok(&webhook::joined("warm", "RM_warm", "PA_w", "wes")
                 .id("EV_warm_1")
@@ -25,7 +25,7 @@ async fn readyz_and_webhooks_wait_for_recovery() {
             .await;
         first.stop().await;
 
-        let app = common::spawn_unrecovered(common::settings_for(&db), db.backend).await;
+        let app = common::spawn_unrecovered(common::settings_for(db), db.backend).await;
         let (status, _) = app.get("/healthz").await;
         assert_eq!(status, StatusCode::OK, "the process is up");
         let (status, body) = app.get("/readyz").await;
@@ -54,15 +54,15 @@ async fn readyz_and_webhooks_wait_for_recovery() {
             .await;
         assert_eq!(app.count("warm").await, 2);
         app.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 #[actix_web::test]
 async fn a_room_finished_while_roomd_was_down_is_ended_by_reconciliation() {
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let livekit = FakeLiveKit::start(KEY, SECRET).await;
-        let first = common::spawn_app(&db).await;
+        let first = common::spawn_app(db).await;
         first
             .ok(&webhook::joined("gone", "RM_gone", "PA_g1", "gil").body())
             .await;
@@ -72,7 +72,7 @@ async fn a_room_finished_while_roomd_was_down_is_ended_by_reconciliation() {
         first.stop().await;
         // While roomd was down the room finished; LiveKit no longer has it.
 
-        let app = with_livekit(&db, &livekit).await;
+        let app = with_livekit(db, &livekit).await;
         app.reconcile_now().await.expect("reconcile");
         let view = app.room("gone").await;
         assert_eq!(view["status"], "ended", "[{}] {view}", db.backend);
@@ -92,18 +92,18 @@ async fn a_room_finished_while_roomd_was_down_is_ended_by_reconciliation() {
         assert_eq!(rows.len(), 1);
         app.stop().await;
         livekit.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 #[actix_web::test]
 async fn missed_joins_and_leaves_are_corrected_to_livekits_counts() {
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let livekit = FakeLiveKit::start(KEY, SECRET).await;
         livekit.set_room("drift", "RM_drift", vec![]);
-        let app = with_livekit(&db, &livekit).await;
+        let app = with_livekit(db, &livekit).await;
         app.ok(&webhook::joined("drift", "RM_drift", "PA_a", "alice")
             .id("EV_drift_1")
             .body())
@@ -150,13 +150,13 @@ async fn missed_joins_and_leaves_are_corrected_to_livekits_counts() {
         assert!(again.corrections.is_empty(), "{:?}", again.corrections);
         app.stop().await;
         livekit.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 #[actix_web::test]
 async fn a_room_livekit_has_that_roomd_never_saw_is_created() {
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let livekit = FakeLiveKit::start(KEY, SECRET).await;
         livekit.set_room(
             "unseen",
@@ -167,7 +167,7 @@ async fn a_room_livekit_has_that_roomd_never_saw_is_created() {
                 active("PA_3", "u2"),
             ],
         );
-        let app = with_livekit(&db, &livekit).await;
+        let app = with_livekit(db, &livekit).await;
         app.reconcile_now().await.expect("reconcile");
         let view = app.room("unseen").await;
         assert_eq!(view["status"], "active");
@@ -182,16 +182,16 @@ async fn a_room_livekit_has_that_roomd_never_saw_is_created() {
         assert_eq!(app.count("unseen").await, 1);
         app.stop().await;
         livekit.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 #[actix_web::test]
 async fn an_unreachable_livekit_leaves_roomd_serving_and_reconcile_resumes() {
-    for db in TestDb::all().await {
+    common::on_every_database(async |db| {
         let livekit = FakeLiveKit::start(KEY, SECRET).await;
         livekit.set_reachable(false);
-        let app = with_livekit(&db, &livekit).await;
+        let app = with_livekit(db, &livekit).await;
         app.ok(&webhook::joined("solo", "RM_solo", "PA_s", "sol").body())
             .await;
         assert_eq!(app.count("solo").await, 1);
@@ -208,8 +208,8 @@ async fn an_unreachable_livekit_leaves_roomd_serving_and_reconcile_resumes() {
         assert_eq!(app.count("solo").await, 2);
         app.stop().await;
         livekit.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 async fn a_crashing_actor_is_restarted_from_the_committed_state(app: &TestApp) {
@@ -276,8 +276,8 @@ async fn until_live_actors(app: &TestApp, n: usize) -> usize {
 
 #[actix_web::test]
 async fn finished_and_idle_rooms_retire_their_actors_and_stay_readable() {
-    for db in TestDb::all().await {
-        let mut settings = common::settings_for(&db);
+    common::on_every_database(async |db| {
+        let mut settings = common::settings_for(db);
         settings.rooms.retire_after_finish_secs = 0;
         settings.rooms.idle_timeout_secs = 0;
         let app = common::spawn_app_with(settings, db.backend).await;
@@ -307,8 +307,8 @@ async fn finished_and_idle_rooms_retire_their_actors_and_stay_readable() {
             .await;
         assert_eq!(app.count("empty").await, 1);
         app.stop().await;
-        db.drop_database().await;
-    }
+    })
+    .await;
 }
 
 // An actor retires only when no delivery holds a slot in its mailbox and no

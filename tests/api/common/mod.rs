@@ -371,13 +371,21 @@ impl TestApp {
     }
 }
 
-/// Runs `scenario` on every backend, each on a fresh database and app: the
-/// loop that tests needing their own settings or processes write out.
+/// Runs `scenario` on every backend, each on a fresh database and app.
 pub async fn on_every_backend(scenario: impl AsyncFn(&TestApp)) {
-    for db in TestDb::all().await {
-        let app = spawn_app(&db).await;
+    on_every_database(async |db| {
+        let app = spawn_app(db).await;
         scenario(&app).await;
         app.stop().await;
+    })
+    .await;
+}
+
+/// Runs `scenario` on a fresh database of every backend, dropped after it:
+/// for tests that start their own apps, processes or settings.
+pub async fn on_every_database(scenario: impl AsyncFn(&TestDb)) {
+    for db in TestDb::all().await {
+        scenario(&db).await;
         db.drop_database().await;
     }
 }
