@@ -12,7 +12,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
-use crate::config::Settings;
+use crate::cluster::Cluster;
+use crate::config::{ClusterMode, Settings};
 use crate::http::{self, AppState, BodyReader};
 
 use crate::livekit::{RoomService, Tokens, WebhookVerifier};
@@ -33,6 +34,8 @@ pub struct Application {
     audit_retention: Option<Duration>,
     /// The thread room actors run on, away from the HTTP workers.
     arbiter: Arbiter,
+    /// This node's part in a cluster (`cluster.mode = "postgres"`).
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Application {
@@ -57,7 +60,18 @@ impl Application {
         let db = store::connect(&settings.database, settings.writer.transaction_timeout_ms).await?;
 
         let metrics = Arc::new(Metrics::new());
-        let writer = Writer::start(db.clone(), &settings.writer, metrics.clone());
+        let cluster = match settings.cluster.mode {
+            ClusterMode::Off => None,
+            ClusterMode::Postgres => {
+                Some(Cluster::join(db.clone(), &settings.cluster, metrics.clone()).await?)
+            }
+        };
+        let writer = Writer::start(
+            db.clone(),
+            &settings.writer,
+            cluster.as_ref().map(|c| Arc::from(c.node_id())),
+            metrics.clone(),
+        );
         let arbiter = Arbiter::new();
         let supervisor = Supervisor::new(
             db.clone(),
@@ -76,6 +90,7 @@ impl Application {
                     load_timeout: Duration::from_millis(settings.writer.transaction_timeout_ms),
                 },
             },
+            cluster.as_ref().map(|c| c.ownership()),
             metrics,
         );
         let room_service = (!settings.livekit.url.is_empty()).then(|| {
@@ -104,6 +119,7 @@ impl Application {
             stream_keepalive: Duration::from_secs(settings.api.stream_keepalive_secs),
             streams: Arc::default(),
             max_streams: settings.api.max_streams,
+            cluster: cluster.clone(),
         });
         let cors_origins = settings.api.cors_origins.clone();
         let mut server = HttpServer::new(move || {
@@ -137,6 +153,7 @@ impl Application {
             audit_retention: (settings.audit.retention_days > 0)
                 .then(|| Duration::from_secs(settings.audit.retention_days * 86_400)),
             arbiter,
+            cluster,
         })
     }
 
@@ -144,7 +161,14 @@ impl Application {
     /// endpoint and starts reconciling with LiveKit (when configured).
     pub async fn recover(&self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
-        let recovered = self.supervisor.recover().await?;
+        let recovered = match &self.cluster {
+            // The rooms of the shards this node takes, as it takes them.
+            Some(cluster) => {
+                cluster.start(self.supervisor.clone()).await?;
+                self.supervisor.live_actors()
+            }
+            None => self.supervisor.recover().await?,
+        };
         release_freed_memory();
         tracing::info!(
             rooms = recovered,
@@ -189,9 +213,13 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         let handle = self.server.handle();
         let supervisor = self.supervisor.clone();
+        let cluster = self.cluster.clone();
         actix_web::rt::spawn(async move {
             if shutdown_signal().await.is_ok() {
                 tracing::info!("shutting down: streams end, in-flight requests finish");
+                if let Some(cluster) = &cluster {
+                    cluster.leave(&supervisor).await;
+                }
                 supervisor.feeds().close_all();
                 handle.stop(true).await;
             }

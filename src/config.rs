@@ -24,6 +24,31 @@ pub struct Settings {
     pub api: ApiSettings,
     pub audit: AuditSettings,
     pub log: LogSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// Several nodes on one PostgreSQL: `off` (one node, the default) or
+/// `postgres` (rooms sharded across nodes, leases and fences in the database).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterMode {
+    Off,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub mode: ClusterMode,
+    /// Where the other nodes reach this one (forwarded webhooks and reads).
+    pub advertise_url: String,
+    /// Unique per node; empty: the host name and a random suffix.
+    pub node_id: String,
+    /// Virtual shards; fixed for the database by the first node.
+    pub shards: u32,
+    pub lease_ttl_ms: u64,
+    pub heartbeat_ms: u64,
+    pub forward_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -165,6 +190,15 @@ impl Default for Settings {
                 max_streams: 4096,
             },
             audit: AuditSettings { retention_days: 30 },
+            cluster: ClusterSettings {
+                mode: ClusterMode::Off,
+                advertise_url: String::new(),
+                node_id: String::new(),
+                shards: 256,
+                lease_ttl_ms: 5000,
+                heartbeat_ms: 1000,
+                forward_timeout_ms: 3000,
+            },
             log: LogSettings {
                 level: "info".into(),
                 format: LogFormat::Text,
@@ -277,6 +311,45 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be positive"));
+        }
+        self.validate_cluster(url.scheme())
+    }
+
+    fn validate_cluster(&self, database_scheme: &str) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| ConfigError::Invalid {
+            setting,
+            reason: reason.to_owned(),
+        };
+        let cluster = &self.cluster;
+        if cluster.mode == ClusterMode::Off {
+            return Ok(());
+        }
+        if database_scheme == "sqlite" {
+            return Err(invalid(
+                "cluster.mode",
+                "\"postgres\" needs database.url to be a PostgreSQL URL: nodes share their rooms through it",
+            ));
+        }
+        let advertised = url::Url::parse(&cluster.advertise_url).map_err(|e| {
+            invalid(
+                "cluster.advertise_url",
+                &format!("must be this node's URL as the other nodes reach it ({e})"),
+            )
+        })?;
+        if !matches!(advertised.scheme(), "http" | "https") {
+            return Err(invalid("cluster.advertise_url", "must be an http(s) URL"));
+        }
+        if !(1..=65_536).contains(&cluster.shards) {
+            return Err(invalid("cluster.shards", "must be 1..=65536"));
+        }
+        if cluster.heartbeat_ms == 0 || cluster.lease_ttl_ms < 2 * cluster.heartbeat_ms {
+            return Err(invalid(
+                "cluster.lease_ttl_ms",
+                "must be at least twice cluster.heartbeat_ms (a lease must survive a late renewal)",
+            ));
+        }
+        if cluster.forward_timeout_ms == 0 {
+            return Err(invalid("cluster.forward_timeout_ms", "must be positive"));
         }
         Ok(())
     }

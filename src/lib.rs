@@ -6,14 +6,17 @@
 //! snapshots the actors publish after each commit.
 //!
 //! Imports run one way too, leaves first:
-//! - `event` (what LiveKit told us) imports nothing of roomd's, and `record`
-//!   (the rows kept, the persistence contract) only `event`;
+//! - `event` (what LiveKit told us) and `shard` (which rooms this node may
+//!   write) import nothing of roomd's, and `record` (the rows kept, the
+//!   persistence contract) only `event`;
 //! - `livekit` imports `event`; `store` imports `record` and `event`;
 //! - `room` imports `event`, `record` and `store`, never `livekit`;
-//! - `reconcile` joins `livekit` to `room`; `http` and `app` sit on top.
+//! - `reconcile` joins `livekit` to `room`; `cluster` (leases, the shard map,
+//!   forwarding) joins `room` to the other nodes; `http` and `app` sit on top.
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod event;
 #[cfg(feature = "fuzzing")]
@@ -25,5 +28,6 @@ pub mod metrics;
 pub mod reconcile;
 pub mod record;
 pub mod room;
+pub mod shard;
 pub mod store;
 pub mod telemetry;

@@ -23,6 +23,13 @@ pub struct Metrics {
     pub reconcile_failures: IntCounter,
     /// Audit rows removed by the retention job.
     pub audit_rows_deleted: IntCounter,
+    /// Cluster: webhooks and reads sent on to the owning node, by what came back
+    /// (ok, refused: a 4xx/5xx status passed on, failed: no answer, no_owner).
+    pub forwards: IntCounterVec,
+    /// Cluster: commits refused because their shard moved to another node.
+    pub fence_refusals: IntCounter,
+    /// Cluster: shards this node holds.
+    pub owned_shards: IntGauge,
 }
 
 impl Metrics {
@@ -74,6 +81,21 @@ impl Metrics {
             "webhook_events rows deleted past audit.retention_days",
         )
         .expect("valid metric");
+        let forwards = IntCounterVec::new(
+            Opts::new(
+                "cluster_forwards_total",
+                "Requests sent on to the node that owns the room, by result",
+            ),
+            &["kind", "result"],
+        )
+        .expect("valid metric");
+        let fence_refusals = IntCounter::new(
+            "cluster_fence_refusals_total",
+            "Commits refused because the room's shard moved to another node",
+        )
+        .expect("valid metric");
+        let owned_shards =
+            IntGauge::new("cluster_owned_shards", "Shards this node holds").expect("valid metric");
         for metric in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhook_seconds.clone()),
@@ -84,6 +106,9 @@ impl Metrics {
             Box::new(reconcile_corrections.clone()),
             Box::new(reconcile_failures.clone()),
             Box::new(audit_rows_deleted.clone()),
+            Box::new(forwards.clone()),
+            Box::new(fence_refusals.clone()),
+            Box::new(owned_shards.clone()),
         ] {
             registry
                 .register(metric)
@@ -100,6 +125,9 @@ impl Metrics {
             reconcile_corrections,
             reconcile_failures,
             audit_rows_deleted,
+            forwards,
+            fence_refusals,
+            owned_shards,
         }
     }
 

@@ -34,13 +34,15 @@ pub async fn reconcile_once(
     service: &RoomService,
 ) -> Result<ReconcileReport, ReconcileError> {
     let fetched_at = Utc::now();
-    let live = service.rooms().await?;
+    // On a cluster each node reconciles the rooms it owns.
+    let mut live = service.rooms().await?;
+    live.retain(|room| supervisor.owns(&room.name));
     let live_names: HashSet<&str> = live.iter().map(|r| r.name.as_str()).collect();
     let gone: Vec<String> = supervisor
         .active_room_names()
         .await?
         .into_iter()
-        .filter(|name| !live_names.contains(name.as_str()))
+        .filter(|name| !live_names.contains(name.as_str()) && supervisor.owns(name))
         .collect();
     let checked = gone.len() + live.len();
 

@@ -7,6 +7,7 @@ mod m20261128_000001_create_rooms;
 mod m20261128_000002_create_participants;
 mod m20261128_000003_create_webhook_events;
 mod m20261129_000004_add_rooms_changed_at;
+mod m20261129_000005_create_cluster;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_create_participants::Migration),
             Box::new(m20261128_000003_create_webhook_events::Migration),
             Box::new(m20261129_000004_add_rooms_changed_at::Migration),
+            Box::new(m20261129_000005_create_cluster::Migration),
         ]
     }
 }

@@ -67,3 +67,17 @@ pub async fn actor(
         None => Err(ApiError::RoomNotFound(name)),
     }
 }
+
+/// On a cluster: the nodes with their leases, the shard map, and this node's
+/// forwards and fence refusals. 404 on a single node.
+#[get("/v1/debug/cluster")]
+pub async fn cluster(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Reader::of(&req, &state.tokens)?.require_admin()?;
+    match &state.cluster {
+        Some(cluster) => Ok(HttpResponse::Ok().json(cluster.status())),
+        None => Err(ApiError::NoRoute),
+    }
+}

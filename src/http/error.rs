@@ -32,6 +32,8 @@ pub enum ApiError {
     Busy(DeliverError),
     #[error(transparent)]
     Unavailable(Box<dyn std::error::Error + Send + Sync>),
+    #[error("no node holds this room's shard right now (a takeover is under way); retry")]
+    NoOwner,
     #[error("room {0:?} not found")]
     RoomNotFound(String),
     #[error("a token is required: Authorization: Bearer <LiveKit token>")]
@@ -81,7 +83,7 @@ impl ApiError {
             | Self::TooManyStreams { .. }
             | Self::TooManyBodies { .. }
             | Self::BodyBeingRead => "busy",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::NoOwner => "unavailable",
             Self::RoomNotFound(_) | Self::NoRoute => "not_found",
         }
     }
@@ -104,7 +106,8 @@ impl ApiError {
             Self::Busy(_)
             | Self::TooManyStreams { .. }
             | Self::TooManyBodies { .. }
-            | Self::BodyBeingRead => Some(1),
+            | Self::BodyBeingRead
+            | Self::NoOwner => Some(1),
             Self::Unavailable(_) => Some(2),
             _ => None,
         }
@@ -125,7 +128,8 @@ impl ResponseError for ApiError {
             | Self::Unavailable(_)
             | Self::TooManyStreams { .. }
             | Self::TooManyBodies { .. }
-            | Self::BodyBeingRead => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::BodyBeingRead
+            | Self::NoOwner => StatusCode::SERVICE_UNAVAILABLE,
             Self::RoomNotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
         }
     }

@@ -34,6 +34,8 @@ pub struct AppState {
     /// Live-update streams open now, and how many may be.
     pub streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub max_streams: usize,
+    /// This node's part in a cluster; `None` on a single node.
+    pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
 /// CORS for the frontend's origins: reads only (GET), with the Authorization
@@ -66,6 +68,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(stream::room_stream)
     .service(debug::actors)
     .service(debug::actor)
+    .service(debug::cluster)
     .service(health::healthz)
     .service(health::readyz)
     .service(health::metrics)

@@ -126,7 +126,8 @@ pub async fn list(
     }
     let page = state
         .supervisor
-        .live_rooms(query.after.as_deref(), page_limit(query.limit)?);
+        .live_rooms(query.after.as_deref(), page_limit(query.limit)?)
+        .await?;
     Ok(HttpResponse::Ok().json(RoomList {
         rooms: page.items,
         unknown: Vec::new(),

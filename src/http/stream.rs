@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::auth::Reader;
 use super::{AppState, error::ApiError};
+use crate::cluster::{self, Route};
 use crate::room::Supervisor;
 use crate::room::feed::{Cursor, Next};
 use crate::room::messages::Claim;
@@ -78,6 +79,10 @@ pub async fn room_stream(
         .headers()
         .get("last-event-id")
         .and_then(|v| v.to_str().ok());
+    let open = match from_owner(&req, &state, &name, last_event_id, open).await {
+        Ok(proxied) => return Ok(proxied),
+        Err(open) => open,
+    };
     let subscription = state.supervisor.subscribe(&name, last_event_id);
     let supervisor = state.supervisor.clone();
 
@@ -133,4 +138,63 @@ pub async fn room_stream(
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(stream::iter(first).chain(live)))
+}
+
+/// On a cluster, another node's room streams from its owner, passed through
+/// as it comes: only the owner sees the room's updates. `Err`: serve it
+/// here (this node owns the room, or the owner cannot be reached, and then
+/// the client gets the committed snapshot), with its place given back.
+async fn from_owner(
+    req: &HttpRequest,
+    state: &AppState,
+    name: &str,
+    last_event_id: Option<&str>,
+    open: Claim,
+) -> Result<HttpResponse, Claim> {
+    let Some(cluster) = state.cluster.as_ref() else {
+        return Err(open);
+    };
+    let forwarded = req
+        .headers()
+        .get(cluster::FORWARDED_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if cluster::hops(forwarded) >= cluster::MAX_HOPS {
+        return Err(open);
+    }
+    let Route::Owner { node, url } = cluster.route(name) else {
+        return Err(open);
+    };
+    let authorization = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or(req.path(), |p| p.as_str());
+    match cluster
+        .forward_stream(&url, path_and_query, authorization, last_event_id)
+        .await
+    {
+        Ok(response) if response.status().is_success() => {
+            let body = response.bytes_stream().map(move |chunk| {
+                // The place under `api.max_streams` lasts as long as the stream.
+                let _open = &open;
+                chunk.map_err(|e| actix_web::error::ErrorBadGateway(e.without_url()))
+            });
+            Ok(HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .insert_header(("Cache-Control", "no-cache"))
+                .streaming(body))
+        }
+        Ok(response) => {
+            tracing::info!(room = %name, owner = %node, status = response.status().as_u16(), "the owner refused the stream; serving it here");
+            Err(open)
+        }
+        Err(err) => {
+            // Without the URL: its query may hold the reader's token.
+            tracing::info!(room = %name, owner = %node, error = %err.without_url(), "the owner cannot be reached; serving the stream here");
+            Err(open)
+        }
+    }
 }

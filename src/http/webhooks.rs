@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{AppState, error::ApiError};
+use crate::cluster::{self, FORWARDED_HEADER, Forwarded, Route};
 use crate::livekit;
 use crate::room::messages::Delivered;
 
@@ -40,7 +41,8 @@ pub async fn receive(
         discard(payload);
     }
     let outcome = match &result {
-        Ok(delivered) => delivered.as_str(),
+        Ok(Accepted::Here(delivered)) => delivered.as_str(),
+        Ok(Accepted::Forwarded(_)) => "forwarded",
         Err(err) => err.code(),
     };
     let event = event.unwrap_or_else(|| "unknown".to_owned());
@@ -53,7 +55,10 @@ pub async fn receive(
         .metrics
         .webhook_seconds
         .observe(started.elapsed().as_secs_f64());
-    let delivered = result?;
+    let delivered = match result? {
+        Accepted::Here(delivered) => delivered,
+        Accepted::Forwarded(answer) => return Ok(pass_back(answer)),
+    };
     Ok(HttpResponse::Ok().json(Ack {
         status: "ok",
         event: &event,
@@ -87,12 +92,33 @@ fn metric_label(event: &str) -> &str {
         .unwrap_or("other")
 }
 
+/// What became of a verified webhook.
+enum Accepted {
+    /// Committed (or recognised) here.
+    Here(Delivered),
+    /// Sent on to the room's owner, which answered this.
+    Forwarded(Forwarded),
+}
+
+/// The owner's answer, as it gave it (its JSON body, status and
+/// `Retry-After`), so LiveKit sees one roomd.
+fn pass_back(answer: Forwarded) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(answer.status)
+        .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
+    let mut response = HttpResponse::build(status);
+    response.content_type("application/json");
+    if let Some(retry_after) = answer.retry_after {
+        response.insert_header((header::RETRY_AFTER, retry_after));
+    }
+    response.body(answer.body)
+}
+
 async fn accept(
     req: &HttpRequest,
     payload: &mut web::Payload,
     state: &AppState,
     event: &mut Option<String>,
-) -> Result<Delivered, ApiError> {
+) -> Result<Accepted, ApiError> {
     // The token first, from the header: a request LiveKit did not sign is
     // refused before roomd reads, or holds memory for, any of its body.
     let authorization = req
@@ -114,13 +140,58 @@ async fn accept(
         room_sid = delivery.room().and_then(|r| r.sid.as_deref()).unwrap_or(""),
         identity = delivery.participant().map_or("", |p| p.identity.as_str()),
     );
+    if let (Some(cluster), Some(room)) = (&state.cluster, delivery.room()) {
+        let hops = cluster::hops(
+            req.headers()
+                .get(FORWARDED_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        // A node a request was sent on to waits less than the sender does,
+        // so its answer gets back before the sender gives up.
+        let wait = cluster.forward_timeout() / (u32::from(hops) + 1);
+        let deadline = Instant::now() + wait;
+        let mut failed: Option<String> = None;
+        loop {
+            let within = deadline.saturating_duration_since(Instant::now());
+            match cluster
+                .route_past(&room.name, failed.as_deref(), within)
+                .await
+            {
+                Route::Here => break,
+                Route::Owner { node, url } if hops < cluster::MAX_HOPS => {
+                    match cluster
+                        .forward_webhook(&url, token, body.clone(), hops)
+                        .instrument(span.clone())
+                        .await
+                    {
+                        Ok(answer) => {
+                            span.in_scope(|| tracing::info!(owner = %node, status = answer.status, "webhook forwarded to the room's owner"));
+                            return Ok(Accepted::Forwarded(answer));
+                        }
+                        // The owner went away (stopped, killed): its shards
+                        // are about to move; wait for that once, not for
+                        // LiveKit's next retry.
+                        Err(err) if failed.is_none() && Instant::now() < deadline => {
+                            span.in_scope(|| tracing::info!(owner = %node, error = %err, "the room's owner did not answer; waiting for its shards to move"));
+                            failed = Some(node);
+                        }
+                        Err(err) => return Err(ApiError::Unavailable(Box::new(err))),
+                    }
+                }
+                _ => {
+                    cluster.no_owner("webhook");
+                    return Err(ApiError::NoOwner);
+                }
+            }
+        }
+    }
     let delivered = state
         .supervisor
         .deliver(delivery)
         .instrument(span.clone())
         .await?;
     span.in_scope(|| tracing::info!(outcome = delivered.as_str(), "webhook committed"));
-    Ok(delivered)
+    Ok(Accepted::Here(delivered))
 }
 
 /// Reads webhook bodies within bounds: at most `max_bytes` each, each within

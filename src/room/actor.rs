@@ -30,6 +30,7 @@ use super::state::{Outcome, RoomState, Transition};
 use crate::metrics::Metrics;
 use crate::record::StoredRoom;
 use crate::record::{Committed, EventRecord};
+use crate::shard::{Fence, Ownership};
 use crate::store::{self, StoreError, Writer};
 
 /// Events an actor keeps for the debug view.
@@ -81,10 +82,16 @@ pub struct ActorParts {
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
     pub feeds: Arc<Feeds>,
+    /// On a cluster, the shards this node holds; `None` on a single node.
+    pub ownership: Option<Arc<Ownership>>,
 }
 
 pub struct RoomActor {
     name: String,
+    /// On a cluster: the shard and epoch this actor's state was loaded
+    /// under. Every commit carries it, and the database refuses it once the
+    /// shard has moved on.
+    fence: Option<Fence>,
     /// `None` until the committed state is loaded.
     state: Option<RoomState>,
     preloaded: Option<RoomState>,
@@ -103,9 +110,15 @@ pub struct RoomActor {
 impl RoomActor {
     /// `preloaded` is the room's committed state when the caller already read
     /// it (recovery at start); otherwise the actor loads it before its first message.
-    pub fn new(name: String, preloaded: Option<RoomState>, parts: &ActorParts) -> Self {
+    pub fn new(
+        name: String,
+        preloaded: Option<RoomState>,
+        fence: Option<Fence>,
+        parts: &ActorParts,
+    ) -> Self {
         Self {
             name,
+            fence,
             state: None,
             preloaded,
             parts: ActorParts {
@@ -117,6 +130,7 @@ impl RoomActor {
                 lifecycle: parts.lifecycle,
                 metrics: parts.metrics.clone(),
                 feeds: parts.feeds.clone(),
+                ownership: parts.ownership.clone(),
             },
             recent: VecDeque::new(),
             last_change: Instant::now(),
@@ -193,6 +207,16 @@ impl RoomActor {
                     }
                 }),
         );
+    }
+
+    /// Leaves the room to the node that owns it now: no snapshot or feed of
+    /// it stays here, and the next event for it is sent on to the owner.
+    fn step_down(&mut self, ctx: &mut Context<Self>) {
+        self.unregister(ctx);
+        self.parts.snapshots.remove(&self.name);
+        self.parts.feeds.close(&self.name);
+        self.state = None;
+        ctx.stop();
     }
 
     fn unregister(&self, ctx: &Context<Self>) {
@@ -281,9 +305,11 @@ impl RoomActor {
         let changed = !transition.changes.is_empty();
         let outcome = transition.outcome;
         let changes = transition.changes;
-        let commit = async move { writer.commit(record, changes).await };
+        let fence = self.fence;
+        let commit = async move { writer.commit(record, changes, fence).await };
         AtomicResponse::new(Box::pin(commit.into_actor(self).map(
             move |committed, act, ctx| {
+                let mut fenced = false;
                 let keep = match &committed {
                     Ok(Committed::Stored) => {
                         if let Next::Swap(next) = next {
@@ -303,6 +329,11 @@ impl RoomActor {
                         false
                     }
                     Ok(Committed::Duplicate) => true,
+                    Err(err @ StoreError::Fenced { .. }) => {
+                        tracing::warn!(room = %act.name, error = %err, "commit refused by the fence; this node no longer owns the room");
+                        fenced = true;
+                        false
+                    }
                     Err(err) => {
                         // The commit may or may not have happened: only the
                         // database knows. Rebuild from it on the next event.
@@ -318,6 +349,8 @@ impl RoomActor {
                         act.publish_update(&update.event, update.identity);
                     }
                     act.schedule_retirement(ctx);
+                } else if fenced {
+                    act.step_down(ctx);
                 } else {
                     act.restart(ctx);
                 }

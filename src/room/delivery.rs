@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::actor::RoomActor;
 use super::messages::{Apply, Claim, Delivered, Reconcile, Reconciled, RoomError, Slot};
 use super::state::Outcome;
-use super::supervisor::Supervisor;
+use super::supervisor::{NotOwner, Supervisor};
 use crate::event::{Action, Delivery, RoomTruth};
 use crate::record::{Committed, EventRecord};
 use crate::store::StoreError;
@@ -37,6 +37,8 @@ pub enum DeliverError {
 pub enum Unavailable {
     #[error("roomd is still rebuilding its rooms")]
     Recovering,
+    #[error("another node owns the room's shard")]
+    NotOwner,
     #[error("the room's actor is restarting")]
     Restarting,
     #[error("the room's actor stopped before committing")]
@@ -112,7 +114,10 @@ impl Supervisor {
         let mut tries = 2;
         loop {
             tries -= 1;
-            let (addr, place) = self.actor(room).ok_or_else(busy)?;
+            let (addr, place) = self
+                .actor(room)
+                .map_err(|NotOwner| unavailable(Unavailable::NotOwner))?
+                .ok_or_else(busy)?;
             let (slot, taken) = Slot::new(place);
             let (reply, done) = oneshot::channel();
             let cause = match addr.try_send(msg(slot, reply)) {
@@ -155,7 +160,7 @@ impl Supervisor {
             .inner
             .parts
             .writer
-            .commit(record, Default::default())
+            .commit(record, Default::default(), None)
             .await?
         {
             Committed::Stored => Ok(Delivered::Committed(Outcome::Ignored)),

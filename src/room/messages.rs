@@ -130,3 +130,9 @@ pub enum Reconciled {
     /// A webhook raced the fetch; nothing was changed.
     Skipped,
 }
+
+/// The room's shard left this node: the actor goes, after what its mailbox
+/// already holds (those commits are refused by the fence).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StepDown;

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use super::feed::{Feeds, Subscription};
 use super::published::Page;
+use chrono::Utc;
+
 use super::snapshot::{ParticipantView, RoomSnapshot, RoomView};
+use super::state::RoomState;
 use super::supervisor::Supervisor;
 use crate::record::RoomRecord;
 use crate::store::{self, StoreError};
@@ -81,13 +84,25 @@ impl Supervisor {
 
     /// A room and who is in it now, both from one snapshot. A room without
     /// an actor is read from the database, with nobody in it: actors retire
-    /// only when their room is empty or finished.
+    /// only when their room is empty or finished. On a cluster, another
+    /// node's room is read whole from what its owner committed.
     pub async fn room_detail(&self, name: &str) -> Result<Option<RoomDetail>, StoreError> {
         if let Some(snapshot) = self.snapshot(name)
             && let Some(room) = &snapshot.room
         {
             return Ok(Some(RoomDetail {
                 room: room.clone(),
+                participants: snapshot.participants.clone(),
+            }));
+        }
+        if self.inner.parts.ownership.is_some() && !name.contains('\0') {
+            let horizon = self.inner.parts.lifecycle.horizon();
+            let stored = store::load_room(&self.inner.parts.db, name, horizon).await?;
+            let state = RoomState::restore(name.to_owned(), stored);
+            let snapshot =
+                RoomSnapshot::of(&state, &Default::default(), Default::default(), Utc::now());
+            return Ok(snapshot.room.clone().map(|room| RoomDetail {
+                room,
                 participants: snapshot.participants.clone(),
             }));
         }
@@ -106,9 +121,29 @@ impl Supervisor {
         self.inner.parts.snapshots.page(after, limit)
     }
 
-    /// Active rooms held by actors, in name order after `after`.
-    pub fn live_rooms(&self, after: Option<&str>, limit: usize) -> Page<RoomView> {
-        self.inner.parts.snapshots.active_page(after, limit)
+    /// Active rooms in name order after `after`: those held by actors here,
+    /// or on a cluster (where each node holds some) those in the database.
+    pub async fn live_rooms(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<RoomView>, StoreError> {
+        if self.inner.parts.ownership.is_none() {
+            return Ok(self.inner.parts.snapshots.active_page(after, limit));
+        }
+        let rooms = store::active_rooms_page(&self.inner.parts.db, after, limit as u64).await?;
+        let next = (rooms.len() == limit)
+            .then(|| rooms.last().map(|r| r.name.clone()))
+            .flatten();
+        let items = rooms
+            .iter()
+            .map(|room| {
+                self.snapshot(&room.name)
+                    .and_then(|s| s.room.clone())
+                    .unwrap_or_else(|| RoomView::of_record(room))
+            })
+            .collect();
+        Ok(Page { items, next })
     }
 
     /// Names of the rooms the database holds as active (with or without an actor).

@@ -100,6 +100,15 @@ impl Registry {
         self.actors.remove_if(name, |_, entry| entry.addr == *addr);
     }
 
+    /// The actors of the rooms `select` names.
+    pub fn matching(&self, select: impl Fn(&str) -> bool) -> Vec<(String, Addr<RoomActor>)> {
+        self.actors
+            .iter()
+            .filter(|e| select(e.key()))
+            .map(|e| (e.key().clone(), e.value().addr.clone()))
+            .collect()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.actors.contains_key(name)
     }

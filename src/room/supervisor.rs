@@ -15,15 +15,20 @@ use serde::Serialize;
 
 use super::actor::{ActorParts, Lifecycle, Registry, RoomActor, Snapshots};
 use super::feed::Feeds;
-use super::messages::Claim;
+use super::messages::{Claim, StepDown};
 use super::registry::Found;
 use super::snapshot::RoomSnapshot;
 use super::state::{Correction, RoomState};
 use crate::metrics::Metrics;
+use crate::shard::{Fence, Ownership};
 use crate::store::{self, StoreError, Writer};
 
 /// Rooms read per query during recovery (bounds its transient memory).
 const RECOVERY_PAGE: u64 = 500;
+
+/// The room's shard is held by another node.
+#[derive(Debug, Clone, Copy)]
+pub struct NotOwner;
 
 /// What the last reconciliation round found and did.
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +84,7 @@ impl Supervisor {
         writer: Writer,
         arbiter: ArbiterHandle,
         settings: SupervisorSettings,
+        ownership: Option<Arc<Ownership>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let parts = ActorParts {
@@ -90,6 +96,7 @@ impl Supervisor {
             lifecycle: settings.lifecycle,
             metrics,
             feeds: Arc::new(Feeds::default()),
+            ownership,
         };
         Self {
             inner: Arc::new(Inner {
@@ -110,6 +117,19 @@ impl Supervisor {
     /// Rebuilds an actor for every room that is active in the database.
     /// Returns how many; reads see them as soon as this returns.
     pub async fn recover(&self) -> Result<usize, StoreError> {
+        let count = self.recover_where(|_| true).await?;
+        self.mark_recovered();
+        Ok(count)
+    }
+
+    /// Webhooks are let in from now on.
+    pub fn mark_recovered(&self) {
+        self.inner.recovered.store(true, Ordering::Release);
+    }
+
+    /// Rebuilds an actor for every active room whose name `keep`s and that
+    /// has none (on a cluster: the rooms of shards just taken).
+    pub async fn recover_where(&self, keep: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
         let mut count = 0;
         let mut after = None;
         let horizon = self.inner.parts.lifecycle.horizon();
@@ -119,8 +139,14 @@ impl Supervisor {
                     .await?;
             let Some((_, last)) = page.last() else { break };
             after = last.latest.as_ref().map(|(room, _)| room.id);
-            count += page.len();
             for (name, stored) in page {
+                if !keep(&name) || self.registry().contains(&name) {
+                    continue;
+                }
+                let Some(fence) = self.fence(&name) else {
+                    continue;
+                };
+                count += 1;
                 let state = RoomState::restore(name.clone(), stored);
                 let snapshot = RoomSnapshot::of(
                     &state,
@@ -130,39 +156,70 @@ impl Supervisor {
                 );
                 self.inner.parts.snapshots.insert(&name, Arc::new(snapshot));
                 self.registry()
-                    .start_if_absent(name.clone(), || self.start_actor(name, Some(state)));
+                    .start_if_absent(name.clone(), || self.start_actor(name, Some(state), fence));
             }
         }
-        self.inner.recovered.store(true, Ordering::Release);
         Ok(count)
+    }
+
+    /// Whether this node may write `room`: always on a single node; on a
+    /// cluster, while it holds the room's shard.
+    pub fn owns(&self, room: &str) -> bool {
+        self.fence(room).is_some()
+    }
+
+    /// `Some(None)`: writable without a fence (single node); `Some(fence)`:
+    /// writable under it; `None`: another node's room.
+    fn fence(&self, room: &str) -> Option<Option<Fence>> {
+        match &self.inner.parts.ownership {
+            None => Some(None),
+            Some(ownership) => ownership.fence(room).map(Some),
+        }
+    }
+
+    /// Sends the actors of every room `lost` names away (their shard moved
+    /// to another node); returns how many.
+    pub fn step_down(&self, lost: impl Fn(&str) -> bool) -> usize {
+        let leaving = self.registry().matching(&lost);
+        for (_, addr) in &leaving {
+            addr.do_send(StepDown);
+        }
+        leaving.len()
     }
 
     pub fn is_recovered(&self) -> bool {
         self.inner.recovered.load(Ordering::Acquire)
     }
 
-    fn start_actor(&self, name: String, preloaded: Option<RoomState>) -> Addr<RoomActor> {
+    fn start_actor(
+        &self,
+        name: String,
+        preloaded: Option<RoomState>,
+        fence: Option<Fence>,
+    ) -> Addr<RoomActor> {
         let inner = self.inner.clone();
         RoomActor::start_in_arbiter(&self.inner.arbiter, move |_| {
-            RoomActor::new(name, preloaded, &inner.parts)
+            RoomActor::new(name, preloaded, fence, &inner.parts)
         })
     }
 
     /// The actor for `name` (started if there is none) and a slot in its
     /// mailbox; `None` when the mailbox is full. An actor that died without
     /// unregistering (it panicked) is replaced: the new one loads the
-    /// committed state.
-    pub(super) fn actor(&self, name: &str) -> Option<(Addr<RoomActor>, Claim)> {
+    /// committed state. On a cluster, only for a room of a shard this node
+    /// holds (`NotOwner` otherwise).
+    pub(super) fn actor(&self, name: &str) -> Result<Option<(Addr<RoomActor>, Claim)>, NotOwner> {
+        let fence = self.fence(name).ok_or(NotOwner)?;
         let (actor, found) = self
             .registry()
             .actor(name, self.inner.parts.mailbox_capacity, || {
-                self.start_actor(name.to_owned(), None)
+                self.start_actor(name.to_owned(), None, fence)
             });
         if let Found::Restarted = found {
             self.inner.parts.metrics.actor_restarts.inc();
             tracing::warn!(room = %name, "room actor died; restarted it from the database");
         }
-        actor
+        Ok(actor)
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -222,3 +222,20 @@ pub async fn active_room_names(db: &impl ConnectionTrait) -> Result<Vec<String>,
         .all(db)
         .await?)
 }
+
+/// Up to `limit` active rooms in name order after `after`: the room list on
+/// a cluster, where no node holds every room's snapshot.
+pub async fn active_rooms_page(
+    db: &impl ConnectionTrait,
+    after: Option<&str>,
+    limit: u64,
+) -> Result<Vec<RoomRecord>, StoreError> {
+    let mut query = rooms::Entity::find()
+        .filter(rooms::Column::Status.eq(ACTIVE))
+        .order_by_asc(rooms::Column::LivekitName)
+        .limit(limit);
+    if let Some(after) = after.filter(|a| !a.contains('\0')) {
+        query = query.filter(rooms::Column::LivekitName.gt(after));
+    }
+    query.all(db).await?.into_iter().map(room_record).collect()
+}

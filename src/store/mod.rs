@@ -12,9 +12,11 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
-pub use load::{active_room_names, find_latest_rooms, load_active_rooms, load_room};
+pub use load::{
+    active_room_names, active_rooms_page, find_latest_rooms, load_active_rooms, load_room,
+};
 pub use retention::delete_audit_before;
-pub use writer::Writer;
+pub use writer::{FenceOwner, Writer};
 
 use crate::config::DatabaseSettings;
 
@@ -28,6 +30,10 @@ pub enum StoreError {
     Unreachable(#[source] std::sync::Arc<StoreError>),
     #[error("the transaction did not finish within {0:?}; it was abandoned")]
     TimedOut(Duration),
+    #[error(
+        "shard {shard} is no longer this node's under epoch {epoch}: another node owns the room"
+    )]
+    Fenced { shard: u32, epoch: i64 },
     #[error("a stored row is not what roomd writes: {0}")]
     Corrupt(String),
 }

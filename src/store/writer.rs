@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, TransactionTrait, TryInsertResult,
+    EntityTrait, QueryFilter, Statement, TransactionTrait, TryInsertResult,
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
@@ -30,6 +30,7 @@ use super::entity::{participants, rooms, webhook_events};
 use crate::config::WriterSettings;
 use crate::metrics::Metrics;
 use crate::record::{Changes, Committed, EventRecord, RoomRecord, SessionRecord};
+use crate::shard::Fence;
 
 /// Rows per multi-row upsert: well inside SQLite's and PostgreSQL's limits on
 /// bound parameters (13 columns x 1000).
@@ -38,6 +39,8 @@ const UPSERT_CHUNK: usize = 1000;
 struct Job {
     event: EventRecord,
     changes: Changes,
+    /// On a cluster: the shard and epoch the room was loaded under.
+    fence: Option<Fence>,
     reply: oneshot::Sender<Result<Committed, StoreError>>,
 }
 
@@ -48,13 +51,22 @@ pub struct Writer {
     jobs: mpsc::Sender<Job>,
 }
 
+/// Whose shards a fenced commit must find still held (`cluster.mode =
+/// "postgres"`): the node id.
+pub type FenceOwner = Option<Arc<str>>;
+
 impl Writer {
     /// Spawns the writer on the current runtime: `settings.transactions`
     /// tasks (0: 1 on SQLite, 4 on PostgreSQL) that each take the next batch
     /// from one queue, so that many batches can be in flight. Ordering within
     /// a room does not depend on this: a room's actor hands over its next
     /// event only after the last one committed.
-    pub fn start(db: DatabaseConnection, settings: &WriterSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        db: DatabaseConnection,
+        settings: &WriterSettings,
+        fence_owner: FenceOwner,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let transactions = match (settings.transactions, db.get_database_backend()) {
             (0, DbBackend::Sqlite) => 1,
             (0, _) => 4,
@@ -66,6 +78,7 @@ impl Writer {
             db,
             max_batch: settings.max_batch.max(1),
             deadline: Duration::from_millis(settings.transaction_timeout_ms),
+            fence_owner,
             metrics,
         };
         for _ in 0..transactions {
@@ -75,16 +88,20 @@ impl Writer {
     }
 
     /// Commits one event and its changes; returns once they are durable.
+    /// With a `fence`, only if the shard is still this node's under that
+    /// epoch when the transaction runs (else `StoreError::Fenced`).
     pub async fn commit(
         &self,
         event: EventRecord,
         changes: Changes,
+        fence: Option<Fence>,
     ) -> Result<Committed, StoreError> {
         let (reply, done) = oneshot::channel();
         self.jobs
             .send(Job {
                 event,
                 changes,
+                fence,
                 reply,
             })
             .await
@@ -100,6 +117,7 @@ struct Task {
     max_batch: usize,
     /// How long one transaction may take before it is abandoned.
     deadline: Duration,
+    fence_owner: FenceOwner,
     metrics: Arc<Metrics>,
 }
 
@@ -119,7 +137,10 @@ impl Task {
                         "committed batch"
                     );
                     for (job, result) in batch.drain(..).zip(results) {
-                        let _ = job.reply.send(Ok(result));
+                        if let Err(StoreError::Fenced { .. }) = &result {
+                            self.metrics.fence_refusals.inc();
+                        }
+                        let _ = job.reply.send(result);
                     }
                 }
                 Err(err) if batch.len() > 1 && !self.reachable().await => {
@@ -137,7 +158,7 @@ impl Task {
                     tracing::warn!(events = batch.len(), error = %err, "batch commit failed; retrying events one by one");
                     for job in batch.drain(..) {
                         let result = self.write(std::slice::from_ref(&job)).await;
-                        let _ = job.reply.send(result.map(|r| r[0]));
+                        let _ = job.reply.send(result.and_then(|mut r| r.remove(0)));
                     }
                 }
                 Err(err) => {
@@ -155,8 +176,9 @@ impl Task {
     /// after the error). Dropping the future drops the connection's
     /// transaction; sqlx tests a connection before reusing it and closes one
     /// that does not answer.
-    async fn write(&self, jobs: &[Job]) -> Result<Vec<Committed>, StoreError> {
-        match tokio::time::timeout(self.deadline, write(&self.db, jobs)).await {
+    async fn write(&self, jobs: &[Job]) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        let owner = self.fence_owner.as_deref();
+        match tokio::time::timeout(self.deadline, write(&self.db, jobs, owner)).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::TimedOut(self.deadline)),
         }
@@ -170,11 +192,21 @@ impl Task {
     }
 }
 
-async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Committed>, DbErr> {
+async fn write(
+    db: &DatabaseConnection,
+    jobs: &[Job],
+    fence_owner: Option<&str>,
+) -> Result<Vec<Result<Committed, StoreError>>, DbErr> {
     let now = Utc::now();
     let txn = db.begin().await?;
+    let held = match fence_owner {
+        Some(node) => held_shards(&txn, node, jobs.iter().filter_map(|j| j.fence)).await?,
+        None => HashSet::new(),
+    };
+    let fenced = |job: &Job| job.fence.is_some_and(|f| !held.contains(&f));
     let row_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
-    let stored = insert_events(&txn, jobs.iter().map(|j| &j.event).zip(&row_ids)).await?;
+    let admitted = jobs.iter().zip(&row_ids).filter(|(job, _)| !fenced(job));
+    let stored = insert_events(&txn, admitted.map(|(j, id)| (&j.event, id))).await?;
 
     let mut results = Vec::with_capacity(jobs.len());
     let mut duplicate_ids = Vec::new();
@@ -183,13 +215,18 @@ async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Committed>, 
     let mut rooms: HashMap<Uuid, &RoomRecord> = HashMap::new();
     let mut sessions: HashMap<Uuid, &SessionRecord> = HashMap::new();
     for (job, row_id) in jobs.iter().zip(&row_ids) {
-        if stored.contains(row_id) {
+        if let Some(fence) = job.fence.filter(|_| fenced(job)) {
+            results.push(Err(StoreError::Fenced {
+                shard: fence.shard,
+                epoch: fence.epoch,
+            }));
+        } else if stored.contains(row_id) {
             rooms.extend(job.changes.rooms.iter().map(|r| (r.id, r)));
             sessions.extend(job.changes.sessions.iter().map(|s| (s.id, s)));
-            results.push(Committed::Stored);
+            results.push(Ok(Committed::Stored));
         } else {
             duplicate_ids.extend(job.event.event_id.as_deref());
-            results.push(Committed::Duplicate);
+            results.push(Ok(Committed::Duplicate));
         }
     }
     count_redeliveries(&txn, duplicate_ids).await?;
@@ -197,6 +234,49 @@ async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Committed>, 
     upsert_sessions(&txn, sessions.into_values(), now).await?;
     txn.commit().await?;
     Ok(results)
+}
+
+/// The fence: which of `fences` this node still holds, each row locked `FOR
+/// SHARE` until the transaction ends. A takeover (`UPDATE ... epoch + 1`)
+/// waits for the lock or skips the shard, so a batch either commits before
+/// the new owner's epoch exists, and the new owner loads what it wrote, or
+/// finds the epoch moved and writes nothing for that shard. Only the
+/// database's row locks decide; no clock is involved.
+async fn held_shards(
+    txn: &impl ConnectionTrait,
+    node: &str,
+    fences: impl Iterator<Item = Fence>,
+) -> Result<HashSet<Fence>, DbErr> {
+    let shards: std::collections::BTreeSet<u32> = fences.map(|f| f.shard).collect();
+    if shards.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let list = shards
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // Numbers roomd computed, not input: safe to inline, and sorted so two
+    // batches lock in one order.
+    let sql = format!(
+        "SELECT shard, epoch FROM cluster_shards WHERE owner = $1 AND shard IN ({list}) \
+         ORDER BY shard FOR SHARE"
+    );
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            txn.get_database_backend(),
+            sql,
+            [node.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Fence {
+                shard: row.try_get::<i32>("", "shard")? as u32,
+                epoch: row.try_get("", "epoch")?,
+            })
+        })
+        .collect()
 }
 
 /// Inserts the audit rows in one statement per chunk; returns the row ids

@@ -7,6 +7,7 @@
 mod common;
 
 mod cli;
+mod cluster;
 mod concurrency;
 mod config;
 mod drills;

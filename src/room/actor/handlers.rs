@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use super::{LiveUpdate, Next, RoomActor};
 use crate::record::{Committed, EventRecord};
-use crate::room::messages::{Apply, Delivered, Reconcile, Reconciled, RoomError};
+use crate::room::messages::{Apply, Delivered, Reconcile, Reconciled, RoomError, StepDown};
 use crate::room::snapshot::LastEvent;
 use crate::room::state::Outcome;
 
@@ -188,5 +188,14 @@ impl Handler<Reconcile> for RoomActor {
             }
             (committed.map(|_| Reconciled::Corrected(corrections)), update)
         })
+    }
+}
+
+impl Handler<StepDown> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StepDown, ctx: &mut Self::Context) {
+        tracing::info!(room = %self.name, "the room's shard left this node; its actor steps down");
+        self.step_down(ctx);
     }
 }

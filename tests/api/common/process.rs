@@ -80,6 +80,11 @@ impl Roomd {
             .status()
     }
 
+    /// Its log, kept filling after the process is gone.
+    pub fn log_handle(&self) -> Arc<Mutex<Vec<String>>> {
+        self.logs.clone()
+    }
+
     /// What roomd has logged so far, one JSON line each.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
@@ -123,6 +128,15 @@ impl Roomd {
         let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(sent, 0, "SIGTERM sent");
         self.child.wait().unwrap()
+    }
+}
+
+/// A test that fails must not leave its roomd running: the process holds
+/// the test's stderr, and CI would wait on it.
+impl Drop for Roomd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

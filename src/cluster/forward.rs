@@ -1,0 +1,115 @@
+//! One hop to the room's owner. Not a redirect: LiveKit's Go client drops
+//! `Authorization` on a redirect to another host. The owner checks the token
+//! again; this node checked it before reading the body.
+
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+
+use super::Cluster;
+
+/// Set on a forwarded request to the hops it has made. A request goes at
+/// most `MAX_HOPS` hops: two nodes whose maps disagree for a moment must not
+/// bounce it, but one that reaches a node handing its shards over may go on
+/// to the new owner.
+pub const FORWARDED_HEADER: &str = "x-roomd-forwarded";
+pub const MAX_HOPS: u8 = 2;
+
+/// The hops a request has made, from its `FORWARDED_HEADER`.
+pub fn hops(value: Option<&str>) -> u8 {
+    value.map_or(0, |v| v.parse().unwrap_or(MAX_HOPS))
+}
+
+/// The owner's answer, to pass back as it is.
+pub struct Forwarded {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Bytes,
+}
+
+impl Cluster {
+    /// Sends a webhook on to the owner at `url`, within
+    /// `cluster.forward_timeout_ms`.
+    pub async fn forward_webhook(
+        &self,
+        url: &str,
+        authorization: &str,
+        body: Bytes,
+        hops: u8,
+    ) -> Result<Forwarded, reqwest::Error> {
+        let sent = self
+            .client
+            .post(format!("{}/v1/webhooks/livekit", url.trim_end_matches('/')))
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .header(reqwest::header::CONTENT_TYPE, "application/webhook+json")
+            .header(FORWARDED_HEADER, (hops + 1).to_string())
+            .body(body)
+            .send()
+            .await;
+        let answer = match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                response.bytes().await.map(|body| Forwarded {
+                    status,
+                    retry_after,
+                    body,
+                })
+            }
+            Err(err) => Err(err),
+        };
+        let result = match &answer {
+            Ok(f) if f.status < 400 => "ok",
+            Ok(_) => "refused",
+            Err(_) => "failed",
+        };
+        self.forwarded("webhook", result);
+        answer
+    }
+
+    /// Opens a room's live-update stream on its owner at `url`
+    /// (`path_and_query` as the client sent it).
+    pub async fn forward_stream(
+        &self,
+        url: &str,
+        path_and_query: &str,
+        authorization: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        // A stream lasts: only connecting is bounded.
+        let mut request = self
+            .stream_client
+            .get(format!("{}{path_and_query}", url.trim_end_matches('/')))
+            .header(FORWARDED_HEADER, MAX_HOPS.to_string());
+        if let Some(auth) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let answer = request.send().await;
+        self.forwarded(
+            "stream",
+            match &answer {
+                Ok(r) if r.status().is_success() => "ok",
+                Ok(_) => "refused",
+                Err(_) => "failed",
+            },
+        );
+        answer
+    }
+
+    /// How long a request may wait for a takeover under way to settle.
+    pub fn forward_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.forward_timeout_ms)
+    }
+
+    /// Counts a request that found no owner to go to.
+    pub fn no_owner(&self, kind: &str) {
+        self.forwarded(kind, "no_owner");
+    }
+}

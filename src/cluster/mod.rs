@@ -1,0 +1,499 @@
+//! Several nodes on one PostgreSQL (`cluster.mode = "postgres"`).
+//!
+//! Each room belongs to a shard (`crate::shard`), each shard to at most one
+//! node at a time. PostgreSQL's transactions and row locks do the agreeing;
+//! there is no other consensus:
+//! - a node holds a lease (`cluster_nodes.lease_until`), renewed every
+//!   heartbeat with the database's clock;
+//! - it claims shards whose owner's lease ran out, up to a fair share, each
+//!   claim raising the shard's epoch (`FOR UPDATE SKIP LOCKED`), then loads
+//!   those shards' rooms;
+//! - every commit proves the epoch it was loaded under (`store::Writer`), so
+//!   a node that lost a shard without noticing (paused, cut off) writes
+//!   nothing more for it;
+//! - a node above its share (another joined) releases the excess, and one
+//!   that stops releases all of its shards at once; the others wake on
+//!   `NOTIFY` and claim them.
+//!
+//! A node that does not own a room sends its webhooks and reads on to the
+//! owner (`forward`).
+
+mod forward;
+pub mod table;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{DatabaseConnection, DbErr};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+pub use forward::{FORWARDED_HEADER, Forwarded, MAX_HOPS, hops};
+pub use table::{NodeRow, ShardRow};
+
+use crate::config::ClusterSettings;
+use crate::metrics::Metrics;
+use crate::room::Supervisor;
+use crate::shard::Ownership;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Db(#[from] DbErr),
+    #[error(
+        "the database was set up with cluster.shards = {stored}, this node has {configured}: every node must use the same count"
+    )]
+    ShardCount { stored: u32, configured: u32 },
+}
+
+/// Where a room's events and reads go from this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node owns the room.
+    Here,
+    /// Another live node does, at this URL.
+    Owner { node: String, url: String },
+    /// No live node owns it now (a takeover is under way).
+    Unknown,
+}
+
+/// The shard map as last read from the database.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardMap {
+    pub read_at: Option<DateTime<Utc>>,
+    pub nodes: Vec<NodeRow>,
+    pub shards: Vec<ShardRow>,
+}
+
+impl ShardMap {
+    fn owner(&self, shard: u32) -> Option<&NodeRow> {
+        let row = self.shards.get(shard as usize)?;
+        let owner = row.owner.as_deref()?;
+        self.nodes.iter().find(|n| n.node_id == owner && n.live)
+    }
+}
+
+/// What admins see of the cluster from this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub node_id: String,
+    pub advertise_url: String,
+    pub shards: u32,
+    pub owned_shards: usize,
+    pub lease_valid: bool,
+    pub forwards: u64,
+    pub fence_refusals: u64,
+    pub map: ShardMap,
+}
+
+pub struct Cluster {
+    db: DatabaseConnection,
+    node: Arc<str>,
+    incarnation: Uuid,
+    settings: ClusterSettings,
+    ownership: Arc<Ownership>,
+    map: RwLock<Arc<ShardMap>>,
+    /// Bumped whenever the map is read again: requests waiting for an owner
+    /// look again.
+    map_version: watch::Sender<u64>,
+    /// Wakes the heartbeat early (a peer released shards, or we must claim).
+    wake: Notify,
+    /// When the lease was last renewed, by this process's clock: past the
+    /// TTL the node treats its shards as lost, whatever the database says.
+    renewed_at: RwLock<Option<Instant>>,
+    leaving: AtomicBool,
+    /// Held by a heartbeat and by `leave`, so no renewal lands after the
+    /// lease was ended.
+    ticking: tokio::sync::Mutex<()>,
+    forwards: AtomicU64,
+    client: reqwest::Client,
+    stream_client: reqwest::Client,
+    metrics: Arc<Metrics>,
+}
+
+/// The channel peers `NOTIFY` when they release shards.
+const CHANNEL: &str = "roomd_cluster";
+
+impl Cluster {
+    /// Registers this node and checks the shard count; claims nothing yet.
+    pub async fn join(
+        db: DatabaseConnection,
+        settings: &ClusterSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let node: Arc<str> = if settings.node_id.is_empty() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "roomd".into());
+            format!("{host}-{}", &Uuid::new_v4().simple().to_string()[..8]).into()
+        } else {
+            settings.node_id.as_str().into()
+        };
+        let stored = table::ensure_shards(&db, settings.shards).await?;
+        if stored != settings.shards {
+            return Err(ClusterError::ShardCount {
+                stored,
+                configured: settings.shards,
+            });
+        }
+        let incarnation = Uuid::new_v4();
+        table::register(
+            &db,
+            &node,
+            incarnation,
+            &settings.advertise_url,
+            settings.lease_ttl_ms,
+        )
+        .await?;
+        // A restart under the same node id must not inherit its previous
+        // life's epochs: that process may still be running (paused).
+        let released = table::release_all(&db, &node).await?;
+        if released > 0 {
+            tracing::info!(node = %node, shards = released, "released the shards a previous run of this node held");
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.forward_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("a reqwest client without custom TLS builds");
+        let stream_client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(settings.forward_timeout_ms))
+            .build()
+            .expect("a reqwest client without custom TLS builds");
+        tracing::info!(node = %node, shards = settings.shards, advertise_url = %settings.advertise_url, "joined the cluster");
+        Ok(Arc::new(Self {
+            db,
+            ownership: Arc::new(Ownership::new(node.as_ref(), settings.shards)),
+            node,
+            incarnation,
+            settings: settings.clone(),
+            map: RwLock::default(),
+            map_version: watch::channel(0).0,
+            wake: Notify::new(),
+            renewed_at: RwLock::new(Some(Instant::now())),
+            leaving: AtomicBool::new(false),
+            ticking: tokio::sync::Mutex::new(()),
+            forwards: AtomicU64::new(0),
+            client,
+            stream_client,
+            metrics,
+        }))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// The shards this node holds; the supervisor and the writer's fence read it.
+    pub fn ownership(&self) -> Arc<Ownership> {
+        self.ownership.clone()
+    }
+
+    /// Where `room` goes from here.
+    pub fn route(&self, room: &str) -> Route {
+        if self.ownership.owns(room) {
+            return Route::Here;
+        }
+        let map = self.map.read().expect("shard map lock").clone();
+        match map.owner(self.ownership.shard_of(room)) {
+            Some(owner) if owner.node_id != *self.node => Route::Owner {
+                node: owner.node_id.clone(),
+                url: owner.advertise_url.clone(),
+            },
+            _ => Route::Unknown,
+        }
+    }
+
+    /// `route`, waiting up to `within` for a takeover under way to finish:
+    /// a short wait here saves LiveKit a retry a second later.
+    pub async fn route_within(&self, room: &str, within: Duration) -> Route {
+        self.route_past(room, None, within).await
+    }
+
+    /// `route_within`, where a route to `failed` (a node that did not
+    /// answer) counts as unsettled too.
+    pub async fn route_past(&self, room: &str, failed: Option<&str>, within: Duration) -> Route {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut version = self.map_version.subscribe();
+        loop {
+            let route = self.route(room);
+            let settled = match &route {
+                Route::Here => true,
+                Route::Owner { node, .. } => Some(node.as_str()) != failed,
+                Route::Unknown => false,
+            };
+            if settled {
+                return route;
+            }
+            self.wake.notify_one();
+            if tokio::time::timeout_at(deadline, version.changed())
+                .await
+                .is_err()
+            {
+                return self.route(room);
+            }
+        }
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            node_id: self.node.to_string(),
+            advertise_url: self.settings.advertise_url.clone(),
+            shards: self.settings.shards,
+            owned_shards: self.ownership.len(),
+            lease_valid: self.lease_valid(),
+            forwards: self.forwards.load(Ordering::Relaxed),
+            fence_refusals: self.metrics.fence_refusals.get(),
+            map: (**self.map.read().expect("shard map lock")).clone(),
+        }
+    }
+
+    fn lease_valid(&self) -> bool {
+        self.renewed_at
+            .read()
+            .expect("lease lock")
+            .is_some_and(|at| at.elapsed() < self.ttl())
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.settings.lease_ttl_ms)
+    }
+
+    /// Takes this node's first share (so `/readyz` means "serving"), then
+    /// keeps the lease and the share in the background.
+    pub async fn start(self: &Arc<Self>, supervisor: Supervisor) -> Result<(), ClusterError> {
+        self.tick(&supervisor).await?;
+        supervisor.mark_recovered();
+        let cluster = self.clone();
+        actix::spawn(async move { cluster.run(supervisor).await });
+        let cluster = self.clone();
+        actix::spawn(async move { cluster.listen().await });
+        Ok(())
+    }
+
+    async fn run(self: Arc<Self>, supervisor: Supervisor) {
+        let heartbeat = Duration::from_millis(self.settings.heartbeat_ms);
+        loop {
+            // Early when woken, and never sooner than every 50 ms.
+            let _ = tokio::time::timeout(heartbeat, self.wake.notified()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Err(err) = self.tick(&supervisor).await {
+                tracing::warn!(node = %self.node, error = %crate::telemetry::chain(&err), "cluster heartbeat failed");
+            }
+            if !self.lease_valid() && !self.ownership.is_empty() {
+                // The others may have taken our shards by now; the fence
+                // refuses our writes anyway, but reads must not serve
+                // rooms we may no longer have.
+                let lost: HashSet<u32> = self.ownership.clear().into_iter().collect();
+                tracing::warn!(node = %self.node, shards = lost.len(), "lease not renewed in time; gave up every shard");
+                self.step_down(&supervisor, &lost);
+            }
+        }
+    }
+
+    /// Wakes the heartbeat when a peer releases shards.
+    async fn listen(self: Arc<Self>) {
+        use sea_orm::sqlx::postgres::PgListener;
+        loop {
+            let pool = self.db.get_postgres_connection_pool();
+            match PgListener::connect_with(pool).await {
+                Ok(mut listener) => {
+                    if listener.listen(CHANNEL).await.is_ok() {
+                        while listener.recv().await.is_ok() {
+                            self.wake.notify_one();
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot LISTEN for cluster changes; polling only")
+                }
+            }
+            if self.leaving.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// One heartbeat: renew the lease, read the map, give up what moved,
+    /// claim up to the fair share or release what is past it.
+    async fn tick(&self, supervisor: &Supervisor) -> Result<(), ClusterError> {
+        let _ticking = self.ticking.lock().await;
+        if self.leaving.load(Ordering::Acquire) {
+            // Gone from the cluster: only the map is read, so requests still
+            // arriving here find the new owners.
+            self.read_map().await?;
+            return Ok(());
+        }
+        let sent = Instant::now();
+        table::renew(
+            &self.db,
+            &self.node,
+            self.incarnation,
+            &self.settings.advertise_url,
+            self.settings.lease_ttl_ms,
+        )
+        .await?;
+        *self.renewed_at.write().expect("lease lock") = Some(sent);
+
+        let map = self.read_map().await?;
+        let lost: HashSet<u32> = self
+            .ownership
+            .owned()
+            .into_iter()
+            .filter(|(shard, epoch)| {
+                map.shards.get(*shard as usize).is_none_or(|row| {
+                    row.owner.as_deref() != Some(&*self.node) || row.epoch != *epoch
+                })
+            })
+            .map(|(shard, _)| shard)
+            .collect();
+        if !lost.is_empty() {
+            for shard in &lost {
+                self.ownership.remove(*shard);
+            }
+            tracing::warn!(node = %self.node, shards = lost.len(), "shards taken over by another node");
+            self.step_down(supervisor, &lost);
+        }
+        if self.leaving.load(Ordering::Acquire) {
+            return Ok(());
+        }
+
+        let live = map.nodes.iter().filter(|n| n.live).count().max(1) as u32;
+        let share = self.settings.shards.div_ceil(live) as usize;
+        let held = self.ownership.len();
+        if held < share {
+            let claimed = table::claim(&self.db, &self.node, share - held).await?;
+            if !claimed.is_empty() {
+                self.take(supervisor, &claimed).await?;
+                self.read_map().await?;
+            }
+        } else if held > share {
+            // Someone joined: hand the excess over, highest shards first.
+            let mut owned: Vec<u32> = self.ownership.owned().into_keys().collect();
+            owned.sort_unstable();
+            let excess: HashSet<u32> = owned.split_off(share).into_iter().collect();
+            self.release(supervisor, &excess).await?;
+        }
+        self.metrics.owned_shards.set(self.ownership.len() as i64);
+        Ok(())
+    }
+
+    async fn read_map(&self) -> Result<Arc<ShardMap>, ClusterError> {
+        let (nodes, shards) = table::read_map(&self.db).await?;
+        let map = Arc::new(ShardMap {
+            read_at: Some(Utc::now()),
+            nodes,
+            shards,
+        });
+        *self.map.write().expect("shard map lock") = map.clone();
+        self.map_version.send_modify(|v| *v += 1);
+        Ok(map)
+    }
+
+    /// Starts serving shards just claimed: their rooms are loaded from what
+    /// every earlier owner committed (the claim waited for their commits).
+    async fn take(
+        &self,
+        supervisor: &Supervisor,
+        claimed: &[(u32, i64)],
+    ) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let shards: HashSet<u32> = claimed.iter().map(|(s, _)| *s).collect();
+        // Actors left from an earlier hold of these shards know nothing of
+        // what the owners in between wrote.
+        self.step_down(supervisor, &shards);
+        for (shard, epoch) in claimed {
+            self.ownership.insert(*shard, *epoch);
+        }
+        let ownership = &self.ownership;
+        let rooms = supervisor
+            .recover_where(|name| shards.contains(&ownership.shard_of(name)))
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Db(db) => ClusterError::Db(db),
+                other => ClusterError::Db(DbErr::Custom(other.to_string())),
+            })?;
+        tracing::info!(node = %self.node, shards = claimed.len(), rooms, elapsed_ms = started.elapsed().as_millis() as u64, "took shards");
+        Ok(())
+    }
+
+    fn step_down(&self, supervisor: &Supervisor, shards: &HashSet<u32>) {
+        let ownership = &self.ownership;
+        supervisor.step_down(|name| shards.contains(&ownership.shard_of(name)));
+    }
+
+    /// Hands `shards` over: stop taking their events here first, then
+    /// release them in the database and wake the others.
+    async fn release(
+        &self,
+        supervisor: &Supervisor,
+        shards: &HashSet<u32>,
+    ) -> Result<(), ClusterError> {
+        if shards.is_empty() {
+            return Ok(());
+        }
+        for shard in shards {
+            self.ownership.remove(*shard);
+        }
+        self.step_down(supervisor, shards);
+        let list: Vec<u32> = shards.iter().copied().collect();
+        table::release(&self.db, &self.node, &list).await?;
+        table::notify(&self.db, CHANNEL, &self.node).await?;
+        tracing::info!(node = %self.node, shards = shards.len(), "released shards to the other nodes");
+        Ok(())
+    }
+
+    /// On shutdown: give every shard up at once and end the lease, so the
+    /// others take over within a heartbeat instead of a lease TTL.
+    /// Events that arrive meanwhile wait for the new owner and are sent on to
+    /// it; those already admitted here get up to `DRAIN` to commit first.
+    pub async fn leave(&self, supervisor: &Supervisor) {
+        const DRAIN: Duration = Duration::from_secs(2);
+        self.leaving.store(true, Ordering::Release);
+        let owned: HashSet<u32> = self.ownership.clear().into_iter().collect();
+        let drained = Instant::now();
+        while supervisor.in_flight() > 0 && drained.elapsed() < DRAIN {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.step_down(supervisor, &owned);
+        let _ticking = self.ticking.lock().await;
+        let released = self.release(supervisor, &owned).await;
+        let ended = table::end_lease(&self.db, &self.node, self.incarnation).await;
+        match (released, ended) {
+            (Ok(()), Ok(())) => {
+                tracing::info!(node = %self.node, shards = owned.len(), "left the cluster")
+            }
+            (Err(err), _) => {
+                tracing::warn!(node = %self.node, error = %crate::telemetry::chain(&err), "could not release shards; the others take them when the lease runs out")
+            }
+            (_, Err(err)) => {
+                tracing::warn!(node = %self.node, error = %err, "could not end the lease")
+            }
+        }
+        let _ = table::notify(&self.db, CHANNEL, &self.node).await;
+    }
+
+    /// Counts a forward for `/v1/debug/cluster` and the metrics.
+    fn forwarded(&self, kind: &str, result: &str) {
+        self.forwards.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .forwards
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
+    /// Shard counts per node in the map, for logs and tests.
+    pub fn owners(&self) -> HashMap<String, usize> {
+        let map = self.map.read().expect("shard map lock").clone();
+        let mut owners = HashMap::new();
+        for row in &map.shards {
+            if let Some(owner) = &row.owner {
+                *owners.entry(owner.clone()).or_default() += 1;
+            }
+        }
+        owners
+    }
+}

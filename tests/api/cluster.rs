@@ -1,0 +1,570 @@
+//! Several roomd processes on one PostgreSQL (`cluster.mode = "postgres"`),
+//! fed the way LiveKit feeds a webhook URL behind a round-robin balancer:
+//! one serial queue per room, each try to the next node, retries after 1, 2,
+//! 4 and 8 s on a connection error or a 5xx. Nodes are killed, stopped,
+//! paused and started in the middle; the counts must stay exact.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::process::Roomd;
+use common::{KEY, SECRET, TestDb, sign_with, webhook};
+use reqwest::StatusCode;
+use roomd::config::WriterSettings;
+use roomd::metrics::Metrics;
+use roomd::record::{Changes, EventRecord};
+use roomd::shard::Fence;
+use roomd::store::{StoreError, Writer};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
+
+/// LiveKit's retry schedule for one delivery.
+const BACKOFF: [u64; 4] = [1, 2, 4, 8];
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node of the cluster, as its own process.
+fn node(db: &TestDb, id: &str) -> Roomd {
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let url = format!("http://{bind}");
+    Roomd::start_with(
+        &db.url,
+        &bind,
+        &[
+            ("ROOMD__CLUSTER__MODE", "postgres"),
+            ("ROOMD__CLUSTER__NODE_ID", id),
+            ("ROOMD__CLUSTER__ADVERTISE_URL", &url),
+        ],
+    )
+}
+
+/// What the sender saw.
+#[derive(Default)]
+struct Sent {
+    tries: AtomicUsize,
+    ok: AtomicUsize,
+    unavailable: AtomicUsize,
+    connect_errors: AtomicUsize,
+    exhausted: AtomicUsize,
+    /// What each exhausted event met, try by try.
+    history: std::sync::Mutex<Vec<String>>,
+}
+
+/// LiveKit's notifier for one room: each event in order, each try to the
+/// next node in `nodes` (a balancer that does not know which are up).
+async fn deliver_room(
+    client: reqwest::Client,
+    nodes: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
+    events: Vec<String>,
+    sent: Arc<Sent>,
+    progress: Arc<AtomicUsize>,
+) {
+    for body in events {
+        let mut tries = 0;
+        let mut met = Vec::new();
+        loop {
+            sent.tries.fetch_add(1, Ordering::Relaxed);
+            let base = &nodes[next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
+            let answer = client
+                .post(format!("{base}/v1/webhooks/livekit"))
+                .header("Authorization", sign_with(KEY, SECRET, &body))
+                .header("Content-Type", "application/webhook+json")
+                .body(body.clone())
+                .send()
+                .await;
+            let answer = match answer {
+                Ok(r) => {
+                    let status = r.status();
+                    met.push(format!(
+                        "{base} {status} {}",
+                        r.text().await.unwrap_or_default()
+                    ));
+                    Ok(status)
+                }
+                Err(e) => {
+                    met.push(format!("{base} {e}"));
+                    Err(e)
+                }
+            };
+            match answer {
+                Ok(StatusCode::OK) => {
+                    sent.ok.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Ok(status) => {
+                    assert!(status.is_server_error(), "{status} for {body}");
+                    sent.unavailable.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    sent.connect_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if tries == BACKOFF.len() {
+                sent.exhausted.fetch_add(1, Ordering::Relaxed);
+                sent.history
+                    .lock()
+                    .unwrap()
+                    .push(format!("{body}\n  {}", met.join("\n  ")));
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(BACKOFF[tries])).await;
+            tries += 1;
+        }
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `rooms` rooms, each with `joins` joins and then a leave for every other
+/// participant, in `phase`'s own ids; returns the bodies and each room's
+/// count once they are applied.
+fn script(phase: &str, rooms: usize, joins: usize) -> (Vec<Vec<String>>, HashMap<String, usize>) {
+    let mut scripts = Vec::new();
+    let mut truth = HashMap::new();
+    for r in 0..rooms {
+        let room = format!("c{r}");
+        let sid = format!("RM_c{r}");
+        let mut events = Vec::new();
+        for p in 0..joins {
+            events.push(
+                webhook::joined(
+                    &room,
+                    &sid,
+                    &format!("PA_{phase}_{r}_{p}"),
+                    &format!("{phase}-{p}"),
+                )
+                .id(&format!("EV_{phase}_{r}_j{p}"))
+                .body(),
+            );
+        }
+        for p in (0..joins).step_by(2) {
+            events.push(
+                webhook::left(
+                    &room,
+                    &sid,
+                    &format!("PA_{phase}_{r}_{p}"),
+                    &format!("{phase}-{p}"),
+                )
+                .id(&format!("EV_{phase}_{r}_l{p}"))
+                .body(),
+            );
+        }
+        truth.insert(room, joins / 2);
+        scripts.push(events);
+    }
+    (scripts, truth)
+}
+
+/// Runs `scripts` against `nodes`; calls `midway` once half the events are
+/// answered. Returns what the sender saw.
+async fn drive(
+    nodes: Vec<String>,
+    scripts: Vec<Vec<String>>,
+    midway: impl FnOnce() + Send + 'static,
+) -> Arc<Sent> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let total: usize = scripts.iter().map(Vec::len).sum();
+    let nodes = Arc::new(nodes);
+    let next = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(Sent::default());
+    let progress = Arc::new(AtomicUsize::new(0));
+    let mut queues = Vec::new();
+    for events in scripts {
+        queues.push(tokio::spawn(deliver_room(
+            client.clone(),
+            nodes.clone(),
+            next.clone(),
+            events,
+            sent.clone(),
+            progress.clone(),
+        )));
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let progress = progress.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            while progress.load(Ordering::Relaxed) < total / 2 && !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            midway();
+        })
+    };
+    for queue in queues {
+        queue.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+    sent
+}
+
+/// Every room's count from each node and from PostgreSQL equals the truth,
+/// and every event is in the log once.
+async fn assert_exact(db: &DatabaseConnection, nodes: &[&Roomd], truth: &HashMap<String, usize>) {
+    let client = reqwest::Client::new();
+    for (room, want) in truth {
+        for node in nodes {
+            let view: serde_json::Value = client
+                .get(format!("{}/v1/rooms/{room}", node.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                view["participant_count"], *want,
+                "{room} read from {}: {view}",
+                node.base
+            );
+        }
+        let stored = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!(
+                    "SELECT current_participants FROM rooms WHERE livekit_name = '{room}' AND status = 'active'"
+                ),
+            ))
+            .await
+            .unwrap()
+            .expect("the room is in PostgreSQL");
+        let stored: i32 = stored.try_get("", "current_participants").unwrap();
+        assert_eq!(stored as usize, *want, "{room} in PostgreSQL");
+    }
+    let twice = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT event_id FROM webhook_events GROUP BY event_id HAVING count(*) > 1",
+        ))
+        .await
+        .unwrap();
+    assert!(twice.is_empty(), "every event is committed once");
+}
+
+async fn owned_shards(node: &Roomd) -> Option<u64> {
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/debug/cluster", node.base))
+        .bearer_auth(common::admin_token())
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    status["owned_shards"].as_u64()
+}
+
+/// Polls (bounded, no timing assertion) until `pred` holds for `node`.
+async fn until_shards(node: &Roomd, pred: impl Fn(u64) -> bool) -> u64 {
+    let mut last = 0;
+    for _ in 0..300 {
+        last = owned_shards(node).await.unwrap_or(0);
+        if pred(last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_lose_one_to_sigkill_gain_one_and_hand_one_over_with_counts_exact() {
+    let Some(db) = TestDb::postgres().await else {
+        return; // cluster mode is PostgreSQL's; CI always has it
+    };
+    let client = reqwest::Client::new();
+    let a = node(&db, "a").ready(&client).await;
+    let b = node(&db, "b").ready(&client).await;
+    let c = node(&db, "c").ready(&client).await;
+    // Fair shares once all three hold leases: 86 + 86 + 84 of 256.
+    for n in [&a, &b, &c] {
+        let held = until_shards(n, |s| (80..=86).contains(&s)).await;
+        assert!((80..=86).contains(&held), "{} holds {held}", n.base);
+    }
+    let pg = Database::connect(&db.url).await.unwrap();
+
+    // Phase 1: SIGKILL one of three in the middle.
+    let (scripts, mut truth) = script("k", 24, 20);
+    let bases = vec![a.base.clone(), b.base.clone(), c.base.clone()];
+    let started = Instant::now();
+    let victim = Arc::new(std::sync::Mutex::new(Some(c)));
+    let killed = victim.clone();
+    let sent = drive(bases, scripts, move || {
+        killed.lock().unwrap().take().unwrap().kill_9();
+    })
+    .await;
+    eprintln!(
+        "sigkill phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted, {:.1} s",
+        sent.tries.load(Ordering::Relaxed),
+        sent.ok.load(Ordering::Relaxed),
+        sent.unavailable.load(Ordering::Relaxed),
+        sent.connect_errors.load(Ordering::Relaxed),
+        sent.exhausted.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        sent.exhausted.load(Ordering::Relaxed),
+        0,
+        "no event ran out of retries"
+    );
+    assert!(
+        victim.lock().unwrap().is_none(),
+        "the node was killed midway"
+    );
+    assert_exact(&pg, &[&a, &b], &truth).await;
+
+    // Phase 2: a node joins and gets its share from the others.
+    let d = node(&db, "d").ready(&client).await;
+    let held = until_shards(&d, |s| s >= 80).await;
+    assert!(held >= 80, "the new node took its share: {held}");
+    assert_exact(&pg, &[&a, &b, &d], &truth).await;
+
+    // Phase 3: SIGTERM one in the middle: its shards go to the others at once.
+    let (scripts, more) = script("t", 24, 20);
+    for (room, n) in more {
+        *truth.get_mut(&room).unwrap() += n;
+    }
+    let bases = vec![a.base.clone(), b.base.clone(), d.base.clone()];
+    let (a_log, b_log, d_log) = (a.log_handle(), b.log_handle(), d.log_handle());
+    let leaving = Arc::new(std::sync::Mutex::new(Some(d)));
+    let stopped = leaving.clone();
+    let sent = drive(bases, scripts, move || {
+        let d = stopped.lock().unwrap().take().unwrap();
+        std::thread::spawn(move || assert!(d.terminate().success()));
+    })
+    .await;
+    for h in sent.history.lock().unwrap().iter() {
+        eprintln!("exhausted: {h}");
+    }
+    for (name, log) in [("a", &a_log), ("b", &b_log), ("d", &d_log)] {
+        let lines = log.lock().unwrap().join("\n");
+        std::fs::write(format!("/tmp/cluster-{name}.log"), lines).unwrap();
+    }
+    eprintln!(
+        "sigterm phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted",
+        sent.tries.load(Ordering::Relaxed),
+        sent.ok.load(Ordering::Relaxed),
+        sent.unavailable.load(Ordering::Relaxed),
+        sent.connect_errors.load(Ordering::Relaxed),
+        sent.exhausted.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        sent.exhausted.load(Ordering::Relaxed),
+        0,
+        "no event ran out of retries"
+    );
+    assert_eq!(
+        sent.unavailable.load(Ordering::Relaxed),
+        0,
+        "a node that stops hands its rooms over without a 503"
+    );
+    assert_exact(&pg, &[&a, &b], &truth).await;
+    drop((a, b)); // killed: see `Roomd`'s Drop
+    pg.close().await.ok();
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_writes_nothing_more() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let a = node(&db, "pa").ready(&client).await;
+    let b = node(&db, "pb").ready(&client).await;
+    until_shards(&a, |s| s == 128).await;
+    until_shards(&b, |s| s == 128).await;
+    let pg = Database::connect(&db.url).await.unwrap();
+    // A room on `a`, with someone in.
+    let room = (0..)
+        .map(|i| format!("paused{i}"))
+        // `a` came first and kept the lower half when `b` joined.
+        .find(|name| roomd::shard::shard_of(name, 256) < 128)
+        .unwrap();
+    let first = webhook::joined(&room, "RM_p", "PA_p1", "p1")
+        .id("EV_p1")
+        .body();
+    assert_eq!(a.send(&first).await, StatusCode::OK);
+
+    let pid = libc::pid_t::try_from(a.pid()).unwrap();
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // `b` takes every shard once `a`'s lease runs out.
+    let held = until_shards(&b, |s| s == 256).await;
+    assert_eq!(held, 256);
+    let second = webhook::joined(&room, "RM_p", "PA_p2", "p2")
+        .id("EV_p2")
+        .body();
+    assert_eq!(b.send(&second).await, StatusCode::OK);
+
+    // `a` wakes with a request it took before it knew: it must not commit.
+    let third = webhook::joined(&room, "RM_p", "PA_p3", "p3")
+        .id("EV_p3")
+        .body();
+    let sending = {
+        let base = a.base.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{base}/v1/webhooks/livekit"))
+                .header("Authorization", sign_with(KEY, SECRET, &third))
+                .header(roomd::cluster::FORWARDED_HEADER, "2")
+                .body(third)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let status = sending.await.unwrap().unwrap();
+    assert_ne!(
+        status,
+        StatusCode::OK,
+        "a node past its lease commits nothing"
+    );
+    assert!(
+        a.logs()
+            .iter()
+            .any(|l| l.contains("commit refused by the fence")
+                || l.contains("no node holds this room's shard")),
+        "the paused node refused the event itself (by the fence, or by knowing it lost the shard)"
+    );
+    let truth = HashMap::from([(room.clone(), 2)]);
+    until_shards(&a, |s| s == 128).await;
+    assert_exact(&pg, &[&a, &b], &truth).await;
+    drop((a, b)); // killed: see `Roomd`'s Drop
+    pg.close().await.ok();
+    db.drop_database().await;
+}
+
+/// The fence at the SQL level, on two connections, in both orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_refuses_a_commit_from_an_old_epoch_in_both_lock_orders() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let pool = roomd::store::connect(
+        &roomd::config::DatabaseSettings {
+            url: db.url.clone(),
+            ..roomd::config::Settings::default().database
+        },
+        5000,
+    )
+    .await
+    .unwrap();
+    roomd::store::migrate(&pool).await.unwrap();
+    let shards = 4;
+    roomd::cluster::table::ensure_shards(&pool, shards)
+        .await
+        .unwrap();
+    for node in ["old", "new"] {
+        roomd::cluster::table::register(&pool, node, uuid::Uuid::new_v4(), "http://x", 60_000)
+            .await
+            .unwrap();
+    }
+    let claimed = roomd::cluster::table::claim(&pool, "old", 4).await.unwrap();
+    let epoch = |shard| claimed.iter().find(|(s, _)| *s == shard).unwrap().1;
+    let writer = Writer::start(
+        pool.clone(),
+        &WriterSettings {
+            max_batch: 16,
+            queue_capacity: 16,
+            transactions: 2,
+            transaction_timeout_ms: 10_000,
+        },
+        Some(Arc::from("old")),
+        Arc::new(Metrics::new()),
+    );
+    let commit = |shard: u32, id: &str| {
+        let writer = writer.clone();
+        let event = EventRecord::of_reconcile("fenced", None, None, chrono::Utc::now(), "applied");
+        let event = EventRecord {
+            event_id: Some(id.to_owned()),
+            ..event
+        };
+        let fence = Fence {
+            shard,
+            epoch: epoch(shard),
+        };
+        async move { writer.commit(event, Changes::default(), Some(fence)).await }
+    };
+    assert!(commit(0, "EV_f0").await.is_ok(), "the owner's commit lands");
+
+    // Order 1: the takeover is in flight (uncommitted) when the commit
+    // checks its fence: the check waits for it, then finds the epoch moved.
+    let takeover = pool.begin().await.unwrap();
+    takeover
+        .execute_unprepared(
+            "UPDATE cluster_shards SET owner = 'new', epoch = epoch + 1 WHERE shard = 1",
+        )
+        .await
+        .unwrap();
+    let late = tokio::spawn(commit(1, "EV_f1"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    takeover.commit().await.unwrap();
+    assert!(
+        matches!(
+            late.await.unwrap(),
+            Err(StoreError::Fenced { shard: 1, .. })
+        ),
+        "a commit under the old epoch after the takeover is refused"
+    );
+
+    // Order 2: the commit holds its fence first: the takeover skips the
+    // shard (or waits), so the commit lands before the new epoch exists.
+    let holder = pool.begin().await.unwrap();
+    holder
+        .execute_unprepared("SELECT 1 FROM cluster_shards WHERE shard = 2 FOR SHARE")
+        .await
+        .unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &pool,
+        "UPDATE cluster_nodes SET lease_until = now() WHERE node_id = 'old'",
+    )
+    .await
+    .unwrap();
+    let taken = roomd::cluster::table::claim(&pool, "new", 4).await.unwrap();
+    assert!(
+        !taken.iter().any(|(s, _)| *s == 2),
+        "a takeover does not take a shard under an in-flight commit: {taken:?}"
+    );
+    holder.commit().await.unwrap();
+    let taken = roomd::cluster::table::claim(&pool, "new", 4).await.unwrap();
+    assert!(
+        taken.iter().any(|(s, _)| *s == 2),
+        "then it does: {taken:?}"
+    );
+    assert!(matches!(
+        commit(2, "EV_f2").await,
+        Err(StoreError::Fenced { shard: 2, .. })
+    ));
+    assert!(matches!(
+        commit(3, "EV_f3").await,
+        Err(StoreError::Fenced { shard: 3, .. })
+    ));
+    let stored = pool
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT event_id FROM webhook_events ORDER BY event_id",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "only the owner's first commit is in");
+    drop(writer);
+    pool.close().await.ok();
+    db.drop_database().await;
+}
