@@ -568,3 +568,108 @@ async fn the_fence_refuses_a_commit_from_an_old_epoch_in_both_lock_orders() {
     pool.close().await.ok();
     db.drop_database().await;
 }
+
+/// Reads of another node's room: the list from what the owner committed,
+/// the live stream passed through from the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_reads_of_another_nodes_room() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let a = node(&db, "ra").ready(&client).await;
+    let b = node(&db, "rb").ready(&client).await;
+    until_shards(&a, |s| s == 128).await;
+    until_shards(&b, |s| s == 128).await;
+    // `a` came first and kept the lower half of the shards.
+    let room = (0..)
+        .map(|i| format!("lobby{i}"))
+        .find(|name| roomd::shard::shard_of(name, 256) < 128)
+        .unwrap();
+    let join = |sid: &str, identity: &str| {
+        webhook::joined(&room, "RM_lobby", sid, identity)
+            .id(&format!("EV_{sid}"))
+            .body()
+    };
+    assert_eq!(b.send(&join("PA_1", "ann")).await, StatusCode::OK, "forwarded to `a`");
+
+    let token = common::join_token(&room, "viewer");
+    let list: serde_json::Value = client
+        .get(format!("{}/v1/rooms/{room}/participants", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["participant_count"], 1, "{list}");
+    assert_eq!(list["participants"][0]["identity"], "ann", "{list}");
+
+    let mut stream = client
+        .get(format!("{}/v1/rooms/{room}/stream?access_token={token}", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut seen = String::new();
+    let mut next_event = async || loop {
+        if let Some(end) = seen.find("\n\n") {
+            let block: String = seen.drain(..end + 2).collect();
+            if !block.starts_with(':') {
+                return block;
+            }
+            continue;
+        }
+        // A guard against a hung test, not a speed requirement.
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.chunk())
+            .await
+            .expect("an event within 20 s")
+            .unwrap()
+            .expect("the stream is open");
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    };
+    let snapshot = next_event().await;
+    assert!(snapshot.contains("event: snapshot") && snapshot.contains("ann"), "{snapshot}");
+    assert_eq!(b.send(&join("PA_2", "bob")).await, StatusCode::OK);
+    let update = next_event().await;
+    assert!(update.contains("event: update") && update.contains("bob"), "{update}");
+    assert!(
+        !b.logs().iter().chain(a.logs().iter()).any(|l| l.contains(&token)),
+        "no node logs a reader's token"
+    );
+    drop((a, b));
+    db.drop_database().await;
+}
+
+/// The shard count is the database's: a node configured otherwise would
+/// put rooms in other shards than its peers, so it refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_shard_count_refuses_to_start() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let first = node(&db, "s1").ready(&reqwest::Client::new()).await;
+    let port = free_port();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_roomd"))
+        .args(["serve", "--config", "/nonexistent/roomd.toml"])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("LIVEKIT_API_KEY", KEY)
+        .env("LIVEKIT_API_SECRET", SECRET)
+        .env("ROOMD__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("ROOMD__CLUSTER__MODE", "postgres")
+        .env("ROOMD__CLUSTER__ADVERTISE_URL", format!("http://127.0.0.1:{port}"))
+        .env("ROOMD__CLUSTER__SHARDS", "64")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("cluster.shards = 256"), "{said}");
+    drop(first);
+    db.drop_database().await;
+}

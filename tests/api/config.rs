@@ -128,6 +128,31 @@ fn a_wrong_setting_stops_start_up_and_is_named() {
             .to_string();
         assert!(err.to_lowercase().contains("max_body_bytes"), "{err}");
 
+        // A cluster shares its rooms through PostgreSQL, and each node must
+        // say where the others reach it.
+        jail.clear_env();
+        jail.set_env("ROOMD__CLUSTER__MODE", "postgres");
+        jail.set_env("ROOMD__CLUSTER__ADVERTISE_URL", "http://10.0.0.5:8080");
+        assert_eq!(
+            invalid_setting(Settings::load(Path::new("none.toml"))),
+            "cluster.mode",
+            "cluster mode on SQLite"
+        );
+        jail.set_env("DATABASE_URL", "postgres://postgres@127.0.0.1/roomd");
+        assert!(Settings::load(Path::new("none.toml")).is_ok());
+        jail.set_env("ROOMD__CLUSTER__ADVERTISE_URL", "");
+        assert_eq!(
+            invalid_setting(Settings::load(Path::new("none.toml"))),
+            "cluster.advertise_url"
+        );
+        jail.set_env("ROOMD__CLUSTER__ADVERTISE_URL", "http://10.0.0.5:8080");
+        jail.set_env("ROOMD__CLUSTER__LEASE_TTL_MS", "1000");
+        assert_eq!(
+            invalid_setting(Settings::load(Path::new("none.toml"))),
+            "cluster.lease_ttl_ms",
+            "a lease shorter than two heartbeats"
+        );
+
         jail.clear_env();
         jail.create_file("typo.toml", "[server]\nbnd = \"127.0.0.1:1\"\n")?;
         let err = Settings::load(Path::new("typo.toml"))
