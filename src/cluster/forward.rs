@@ -71,6 +71,43 @@ impl Cluster {
         answer
     }
 
+    /// A read (`path_and_query` as the client sent it) answered by the
+    /// room's owner at `url`, from memory, within `cluster.forward_timeout_ms`.
+    pub async fn forward_read(
+        &self,
+        url: &str,
+        path_and_query: &str,
+        authorization: Option<&str>,
+    ) -> Result<Forwarded, reqwest::Error> {
+        let mut request = self
+            .client
+            .get(format!("{}{path_and_query}", url.trim_end_matches('/')))
+            .header(FORWARDED_HEADER, MAX_HOPS.to_string());
+        if let Some(auth) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let answer = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body = response.bytes().await?;
+            Ok(Forwarded {
+                status,
+                retry_after: None,
+                body,
+            })
+        }
+        .await;
+        self.forwarded(
+            "read",
+            match &answer {
+                Ok(f) if f.status < 400 => "ok",
+                Ok(_) => "refused",
+                Err(_) => "failed",
+            },
+        );
+        answer
+    }
+
     /// Opens a room's live-update stream on its owner at `url`
     /// (`path_and_query` as the client sent it).
     pub async fn forward_stream(

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Reader;
 use super::{AppState, error::ApiError};
+use crate::cluster;
 use crate::room::snapshot::{ParticipantView, RoomView};
 
 /// Counts are public when `api.public_counts` is set; else they need a token
@@ -49,6 +50,9 @@ pub async fn participants(
 ) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
     Reader::of(&req, &state.tokens)?.require_room(&name)?;
+    if let Some(answer) = from_owner(&req, &state, &name).await {
+        return Ok(answer);
+    }
     let Some(detail) = state.supervisor.room_detail(&name).await? else {
         return Err(ApiError::RoomNotFound(name));
     };
@@ -133,4 +137,49 @@ pub async fn list(
         unknown: Vec::new(),
         next: page.next,
     }))
+}
+
+/// On a cluster, another node's room is answered by its owner, from memory.
+/// `None`: answer here (this node owns the room, or the owner cannot be
+/// reached, and then the list comes from what the owner committed).
+async fn from_owner(req: &HttpRequest, state: &AppState, name: &str) -> Option<HttpResponse> {
+    let cluster = state.cluster.as_ref()?;
+    let hops = cluster::hops(
+        req.headers()
+            .get(cluster::FORWARDED_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    if hops >= cluster::MAX_HOPS {
+        return None;
+    }
+    let cluster::Route::Owner { node, url } = cluster.route(name) else {
+        return None;
+    };
+    let authorization = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or(req.path(), |p| p.as_str());
+    match cluster
+        .forward_read(&url, path_and_query, authorization)
+        .await
+    {
+        Ok(answer) if answer.status == 200 => Some(
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(answer.body),
+        ),
+        Ok(answer) => {
+            tracing::info!(room = %name, owner = %node, status = answer.status, "the owner refused the read; answering from the database");
+            None
+        }
+        Err(err) => {
+            // Without the URL: its query may hold the reader's token.
+            tracing::info!(room = %name, owner = %node, error = %err.without_url(), "the owner cannot be reached; answering from the database");
+            None
+        }
+    }
 }

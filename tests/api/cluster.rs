@@ -591,7 +591,11 @@ async fn a_node_answers_reads_of_another_nodes_room() {
             .id(&format!("EV_{sid}"))
             .body()
     };
-    assert_eq!(b.send(&join("PA_1", "ann")).await, StatusCode::OK, "forwarded to `a`");
+    assert_eq!(
+        b.send(&join("PA_1", "ann")).await,
+        StatusCode::OK,
+        "forwarded to `a`"
+    );
 
     let token = common::join_token(&room, "viewer");
     let list: serde_json::Value = client
@@ -607,7 +611,10 @@ async fn a_node_answers_reads_of_another_nodes_room() {
     assert_eq!(list["participants"][0]["identity"], "ann", "{list}");
 
     let mut stream = client
-        .get(format!("{}/v1/rooms/{room}/stream?access_token={token}", b.base))
+        .get(format!(
+            "{}/v1/rooms/{room}/stream?access_token={token}",
+            b.base
+        ))
         .send()
         .await
         .unwrap();
@@ -630,15 +637,38 @@ async fn a_node_answers_reads_of_another_nodes_room() {
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     };
     let snapshot = next_event().await;
-    assert!(snapshot.contains("event: snapshot") && snapshot.contains("ann"), "{snapshot}");
+    assert!(
+        snapshot.contains("event: snapshot") && snapshot.contains("ann"),
+        "{snapshot}"
+    );
     assert_eq!(b.send(&join("PA_2", "bob")).await, StatusCode::OK);
     let update = next_event().await;
-    assert!(update.contains("event: update") && update.contains("bob"), "{update}");
     assert!(
-        !b.logs().iter().chain(a.logs().iter()).any(|l| l.contains(&token)),
+        update.contains("event: update") && update.contains("bob"),
+        "{update}"
+    );
+    assert!(
+        !b.logs()
+            .iter()
+            .chain(a.logs().iter())
+            .any(|l| l.contains(&token)),
         "no node logs a reader's token"
     );
-    drop((a, b));
+
+    // The owner gone: the list comes from what it committed.
+    drop(stream);
+    a.kill_9();
+    let list: serde_json::Value = client
+        .get(format!("{}/v1/rooms/{room}/participants", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["participant_count"], 2, "{list}");
+    drop(b);
     db.drop_database().await;
 }
 
@@ -659,7 +689,10 @@ async fn a_node_with_another_shard_count_refuses_to_start() {
         .env("LIVEKIT_API_SECRET", SECRET)
         .env("ROOMD__SERVER__BIND", format!("127.0.0.1:{port}"))
         .env("ROOMD__CLUSTER__MODE", "postgres")
-        .env("ROOMD__CLUSTER__ADVERTISE_URL", format!("http://127.0.0.1:{port}"))
+        .env(
+            "ROOMD__CLUSTER__ADVERTISE_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
         .env("ROOMD__CLUSTER__SHARDS", "64")
         .output()
         .unwrap();
