@@ -103,6 +103,22 @@ for rep in $(seq 1 "$REPS"); do
   webhooks pgwarm "http://127.0.0.1:$PORT_ROOMD" --run "h$rep" --rate "$half" --database-url "$PG_URL"
   stop_roomd
 
+  # One room under LiveKit's serial delivery: each event waits for the
+  # previous answer, so the room's rate is 1/latency.
+  SERIAL="--rooms 1 --participants ${SERIAL_PEOPLE:-2000} --churn 0 --concurrency 1 --duplicates 0"
+  $BIN/roomd-ceiling --bind 127.0.0.1:$PORT_CEIL >/dev/null 2>&1 & CEIL=$!
+  sleep 0.3
+  LOAD="$SERIAL" webhooks serialceil "http://127.0.0.1:$PORT_CEIL" --no-check
+  kill $CEIL; wait $CEIL 2>/dev/null || true
+  fresh_pg
+  start_roomd "$PG_URL"
+  LOAD="$SERIAL" webhooks serialpg "http://127.0.0.1:$PORT_ROOMD" --run "q$rep" --database-url "$PG_URL"
+  stop_roomd
+  rm -f "$WORK"/serial.db*
+  start_roomd "sqlite://$WORK/serial.db?mode=rwc"
+  LOAD="$SERIAL" webhooks serialsqlite "http://127.0.0.1:$PORT_ROOMD" --run "q$rep" --database-url "sqlite://$WORK/serial.db"
+  stop_roomd
+
   # The naive design's database ceiling: the same events, one transaction each.
   fresh_pg
   $BIN/roomd-loadgen naive-db --database-url "$PG_URL" $LOAD >"$WORK/out" 2>&1 || { cat "$WORK/out" >&2; exit 1; }
@@ -136,6 +152,9 @@ roomd benchmarks: $(nproc) cores, $REPS repetitions (medians), $ROOMS rooms x $P
 | roomd SQLite, webhooks                    | $(med sqlite.eps) events/s, $(med sqlite.dps) deliveries/s, p50 $(med sqlite.p50) p99 $(med sqlite.p99) ms | $(ratio "$(med sqlite.eps)" "$(med naivesqlite.eps)")x naive; $(ratio "$(med sqlite.dps)" "$(med ceiling.dps)") of HTTP |
 | roomd PostgreSQL at half peak ($(med pghalf.rate)/s), new rooms | p50 $(med pghalf.p50) p99 $(med pghalf.p99) ms | p99 < 10 ms |
 | roomd PostgreSQL at half peak, rooms already live | p50 $(med pgwarm.p50) p99 $(med pgwarm.p99) ms | p99 < 10 ms |
+| one room, serial delivery: HTTP ceiling   | $(med serialceil.eps) events/s, p50 $(med serialceil.p50) ms |  |
+| one room, serial delivery: roomd PostgreSQL | $(med serialpg.eps) events/s, p50 $(med serialpg.p50) ms | $(ratio "$(med serialpg.eps)" "$(med serialceil.eps)") of the serial ceiling (>= 0.25) |
+| one room, serial delivery: roomd SQLite   | $(med serialsqlite.eps) events/s, p50 $(med serialsqlite.p50) ms | $(ratio "$(med serialsqlite.eps)" "$(med serialceil.eps)") of the serial ceiling |
 | roomd GET room (PostgreSQL)               | $(med pg.rps) req/s, p99 $(med pg.rp99) ms | $(ratio "$(med pg.rps)" "$(med ceiling.rps)") of HTTP (>= 0.80) |
 | roomd GET room (SQLite)                   | $(med sqlite.rps) req/s | $(ratio "$(med sqlite.rps)" "$(med ceiling.rps)") of HTTP |
 | memory, $((MEM_ROOMS * MEM_PEOPLE)) open participants (PostgreSQL) | $mem_bytes bytes each ($mem_line) | < 1024 |

@@ -26,6 +26,19 @@ pub async fn run(
 ) -> anyhow::Result<(u64, Vec<Duration>, Duration)> {
     let mut options = ConnectOptions::new(url.to_owned());
     options.max_connections(connections).sqlx_logging(false);
+    if url.starts_with("sqlite:") {
+        // SQLite has one writer: several connections' transactions only
+        // fail each other with "database is locked". One connection, WAL
+        // and a busy timeout, as roomd itself runs it.
+        use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+        options
+            .max_connections(1)
+            .map_sqlx_sqlite_opts(|opts| {
+                opts.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+            });
+    }
     let db = Database::connect(options).await?;
     roomd::store::migrate(&db).await?;
     let queue = Mutex::new(VecDeque::from(rooms));
