@@ -8,6 +8,7 @@ mod health;
 pub mod request_id;
 mod rooms;
 mod stream;
+mod ui;
 mod webhooks;
 
 use actix_web::web;
@@ -73,6 +74,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(health::readyz)
     .service(health::metrics)
     .service(health::openapi)
+    .service(ui::root)
+    .service(ui::index)
+    .service(ui::script)
+    .service(ui::style)
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
     }));

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod browser;
 mod cli;
 mod cluster;
 mod concurrency;
