@@ -62,9 +62,15 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let cluster = match settings.cluster.mode {
             ClusterMode::Off => None,
-            ClusterMode::Postgres => {
-                Some(Cluster::join(db.clone(), &settings.cluster, metrics.clone()).await?)
-            }
+            ClusterMode::Postgres => Some(
+                Cluster::join(
+                    db.clone(),
+                    &settings.cluster,
+                    &settings.livekit.api_secret,
+                    metrics.clone(),
+                )
+                .await?,
+            ),
         };
         let writer = Writer::start(
             db.clone(),

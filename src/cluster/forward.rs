@@ -5,19 +5,59 @@
 use std::time::Duration;
 
 use actix_web::web::Bytes;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use super::Cluster;
 
-/// Set on a forwarded request to the hops it has made. A request goes at
-/// most `MAX_HOPS` hops: two nodes whose maps disagree for a moment must not
-/// bounce it, but one that reaches a node handing its shards over may go on
-/// to the new owner.
+/// Set on a forwarded request to the hops it has made, signed (`HOPS.MAC`,
+/// an HMAC-SHA256 with the API secret over the hops and what the request is
+/// bound to), so only a node can set it: a client's copy counts as none. A
+/// request goes at most `MAX_HOPS` hops: two nodes whose maps disagree for a
+/// moment must not bounce it, but one that reaches a node handing its shards
+/// over may go on to the new owner.
 pub const FORWARDED_HEADER: &str = "x-roomd-forwarded";
 pub const MAX_HOPS: u8 = 2;
 
-/// The hops a request has made, from its `FORWARDED_HEADER`.
-pub fn hops(value: Option<&str>) -> u8 {
-    value.map_or(0, |v| v.parse().unwrap_or(MAX_HOPS))
+type HopMac = Hmac<Sha256>;
+
+fn hop_mac(secret: &[u8], hops: u8, bound_to: &str) -> HopMac {
+    let mut mac = HopMac::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"roomd-hop\0");
+    mac.update(&[hops]);
+    mac.update(bound_to.as_bytes());
+    mac
+}
+
+/// The `FORWARDED_HEADER` value a node sends with a request that has made
+/// `hops` hops and is bound to `bound_to` (its token, or its path and query).
+pub fn hop_header(secret: &[u8], hops: u8, bound_to: &str) -> String {
+    let tag = hop_mac(secret, hops, bound_to).finalize().into_bytes();
+    format!("{hops}.{}", URL_SAFE_NO_PAD.encode(tag))
+}
+
+impl Cluster {
+    fn hop_header(&self, hops: u8, bound_to: &str) -> String {
+        hop_header(&self.secret, hops, bound_to)
+    }
+
+    /// The hops a request has made: what its `FORWARDED_HEADER` says if a
+    /// node signed it for this request (`bound_to`: its token or its path),
+    /// else none.
+    pub fn hops(&self, header: Option<&str>, bound_to: &str) -> u8 {
+        let Some((hops, tag)) = header.and_then(|h| h.split_once('.')) else {
+            return 0;
+        };
+        let (Ok(hops), Ok(tag)) = (hops.parse::<u8>(), URL_SAFE_NO_PAD.decode(tag)) else {
+            return 0;
+        };
+        match hop_mac(&self.secret, hops, bound_to).verify_slice(&tag) {
+            Ok(()) => hops,
+            Err(_) => 0,
+        }
+    }
 }
 
 /// The owner's answer, to pass back as it is.
@@ -42,7 +82,7 @@ impl Cluster {
             .post(format!("{}/v1/webhooks/livekit", url.trim_end_matches('/')))
             .header(reqwest::header::AUTHORIZATION, authorization)
             .header(reqwest::header::CONTENT_TYPE, "application/webhook+json")
-            .header(FORWARDED_HEADER, (hops + 1).to_string())
+            .header(FORWARDED_HEADER, self.hop_header(hops + 1, authorization))
             .body(body)
             .send()
             .await;
@@ -82,7 +122,7 @@ impl Cluster {
         let mut request = self
             .client
             .get(format!("{}{path_and_query}", url.trim_end_matches('/')))
-            .header(FORWARDED_HEADER, MAX_HOPS.to_string());
+            .header(FORWARDED_HEADER, self.hop_header(MAX_HOPS, path_and_query));
         if let Some(auth) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
@@ -121,7 +161,7 @@ impl Cluster {
         let mut request = self
             .stream_client
             .get(format!("{}{path_and_query}", url.trim_end_matches('/')))
-            .header(FORWARDED_HEADER, MAX_HOPS.to_string());
+            .header(FORWARDED_HEADER, self.hop_header(MAX_HOPS, path_and_query));
         if let Some(auth) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
@@ -145,8 +185,9 @@ impl Cluster {
         Duration::from_millis(self.settings.forward_timeout_ms)
     }
 
-    /// Counts a request that found no owner to go to.
-    pub fn no_owner(&self, kind: &str) {
-        self.forwarded(kind, "no_owner");
+    /// Counts a request that could not go on to an owner (`no_owner`, or
+    /// `too_many_hops`).
+    pub fn no_owner(&self, kind: &str, why: &str) {
+        self.forwarded(kind, why);
     }
 }

@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-pub use forward::{FORWARDED_HEADER, Forwarded, MAX_HOPS, hops};
+pub use forward::{FORWARDED_HEADER, Forwarded, MAX_HOPS, hop_header};
 pub use table::{NodeRow, ShardRow};
 
 use crate::config::ClusterSettings;
@@ -48,6 +48,12 @@ pub enum ClusterError {
         "the database was set up with cluster.shards = {stored}, this node has {configured}: every node must use the same count"
     )]
     ShardCount { stored: u32, configured: u32 },
+    #[error(
+        "cluster.node_id {node:?} is held by another live node: every node needs its own id (set cluster.node_id, or leave it empty for a generated one)"
+    )]
+    NodeIdInUse { node: String },
+    #[error("another process registered as node {node:?} after this one's lease ran out")]
+    Superseded { node: String },
 }
 
 /// Where a room's events and reads go from this node.
@@ -112,6 +118,8 @@ pub struct Cluster {
     forwards: AtomicU64,
     client: reqwest::Client,
     stream_client: reqwest::Client,
+    /// The API secret: signs the hop header between nodes.
+    secret: Vec<u8>,
     metrics: Arc<Metrics>,
 }
 
@@ -123,6 +131,7 @@ impl Cluster {
     pub async fn join(
         db: DatabaseConnection,
         settings: &ClusterSettings,
+        secret: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ClusterError> {
         let node: Arc<str> = if settings.node_id.is_empty() {
@@ -139,14 +148,28 @@ impl Cluster {
             });
         }
         let incarnation = Uuid::new_v4();
-        table::register(
+        // The id may still be leased by this node's previous run (killed a
+        // moment ago): that lease runs out within a TTL. One that is still
+        // renewed after that belongs to another live process.
+        let give_up =
+            Instant::now() + Duration::from_millis(settings.lease_ttl_ms + settings.heartbeat_ms);
+        while !table::register(
             &db,
             &node,
             incarnation,
             &settings.advertise_url,
             settings.lease_ttl_ms,
         )
-        .await?;
+        .await?
+        {
+            if Instant::now() > give_up {
+                return Err(ClusterError::NodeIdInUse {
+                    node: node.to_string(),
+                });
+            }
+            tracing::info!(node = %node, "node id still leased (a previous run?); waiting for the lease to run out");
+            tokio::time::sleep(Duration::from_millis(settings.heartbeat_ms)).await;
+        }
         // A restart under the same node id must not inherit its previous
         // life's epochs: that process may still be running (paused).
         let released = table::release_all(&db, &node).await?;
@@ -178,6 +201,7 @@ impl Cluster {
             forwards: AtomicU64::new(0),
             client,
             stream_client,
+            secret: secret.as_bytes().to_vec(),
             metrics,
         }))
     }
@@ -328,7 +352,7 @@ impl Cluster {
             return Ok(());
         }
         let sent = Instant::now();
-        table::renew(
+        let renewed = table::renew(
             &self.db,
             &self.node,
             self.incarnation,
@@ -336,6 +360,17 @@ impl Cluster {
             self.settings.lease_ttl_ms,
         )
         .await?;
+        if renewed == table::Renewed::Superseded {
+            // Paused past the lease while a new process took this id: that
+            // one is the node now; this one serves no room of its own again.
+            self.leaving.store(true, Ordering::Release);
+            let owned: HashSet<u32> = self.ownership.clear().into_iter().collect();
+            self.step_down(supervisor, &owned);
+            self.metrics.owned_shards.set(0);
+            return Err(ClusterError::Superseded {
+                node: self.node.to_string(),
+            });
+        }
         *self.renewed_at.write().expect("lease lock") = Some(sent);
 
         let map = self.read_map().await?;

@@ -57,28 +57,41 @@ pub async fn ensure_shards(db: &DatabaseConnection, shards: u32) -> Result<u32, 
     Ok(stored)
 }
 
+/// Registers this process under `node` unless another live process holds
+/// that id (its lease has not run out); `false` then.
 pub async fn register(
     db: &DatabaseConnection,
     node: &str,
     incarnation: Uuid,
     url: &str,
     ttl_ms: u64,
-) -> Result<(), DbErr> {
-    db.execute_raw(stmt(
-        "INSERT INTO cluster_nodes (node_id, incarnation, advertise_url, lease_until, started_at) \
-         VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', now()) \
-         ON CONFLICT (node_id) DO UPDATE SET incarnation = EXCLUDED.incarnation, \
-         advertise_url = EXCLUDED.advertise_url, lease_until = EXCLUDED.lease_until, \
-         started_at = EXCLUDED.started_at",
-        [
-            node.into(),
-            incarnation.into(),
-            url.into(),
-            (ttl_ms as i64).into(),
-        ],
-    ))
-    .await?;
-    Ok(())
+) -> Result<bool, DbErr> {
+    let done = db
+        .execute_raw(stmt(
+            "INSERT INTO cluster_nodes (node_id, incarnation, advertise_url, lease_until, started_at) \
+             VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond', now()) \
+             ON CONFLICT (node_id) DO UPDATE SET incarnation = EXCLUDED.incarnation, \
+             advertise_url = EXCLUDED.advertise_url, lease_until = EXCLUDED.lease_until, \
+             started_at = EXCLUDED.started_at \
+             WHERE cluster_nodes.lease_until <= now() OR cluster_nodes.incarnation = EXCLUDED.incarnation",
+            [
+                node.into(),
+                incarnation.into(),
+                url.into(),
+                (ttl_ms as i64).into(),
+            ],
+        ))
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether a lease renewal found this process still the holder of its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewed {
+    Yes,
+    /// Another process registered under this id after this one's lease ran
+    /// out (this one was paused or cut off that long).
+    Superseded,
 }
 
 /// Extends the lease; re-registers if the row went (an operator cleaned up).
@@ -88,7 +101,7 @@ pub async fn renew(
     incarnation: Uuid,
     url: &str,
     ttl_ms: u64,
-) -> Result<(), DbErr> {
+) -> Result<Renewed, DbErr> {
     let renewed = db
         .execute_raw(stmt(
             "UPDATE cluster_nodes SET lease_until = now() + $3 * interval '1 millisecond' \
@@ -96,10 +109,20 @@ pub async fn renew(
             [node.into(), incarnation.into(), (ttl_ms as i64).into()],
         ))
         .await?;
-    if renewed.rows_affected() == 0 {
-        register(db, node, incarnation, url, ttl_ms).await?;
+    if renewed.rows_affected() == 1 {
+        return Ok(Renewed::Yes);
     }
-    Ok(())
+    let exists = db
+        .query_one_raw(stmt(
+            "SELECT 1 AS one FROM cluster_nodes WHERE node_id = $1",
+            [node.into()],
+        ))
+        .await?
+        .is_some();
+    if !exists && register(db, node, incarnation, url, ttl_ms).await? {
+        return Ok(Renewed::Yes);
+    }
+    Ok(Renewed::Superseded)
 }
 
 pub async fn end_lease(

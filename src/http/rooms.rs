@@ -144,14 +144,6 @@ pub async fn list(
 /// reached, and then the list comes from what the owner committed).
 async fn from_owner(req: &HttpRequest, state: &AppState, name: &str) -> Option<HttpResponse> {
     let cluster = state.cluster.as_ref()?;
-    let hops = cluster::hops(
-        req.headers()
-            .get(cluster::FORWARDED_HEADER)
-            .and_then(|v| v.to_str().ok()),
-    );
-    if hops >= cluster::MAX_HOPS {
-        return None;
-    }
     let cluster::Route::Owner { node, url } = cluster.route(name) else {
         return None;
     };

@@ -154,13 +154,6 @@ async fn from_owner(
     let Some(cluster) = state.cluster.as_ref() else {
         return Err(open);
     };
-    let forwarded = req
-        .headers()
-        .get(cluster::FORWARDED_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if cluster::hops(forwarded) >= cluster::MAX_HOPS {
-        return Err(open);
-    }
     let Route::Owner { node, url } = cluster.route(name) else {
         return Err(open);
     };
@@ -172,6 +165,13 @@ async fn from_owner(
         .uri()
         .path_and_query()
         .map_or(req.path(), |p| p.as_str());
+    let forwarded = req
+        .headers()
+        .get(cluster::FORWARDED_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if cluster.hops(forwarded, path_and_query) >= cluster::MAX_HOPS {
+        return Err(open);
+    }
     match cluster
         .forward_stream(&url, path_and_query, authorization, last_event_id)
         .await

@@ -141,10 +141,11 @@ async fn accept(
         identity = delivery.participant().map_or("", |p| p.identity.as_str()),
     );
     if let (Some(cluster), Some(room)) = (&state.cluster, delivery.room()) {
-        let hops = cluster::hops(
+        let hops = cluster.hops(
             req.headers()
                 .get(FORWARDED_HEADER)
                 .and_then(|v| v.to_str().ok()),
+            token,
         );
         // A node a request was sent on to waits less than the sender does,
         // so its answer gets back before the sender gives up.
@@ -178,8 +179,14 @@ async fn accept(
                         Err(err) => return Err(ApiError::Unavailable(Box::new(err))),
                     }
                 }
-                _ => {
-                    cluster.no_owner("webhook");
+                Route::Owner { .. } => {
+                    // Two nodes' maps disagree for a moment; LiveKit's retry
+                    // finds them settled.
+                    cluster.no_owner("webhook", "too_many_hops");
+                    return Err(ApiError::NoOwner);
+                }
+                Route::Unknown => {
+                    cluster.no_owner("webhook", "no_owner");
                     return Err(ApiError::NoOwner);
                 }
             }

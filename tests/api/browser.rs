@@ -123,7 +123,11 @@ async fn screenshot(client: &Client, name: &str) {
 async fn the_admin_page_and_the_example_follow_a_room_live_in_a_browser() {
     let Some(driver) = driver() else { return };
     let db = TestDb::sqlite();
-    let roomd = Roomd::start_with(&db.url, "127.0.0.1:0", &[("ROOMD__API__CORS_ORIGINS", "[\"*\"]")]);
+    let roomd = Roomd::start_with(
+        &db.url,
+        "127.0.0.1:0",
+        &[("ROOMD__API__CORS_ORIGINS", "[\"*\"]")],
+    );
     let send = async |body: String| assert_eq!(roomd.send(&body).await, StatusCode::OK);
     send(webhook::joined("standup", "RM_s", "PA_a", "alice").body()).await;
     send(webhook::joined("standup", "RM_s", "PA_b", "bob").body()).await;
@@ -169,7 +173,10 @@ async fn the_admin_page_and_the_example_follow_a_room_live_in_a_browser() {
     until_text(&client, count, |t| t == "2").await;
     screenshot(&client, "admin-page-phone.png").await;
     let token_in_url = client.current_url().await.unwrap();
-    assert!(token_in_url.query().is_none(), "the admin token never goes in the URL bar");
+    assert!(
+        token_in_url.query().is_none(),
+        "the admin token never goes in the URL bar"
+    );
 
     // The frontend example: one room's count from a join token.
     let example = format!(

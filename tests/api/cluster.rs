@@ -60,8 +60,8 @@ struct Sent {
     history: std::sync::Mutex<Vec<String>>,
 }
 
-/// LiveKit's notifier for one room: each event in order, each try to the
-/// next node in `nodes` (a balancer that does not know which are up).
+/// LiveKit's notifier for one room behind a round-robin balancer: each event
+/// in order, each try to the next node in `nodes` that takes the connection.
 async fn deliver_room(
     client: reqwest::Client,
     nodes: Arc<Vec<String>>,
@@ -75,40 +75,45 @@ async fn deliver_room(
         let mut met = Vec::new();
         loop {
             sent.tries.fetch_add(1, Ordering::Relaxed);
-            let base = &nodes[next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
-            let answer = client
-                .post(format!("{base}/v1/webhooks/livekit"))
-                .header("Authorization", sign_with(KEY, SECRET, &body))
-                .header("Content-Type", "application/webhook+json")
-                .body(body.clone())
-                .send()
-                .await;
-            let answer = match answer {
-                Ok(r) => {
-                    let status = r.status();
-                    met.push(format!(
-                        "{base} {status} {}",
-                        r.text().await.unwrap_or_default()
-                    ));
-                    Ok(status)
+            // The balancer: the next node in turn; one that refuses the
+            // connection is skipped for the next (as HAProxy's redispatch
+            // does), so LiveKit sees a connection error only when none is up.
+            let mut answer = None;
+            for _ in 0..nodes.len() {
+                let base = &nodes[next.fetch_add(1, Ordering::Relaxed) % nodes.len()];
+                match client
+                    .post(format!("{base}/v1/webhooks/livekit"))
+                    .header("Authorization", sign_with(KEY, SECRET, &body))
+                    .header("Content-Type", "application/webhook+json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                {
+                    Ok(r) => {
+                        let status = r.status();
+                        met.push(format!(
+                            "{base} {status} {}",
+                            r.text().await.unwrap_or_default()
+                        ));
+                        answer = Some(status);
+                        break;
+                    }
+                    Err(e) => {
+                        met.push(format!("{base} {e}"));
+                        sent.connect_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                Err(e) => {
-                    met.push(format!("{base} {e}"));
-                    Err(e)
-                }
-            };
+            }
             match answer {
-                Ok(StatusCode::OK) => {
+                Some(StatusCode::OK) => {
                     sent.ok.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                Ok(status) => {
+                Some(status) => {
                     assert!(status.is_server_error(), "{status} for {body}");
                     sent.unavailable.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(_) => {
-                    sent.connect_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                None => {}
             }
             if tries == BACKOFF.len() {
                 sent.exhausted.fetch_add(1, Ordering::Relaxed);
@@ -306,6 +311,9 @@ async fn three_nodes_lose_one_to_sigkill_gain_one_and_hand_one_over_with_counts_
         killed.lock().unwrap().take().unwrap().kill_9();
     })
     .await;
+    for h in sent.history.lock().unwrap().iter() {
+        eprintln!("exhausted: {h}");
+    }
     eprintln!(
         "sigkill phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted, {:.1} s",
         sent.tries.load(Ordering::Relaxed),
@@ -416,11 +424,14 @@ async fn a_node_paused_past_its_lease_writes_nothing_more() {
         .body();
     let sending = {
         let base = a.base.clone();
+        let token = sign_with(KEY, SECRET, &third);
+        // As a peer sends it on its last hop, so `a` answers it itself.
+        let hops = roomd::cluster::hop_header(SECRET.as_bytes(), roomd::cluster::MAX_HOPS, &token);
         tokio::spawn(async move {
             reqwest::Client::new()
                 .post(format!("{base}/v1/webhooks/livekit"))
-                .header("Authorization", sign_with(KEY, SECRET, &third))
-                .header(roomd::cluster::FORWARDED_HEADER, "2")
+                .header("Authorization", token)
+                .header(roomd::cluster::FORWARDED_HEADER, hops)
                 .body(third)
                 .send()
                 .await
@@ -655,6 +666,22 @@ async fn a_node_answers_reads_of_another_nodes_room() {
         "no node logs a reader's token"
     );
 
+    // Only a node can say a request was forwarded: a client's header (here
+    // claiming the last hop) counts for nothing.
+    for claimed in ["2", "2.AAAA", "garbage", "-1"] {
+        let body = join(&format!("PA_h{claimed}"), "hal");
+        let status = client
+            .post(format!("{}/v1/webhooks/livekit", b.base))
+            .header("Authorization", sign_with(KEY, SECRET, &body))
+            .header(roomd::cluster::FORWARDED_HEADER, claimed)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK, "x-roomd-forwarded: {claimed}");
+    }
+
     // The owner gone: the list comes from what it committed.
     drop(stream);
     a.kill_9();
@@ -667,7 +694,7 @@ async fn a_node_answers_reads_of_another_nodes_room() {
         .json()
         .await
         .unwrap();
-    assert_eq!(list["participant_count"], 2, "{list}");
+    assert_eq!(list["participant_count"], 3, "ann, bob and hal: {list}");
     drop(b);
     db.drop_database().await;
 }
@@ -704,5 +731,60 @@ async fn a_node_with_another_shard_count_refuses_to_start() {
     );
     assert!(said.contains("cluster.shards = 256"), "{said}");
     drop(first);
+    db.drop_database().await;
+}
+
+/// A node id is one process's: a second live process under it refuses to
+/// start, while a node restarted under its id after a crash waits out its
+/// old lease and takes its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_is_held_by_one_live_process() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let first = node(&db, "same").ready(&client).await;
+    let port = free_port();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_roomd"))
+        .args(["serve", "--config", "/nonexistent/roomd.toml"])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("LIVEKIT_API_KEY", KEY)
+        .env("LIVEKIT_API_SECRET", SECRET)
+        .env("ROOMD__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("ROOMD__CLUSTER__MODE", "postgres")
+        .env("ROOMD__CLUSTER__NODE_ID", "same")
+        .env(
+            "ROOMD__CLUSTER__ADVERTISE_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "a second live `same` must not start"
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("is held by another live node"), "{said}");
+    assert_eq!(
+        owned_shards(&first).await,
+        Some(256),
+        "the first keeps its shards"
+    );
+
+    first.kill_9();
+    let again = node(&db, "same").ready(&client).await;
+    let held = until_shards(&again, |s| s == 256).await;
+    assert_eq!(
+        held, 256,
+        "restarted under its id, it takes the shards back"
+    );
+    let body = webhook::joined("back", "RM_back", "PA_b", "bo").body();
+    assert_eq!(again.send(&body).await, StatusCode::OK);
+    drop(again);
     db.drop_database().await;
 }

@@ -31,13 +31,11 @@ pub async fn run(
         // fail each other with "database is locked". One connection, WAL
         // and a busy timeout, as roomd itself runs it.
         use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-        options
-            .max_connections(1)
-            .map_sqlx_sqlite_opts(|opts| {
-                opts.journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(5))
-            });
+        options.max_connections(1).map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+        });
     }
     let db = Database::connect(options).await?;
     roomd::store::migrate(&db).await?;
