@@ -220,15 +220,32 @@ impl Application {
         let handle = self.server.handle();
         let supervisor = self.supervisor.clone();
         let cluster = self.cluster.clone();
+        let superseded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped_for = superseded.clone();
         actix_web::rt::spawn(async move {
-            if shutdown_signal().await.is_ok() {
-                tracing::info!("shutting down: streams end, in-flight requests finish");
-                if let Some(cluster) = &cluster {
-                    cluster.leave(&supervisor).await;
+            let replaced = async {
+                match &cluster {
+                    Some(cluster) => cluster.superseded().await,
+                    None => std::future::pending().await,
                 }
-                supervisor.feeds().close_all();
-                handle.stop(true).await;
+            };
+            tokio::select! {
+                signal = shutdown_signal() => {
+                    if signal.is_err() {
+                        return;
+                    }
+                    tracing::info!("shutting down: streams end, in-flight requests finish");
+                    if let Some(cluster) = &cluster {
+                        cluster.leave(&supervisor).await;
+                    }
+                }
+                () = replaced => {
+                    tracing::error!("another process now runs as this node (this one was paused past its lease); stopping");
+                    stopped_for.store(true, std::sync::atomic::Ordering::Release);
+                }
             }
+            supervisor.feeds().close_all();
+            handle.stop(true).await;
         });
         self.server.await?;
         tracing::info!("HTTP server stopped; stopping room actors and closing the database");
@@ -236,6 +253,11 @@ impl Application {
         // Bounded: a connection that stopped answering must not hold the
         // process (closing waits for every connection).
         let _ = tokio::time::timeout(Duration::from_secs(5), self.db.close()).await;
+        if superseded.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(std::io::Error::other(
+                "stopped: another process registered under this cluster.node_id",
+            ));
+        }
         Ok(())
     }
 }

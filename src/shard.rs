@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::time::Instant;
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -25,12 +26,18 @@ pub struct Fence {
     pub epoch: i64,
 }
 
-/// The shards this node holds now, with their epochs.
+/// The shards this node holds now, with their epochs, while its lease is
+/// valid: a node that was paused past its lease holds nothing until it has
+/// renewed and read the shard map again, so it neither writes nor serves
+/// reads from memory that another node may have moved past.
 #[derive(Debug)]
 pub struct Ownership {
     node: String,
     shards: u32,
     owned: RwLock<HashMap<u32, i64>>,
+    /// When the lease runs out, by this process's monotonic clock (counted
+    /// from when the renewal was sent, so never later than the database's).
+    valid_until: RwLock<Option<Instant>>,
 }
 
 impl Ownership {
@@ -39,7 +46,20 @@ impl Ownership {
             node: node.into(),
             shards: shards.max(1),
             owned: RwLock::default(),
+            valid_until: RwLock::default(),
         }
+    }
+
+    /// The lease now runs until `until`.
+    pub fn renewed(&self, until: Instant) {
+        *self.valid_until.write().expect("ownership lock") = Some(until);
+    }
+
+    pub fn lease_valid(&self) -> bool {
+        self.valid_until
+            .read()
+            .expect("ownership lock")
+            .is_some_and(|until| Instant::now() < until)
     }
 
     pub fn node(&self) -> &str {
@@ -57,13 +77,16 @@ impl Ownership {
     /// The fence for writing `room` from here; `None` when this node does not
     /// hold the room's shard.
     pub fn fence(&self, room: &str) -> Option<Fence> {
+        if !self.lease_valid() {
+            return None;
+        }
         let shard = self.shard_of(room);
         let epoch = *self.read().get(&shard)?;
         Some(Fence { shard, epoch })
     }
 
     pub fn owns(&self, room: &str) -> bool {
-        self.read().contains_key(&self.shard_of(room))
+        self.fence(room).is_some()
     }
 
     pub fn owned(&self) -> HashMap<u32, i64> {
@@ -125,7 +148,12 @@ mod tests {
         let shard = ownership.shard_of("standup");
         assert_eq!(ownership.fence("standup"), None);
         ownership.insert(shard, 7);
+        assert_eq!(ownership.fence("standup"), None, "no lease, no fence");
+        ownership.renewed(Instant::now() + std::time::Duration::from_secs(60));
         assert_eq!(ownership.fence("standup"), Some(Fence { shard, epoch: 7 }));
+        ownership.renewed(Instant::now());
+        assert_eq!(ownership.fence("standup"), None, "a lease run out");
+        ownership.renewed(Instant::now() + std::time::Duration::from_secs(60));
         assert!(ownership.remove(shard));
         assert!(!ownership.owns("standup"));
     }

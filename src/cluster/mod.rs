@@ -108,9 +108,8 @@ pub struct Cluster {
     map_version: watch::Sender<u64>,
     /// Wakes the heartbeat early (a peer released shards, or we must claim).
     wake: Notify,
-    /// When the lease was last renewed, by this process's clock: past the
-    /// TTL the node treats its shards as lost, whatever the database says.
-    renewed_at: RwLock<Option<Instant>>,
+    /// Set when another process took this node's id: this one must go.
+    superseded: watch::Sender<bool>,
     leaving: AtomicBool,
     /// Held by a heartbeat and by `leave`, so no renewal lands after the
     /// lease was ended.
@@ -195,7 +194,7 @@ impl Cluster {
             map: RwLock::default(),
             map_version: watch::channel(0).0,
             wake: Notify::new(),
-            renewed_at: RwLock::new(Some(Instant::now())),
+            superseded: watch::channel(false).0,
             leaving: AtomicBool::new(false),
             ticking: tokio::sync::Mutex::new(()),
             forwards: AtomicU64::new(0),
@@ -208,6 +207,14 @@ impl Cluster {
 
     pub fn node_id(&self) -> &str {
         &self.node
+    }
+
+    /// Resolves when another process has taken this node's id (this one was
+    /// paused past its lease meanwhile): that one is the node now, and this
+    /// one should stop serving.
+    pub async fn superseded(&self) {
+        let mut superseded = self.superseded.subscribe();
+        let _ = superseded.wait_for(|s| *s).await;
     }
 
     /// The shards this node holds; the supervisor and the writer's fence read it.
@@ -275,10 +282,7 @@ impl Cluster {
     }
 
     fn lease_valid(&self) -> bool {
-        self.renewed_at
-            .read()
-            .expect("lease lock")
-            .is_some_and(|at| at.elapsed() < self.ttl())
+        self.ownership.lease_valid()
     }
 
     fn ttl(&self) -> Duration {
@@ -367,11 +371,12 @@ impl Cluster {
             let owned: HashSet<u32> = self.ownership.clear().into_iter().collect();
             self.step_down(supervisor, &owned);
             self.metrics.owned_shards.set(0);
+            self.superseded.send_replace(true);
             return Err(ClusterError::Superseded {
                 node: self.node.to_string(),
             });
         }
-        *self.renewed_at.write().expect("lease lock") = Some(sent);
+        self.ownership.renewed(sent + self.ttl());
 
         let map = self.read_map().await?;
         let lost: HashSet<u32> = self

@@ -23,8 +23,14 @@ pub struct RoomDetail {
 }
 
 impl Supervisor {
-    /// The latest published snapshot of a room with a live actor.
+    /// The latest published snapshot of a room with a live actor. On a
+    /// cluster only while this node holds the room under a valid lease: a
+    /// node resumed after a pause must not answer from memory that another
+    /// node may have moved past.
     pub fn snapshot(&self, name: &str) -> Option<Arc<RoomSnapshot>> {
+        if !self.owns(name) {
+            return None;
+        }
         self.inner.parts.snapshots.get(name)
     }
 

@@ -10,7 +10,7 @@ mod writer;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 
 pub use load::{
     active_room_names, active_rooms_page, find_latest_rooms, load_active_rooms, load_room,
@@ -90,9 +90,27 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
 
 /// [`migrate`] on a pool of its own without the writer's deadline: building
 /// an index on a large table takes longer than a transaction may.
+///
+/// On PostgreSQL several nodes may start at once on an empty database: they
+/// migrate one at a time, under an advisory lock held on the one connection
+/// the migration uses (two at once collide creating the same types).
 pub async fn migrate_without_deadline(settings: &DatabaseSettings) -> Result<(), DbErr> {
-    let db = pool(settings, None).await?;
+    let one = DatabaseSettings {
+        max_connections: 1,
+        ..settings.clone()
+    };
+    let db = pool(&one, None).await?;
+    let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    // An arbitrary constant: roomd's migration lock.
+    const LOCK: &str = "SELECT pg_advisory_lock(7406913311)";
+    const UNLOCK: &str = "SELECT pg_advisory_unlock(7406913311)";
+    if postgres {
+        db.execute_unprepared(LOCK).await?;
+    }
     let migrated = migrate(&db).await;
+    if postgres {
+        db.execute_unprepared(UNLOCK).await.ok();
+    }
     db.close().await.ok();
     migrated
 }

@@ -177,6 +177,24 @@ async fn the_admin_page_and_the_example_follow_a_room_live_in_a_browser() {
         token_in_url.query().is_none(),
         "the admin token never goes in the URL bar"
     );
+    // Forget: nothing read with the token stays on screen.
+    client
+        .find(Locator::Id("forget"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let cleared = client
+        .execute(
+            "return document.getElementById('detail').hidden \
+             && document.getElementById('participants').children.length === 0 \
+             && document.getElementById('admin').hidden",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared, serde_json::Value::Bool(true), "after Forget");
 
     // The frontend example: one room's count from a join token.
     let example = format!(

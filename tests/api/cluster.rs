@@ -418,6 +418,16 @@ async fn a_node_paused_past_its_lease_writes_nothing_more() {
         .body();
     assert_eq!(b.send(&second).await, StatusCode::OK);
 
+    // Reads queued at `a` while it is paused are answered after it wakes,
+    // with what was committed meanwhile, not from its memory.
+    let stale_read = {
+        let url = format!("{}/v1/rooms/{room}", a.base);
+        tokio::spawn(async move {
+            let view: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            view["participant_count"].clone()
+        })
+    };
+
     // `a` wakes with a request it took before it knew: it must not commit.
     let third = webhook::joined(&room, "RM_p", "PA_p3", "p3")
         .id("EV_p3")
@@ -446,6 +456,11 @@ async fn a_node_paused_past_its_lease_writes_nothing_more() {
         status,
         StatusCode::OK,
         "a node past its lease commits nothing"
+    );
+    assert_eq!(
+        stale_read.await.unwrap(),
+        2,
+        "a node past its lease reads no stale memory"
     );
     assert!(
         a.logs()
@@ -776,7 +791,26 @@ async fn a_node_id_is_held_by_one_live_process() {
         "the first keeps its shards"
     );
 
-    first.kill_9();
+    // Paused past its lease while a new process takes its id, it stops for
+    // good once it wakes (the new one is the node now).
+    let mut first = first;
+    let pid = libc::pid_t::try_from(first.pid()).unwrap();
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let second = node(&db, "same").ready(&client).await;
+    assert_eq!(until_shards(&second, |s| s == 256).await, 256);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let exited = first
+        .wait_for_exit(Duration::from_secs(30))
+        .expect("the superseded process stops");
+    assert!(
+        !exited.success(),
+        "and says it did not end well: {exited:?}"
+    );
+    drop(first);
+
+    second.kill_9();
     let again = node(&db, "same").ready(&client).await;
     let held = until_shards(&again, |s| s == 256).await;
     assert_eq!(
@@ -786,5 +820,28 @@ async fn a_node_id_is_held_by_one_live_process() {
     let body = webhook::joined("back", "RM_back", "PA_b", "bo").body();
     assert_eq!(again.send(&body).await, StatusCode::OK);
     drop(again);
+    db.drop_database().await;
+}
+
+/// Nodes started together on an empty database migrate one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_at_once_on_an_empty_database_all_come_up() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let nodes = std::thread::scope(|s| {
+        let started: Vec<_> = ["e1", "e2", "e3"]
+            .map(|id| s.spawn(|| node(&db, id)))
+            .into_iter()
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().expect("every node comes up"))
+            .collect::<Vec<_>>()
+    });
+    let client = reqwest::Client::new();
+    for n in nodes {
+        n.ready(&client).await;
+    }
     db.drop_database().await;
 }

@@ -5,7 +5,8 @@
 
 const KEY = "roomd.admin-token";
 const $ = (id) => document.getElementById(id);
-const state = { after: null, next: null, room: null, feed: null };
+const state = { after: null, next: null, room: null, feed: null, listDue: null };
+const FEED_KEPT = 100;
 
 const token = () => sessionStorage.getItem(KEY) || "";
 
@@ -95,15 +96,25 @@ function select(name) {
     showCount(data.room);
     showParticipants(data.participants || []);
   });
-  feed.addEventListener("update", async (e) => {
+  feed.addEventListener("update", (e) => {
     const data = JSON.parse(e.data);
     const li = document.createElement("li");
     li.textContent = `${new Date().toLocaleTimeString()} ${data.event}${data.identity ? " " + data.identity : ""} → ${data.room.participant_count}`;
-    $("feed").prepend(li);
+    const list = $("feed");
+    list.prepend(li);
+    while (list.children.length > FEED_KEPT) list.lastElementChild.remove();
     showCount(data.room);
-    const detail = await api(`/v1/rooms/${encodeURIComponent(name)}/participants`).catch(() => null);
-    if (detail && state.room === name) showParticipants(detail.participants);
-    refresh();
+    const cell = document.querySelector(`#rooms tr[data-room="${CSS.escape(name)}"] td.count`);
+    if (cell) cell.textContent = String(data.room.participant_count);
+    // A busy room sends many updates: the list is fetched again at most
+    // once a second, not once per update.
+    if (!state.listDue) {
+      state.listDue = setTimeout(async () => {
+        state.listDue = null;
+        const detail = await api(`/v1/rooms/${encodeURIComponent(name)}/participants`).catch(() => null);
+        if (detail && state.room === name) showParticipants(detail.participants);
+      }, 1000);
+    }
   });
   state.feed = feed;
 }
@@ -176,7 +187,14 @@ $("token-form").addEventListener("submit", (e) => {
 $("forget").addEventListener("click", () => {
   sessionStorage.removeItem(KEY);
   $("token-state").textContent = "";
+  // Nothing read with the token stays on screen.
   if (state.feed) state.feed.close();
+  state.feed = null;
+  state.room = null;
+  $("detail").hidden = true;
+  $("participants").replaceChildren();
+  $("feed").replaceChildren();
+  $("detail-count").textContent = "";
   refresh();
 });
 $("search-form").addEventListener("submit", (e) => { e.preventDefault(); state.after = null; loadRooms(); });

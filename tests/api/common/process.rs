@@ -116,6 +116,18 @@ impl Roomd {
         panic!("roomd did not become ready");
     }
 
+    /// Its exit status, if it exits within `within`.
+    pub fn wait_for_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().unwrap();
