@@ -39,6 +39,46 @@ pub struct AppState {
     pub cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
 }
 
+/// A read of another node's room, to send on to its owner.
+pub(crate) struct OwnerRead<'a> {
+    pub cluster: &'a crate::cluster::Cluster,
+    pub node: String,
+    pub url: String,
+    pub authorization: Option<&'a str>,
+    pub path_and_query: &'a str,
+}
+
+/// On a cluster, where a read of `room` should go instead of being answered
+/// here: `None` when this node owns the room, no live node does, or the read
+/// was already sent on by a node (`FORWARDED_HEADER`, signed; a read makes
+/// one hop, so maps that disagree for a moment cannot bounce it).
+pub(crate) fn owner_read<'a>(
+    req: &'a actix_web::HttpRequest,
+    state: &'a AppState,
+    room: &str,
+) -> Option<OwnerRead<'a>> {
+    use crate::cluster::{FORWARDED_HEADER, MAX_HOPS, Route};
+    let cluster = state.cluster.as_deref()?;
+    let Route::Owner { node, url } = cluster.route(room) else {
+        return None;
+    };
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or(req.path(), |p| p.as_str());
+    if cluster.hops(header(FORWARDED_HEADER), path_and_query) >= MAX_HOPS {
+        return None;
+    }
+    Some(OwnerRead {
+        cluster,
+        node,
+        url,
+        authorization: header(actix_web::http::header::AUTHORIZATION.as_str()),
+        path_and_query,
+    })
+}
+
 /// CORS for the frontend's origins: reads only (GET), with the Authorization
 /// header for LiveKit tokens and Last-Event-ID for resuming streams.
 pub fn cors(origins: &[String]) -> actix_cors::Cors {

@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Reader;
 use super::{AppState, error::ApiError};
-use crate::cluster;
 use crate::room::snapshot::{ParticipantView, RoomView};
 
 /// Counts are public when `api.public_counts` is set; else they need a token
@@ -143,18 +142,13 @@ pub async fn list(
 /// `None`: answer here (this node owns the room, or the owner cannot be
 /// reached, and then the list comes from what the owner committed).
 async fn from_owner(req: &HttpRequest, state: &AppState, name: &str) -> Option<HttpResponse> {
-    let cluster = state.cluster.as_ref()?;
-    let cluster::Route::Owner { node, url } = cluster.route(name) else {
-        return None;
-    };
-    let authorization = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or(req.path(), |p| p.as_str());
+    let super::OwnerRead {
+        cluster,
+        node,
+        url,
+        authorization,
+        path_and_query,
+    } = super::owner_read(req, state, name)?;
     match cluster
         .forward_read(&url, path_and_query, authorization)
         .await

@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::auth::Reader;
 use super::{AppState, error::ApiError};
-use crate::cluster::{self, Route};
 use crate::room::Supervisor;
 use crate::room::feed::{Cursor, Next};
 use crate::room::messages::Claim;
@@ -151,27 +150,16 @@ async fn from_owner(
     last_event_id: Option<&str>,
     open: Claim,
 ) -> Result<HttpResponse, Claim> {
-    let Some(cluster) = state.cluster.as_ref() else {
+    let Some(super::OwnerRead {
+        cluster,
+        node,
+        url,
+        authorization,
+        path_and_query,
+    }) = super::owner_read(req, state, name)
+    else {
         return Err(open);
     };
-    let Route::Owner { node, url } = cluster.route(name) else {
-        return Err(open);
-    };
-    let authorization = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or(req.path(), |p| p.as_str());
-    let forwarded = req
-        .headers()
-        .get(cluster::FORWARDED_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if cluster.hops(forwarded, path_and_query) >= cluster::MAX_HOPS {
-        return Err(open);
-    }
     match cluster
         .forward_stream(&url, path_and_query, authorization, last_event_id)
         .await
