@@ -333,480 +333,476 @@ async fn until_shards(node: &Roomd, pred: impl Fn(u64) -> bool) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_lose_one_to_sigkill_gain_one_and_hand_one_over_with_counts_exact() {
-    let Some(db) = TestDb::postgres().await else {
-        return; // cluster mode is PostgreSQL's; CI always has it
-    };
-    let client = reqwest::Client::new();
-    let a = node(&db, "a").ready(&client).await;
-    let b = node(&db, "b").ready(&client).await;
-    let c = node(&db, "c").ready(&client).await;
-    // Fair shares once all three hold leases: 86 + 86 + 84 of 256.
-    for n in [&a, &b, &c] {
-        let held = until_shards(n, |s| (80..=86).contains(&s)).await;
-        assert!((80..=86).contains(&held), "{} holds {held}", n.base);
-    }
-    let pg = Database::connect(&db.url).await.unwrap();
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let a = node(db, "a").ready(&client).await;
+        let b = node(db, "b").ready(&client).await;
+        let c = node(db, "c").ready(&client).await;
+        // Fair shares once all three hold leases: 86 + 86 + 84 of 256.
+        for n in [&a, &b, &c] {
+            let held = until_shards(n, |s| (80..=86).contains(&s)).await;
+            assert!((80..=86).contains(&held), "{} holds {held}", n.base);
+        }
+        let pg = Database::connect(&db.url).await.unwrap();
 
-    // Phase 1: SIGKILL one of three in the middle.
-    let (scripts, mut truth) = script("k", 24, 20);
-    let bases = vec![a.base.clone(), b.base.clone(), c.base.clone()];
-    let started = Instant::now();
-    let victim = Arc::new(std::sync::Mutex::new(Some(c)));
-    let killed = victim.clone();
-    let sent = drive(bases, scripts, move || {
-        killed.lock().unwrap().take().unwrap().kill_9();
+        // Phase 1: SIGKILL one of three in the middle.
+        let (scripts, mut truth) = script("k", 24, 20);
+        let bases = vec![a.base.clone(), b.base.clone(), c.base.clone()];
+        let started = Instant::now();
+        let victim = Arc::new(std::sync::Mutex::new(Some(c)));
+        let killed = victim.clone();
+        let sent = drive(bases, scripts, move || {
+            killed.lock().unwrap().take().unwrap().kill_9();
+        })
+        .await;
+        for h in sent.history.lock().unwrap().iter() {
+            eprintln!("exhausted: {h}");
+        }
+        eprintln!(
+            "sigkill phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted, {:.1} s",
+            sent.tries.load(Ordering::Relaxed),
+            sent.ok.load(Ordering::Relaxed),
+            sent.unavailable.load(Ordering::Relaxed),
+            sent.connect_errors.load(Ordering::Relaxed),
+            sent.exhausted.load(Ordering::Relaxed),
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(
+            sent.exhausted.load(Ordering::Relaxed),
+            0,
+            "no event ran out of retries"
+        );
+        assert!(
+            victim.lock().unwrap().is_none(),
+            "the node was killed midway"
+        );
+        assert_exact(&pg, &[&a, &b], &truth).await;
+
+        // Phase 2: a node joins and gets its share from the others.
+        let d = node(db, "d").ready(&client).await;
+        let held = until_shards(&d, |s| s >= 80).await;
+        assert!(held >= 80, "the new node took its share: {held}");
+        assert_exact(&pg, &[&a, &b, &d], &truth).await;
+
+        // Phase 3: SIGTERM one in the middle: its shards go to the others at once.
+        let (scripts, more) = script("t", 24, 20);
+        for (room, n) in more {
+            *truth.get_mut(&room).unwrap() += n;
+        }
+        let bases = vec![a.base.clone(), b.base.clone(), d.base.clone()];
+        let (a_log, b_log, d_log) = (a.log_handle(), b.log_handle(), d.log_handle());
+        let leaving = Arc::new(std::sync::Mutex::new(Some(d)));
+        let stopped = leaving.clone();
+        let sent = drive(bases, scripts, move || {
+            let d = stopped.lock().unwrap().take().unwrap();
+            std::thread::spawn(move || assert!(d.terminate().success()));
+        })
+        .await;
+        for h in sent.history.lock().unwrap().iter() {
+            eprintln!("exhausted: {h}");
+        }
+        for (name, log) in [("a", &a_log), ("b", &b_log), ("d", &d_log)] {
+            let lines = log.lock().unwrap().join("\n");
+            std::fs::write(format!("/tmp/cluster-{name}.log"), lines).unwrap();
+        }
+        eprintln!(
+            "sigterm phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted",
+            sent.tries.load(Ordering::Relaxed),
+            sent.ok.load(Ordering::Relaxed),
+            sent.unavailable.load(Ordering::Relaxed),
+            sent.connect_errors.load(Ordering::Relaxed),
+            sent.exhausted.load(Ordering::Relaxed),
+        );
+        assert_eq!(
+            sent.exhausted.load(Ordering::Relaxed),
+            0,
+            "no event ran out of retries"
+        );
+        assert_eq!(
+            sent.unavailable.load(Ordering::Relaxed),
+            0,
+            "a node that stops hands its rooms over without a 503"
+        );
+        assert_exact(&pg, &[&a, &b], &truth).await;
+        drop((a, b)); // killed: see `Roomd`'s Drop
+        pg.close().await.ok();
     })
     .await;
-    for h in sent.history.lock().unwrap().iter() {
-        eprintln!("exhausted: {h}");
-    }
-    eprintln!(
-        "sigkill phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted, {:.1} s",
-        sent.tries.load(Ordering::Relaxed),
-        sent.ok.load(Ordering::Relaxed),
-        sent.unavailable.load(Ordering::Relaxed),
-        sent.connect_errors.load(Ordering::Relaxed),
-        sent.exhausted.load(Ordering::Relaxed),
-        started.elapsed().as_secs_f64()
-    );
-    assert_eq!(
-        sent.exhausted.load(Ordering::Relaxed),
-        0,
-        "no event ran out of retries"
-    );
-    assert!(
-        victim.lock().unwrap().is_none(),
-        "the node was killed midway"
-    );
-    assert_exact(&pg, &[&a, &b], &truth).await;
-
-    // Phase 2: a node joins and gets its share from the others.
-    let d = node(&db, "d").ready(&client).await;
-    let held = until_shards(&d, |s| s >= 80).await;
-    assert!(held >= 80, "the new node took its share: {held}");
-    assert_exact(&pg, &[&a, &b, &d], &truth).await;
-
-    // Phase 3: SIGTERM one in the middle: its shards go to the others at once.
-    let (scripts, more) = script("t", 24, 20);
-    for (room, n) in more {
-        *truth.get_mut(&room).unwrap() += n;
-    }
-    let bases = vec![a.base.clone(), b.base.clone(), d.base.clone()];
-    let (a_log, b_log, d_log) = (a.log_handle(), b.log_handle(), d.log_handle());
-    let leaving = Arc::new(std::sync::Mutex::new(Some(d)));
-    let stopped = leaving.clone();
-    let sent = drive(bases, scripts, move || {
-        let d = stopped.lock().unwrap().take().unwrap();
-        std::thread::spawn(move || assert!(d.terminate().success()));
-    })
-    .await;
-    for h in sent.history.lock().unwrap().iter() {
-        eprintln!("exhausted: {h}");
-    }
-    for (name, log) in [("a", &a_log), ("b", &b_log), ("d", &d_log)] {
-        let lines = log.lock().unwrap().join("\n");
-        std::fs::write(format!("/tmp/cluster-{name}.log"), lines).unwrap();
-    }
-    eprintln!(
-        "sigterm phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted",
-        sent.tries.load(Ordering::Relaxed),
-        sent.ok.load(Ordering::Relaxed),
-        sent.unavailable.load(Ordering::Relaxed),
-        sent.connect_errors.load(Ordering::Relaxed),
-        sent.exhausted.load(Ordering::Relaxed),
-    );
-    assert_eq!(
-        sent.exhausted.load(Ordering::Relaxed),
-        0,
-        "no event ran out of retries"
-    );
-    assert_eq!(
-        sent.unavailable.load(Ordering::Relaxed),
-        0,
-        "a node that stops hands its rooms over without a 503"
-    );
-    assert_exact(&pg, &[&a, &b], &truth).await;
-    drop((a, b)); // killed: see `Roomd`'s Drop
-    pg.close().await.ok();
-    db.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_writes_nothing_more() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    let (a, b) = two_nodes(&db, "pa", "pb").await;
-    let pg = Database::connect(&db.url).await.unwrap();
-    // A room on `a`, with someone in.
-    let room = room_of_first("paused");
-    let first = webhook::joined(&room, "RM_p", "PA_p1", "p1")
-        .id("EV_p1")
-        .body();
-    assert_eq!(a.send(&first).await, StatusCode::OK);
+    common::on_postgres(async |db| {
+        let (a, b) = two_nodes(db, "pa", "pb").await;
+        let pg = Database::connect(&db.url).await.unwrap();
+        // A room on `a`, with someone in.
+        let room = room_of_first("paused");
+        let first = webhook::joined(&room, "RM_p", "PA_p1", "p1")
+            .id("EV_p1")
+            .body();
+        assert_eq!(a.send(&first).await, StatusCode::OK);
 
-    let pid = libc::pid_t::try_from(a.pid()).unwrap();
-    // SAFETY: signals our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    // `b` takes every shard once `a`'s lease runs out.
-    let held = until_shards(&b, |s| s == 256).await;
-    assert_eq!(held, 256);
-    let second = webhook::joined(&room, "RM_p", "PA_p2", "p2")
-        .id("EV_p2")
-        .body();
-    assert_eq!(b.send(&second).await, StatusCode::OK);
+        let pid = libc::pid_t::try_from(a.pid()).unwrap();
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        // `b` takes every shard once `a`'s lease runs out.
+        let held = until_shards(&b, |s| s == 256).await;
+        assert_eq!(held, 256);
+        let second = webhook::joined(&room, "RM_p", "PA_p2", "p2")
+            .id("EV_p2")
+            .body();
+        assert_eq!(b.send(&second).await, StatusCode::OK);
 
-    // Reads queued at `a` while it is paused are answered after it wakes,
-    // with what was committed meanwhile, never from its memory. (actix may
-    // answer a request that waited out the pause 408 before roomd sees it.)
-    let stale_reads: Vec<_> = (0..5)
-        .map(|_| {
-            let url = format!("{}/v1/rooms/{room}", a.base);
-            tokio::spawn(async move {
-                let answer = reqwest::get(url).await.unwrap();
-                let status = answer.status();
-                let text = answer.text().await.unwrap();
-                (status, text)
+        // Reads queued at `a` while it is paused are answered after it wakes,
+        // with what was committed meanwhile, never from its memory. (actix may
+        // answer a request that waited out the pause 408 before roomd sees it.)
+        let stale_reads: Vec<_> = (0..5)
+            .map(|_| {
+                let url = format!("{}/v1/rooms/{room}", a.base);
+                tokio::spawn(async move {
+                    let answer = reqwest::get(url).await.unwrap();
+                    let status = answer.status();
+                    let text = answer.text().await.unwrap();
+                    (status, text)
+                })
             })
-        })
-        .collect();
+            .collect();
 
-    // `a` wakes with a request it took before it knew: it must not commit.
-    let third = webhook::joined(&room, "RM_p", "PA_p3", "p3")
-        .id("EV_p3")
-        .body();
-    let sending = {
-        let base = a.base.clone();
-        let token = sign_with(KEY, SECRET, &third);
-        // As a peer sends it on its last hop, so `a` answers it itself.
-        let hops = roomd::cluster::hop_header(SECRET.as_bytes(), roomd::cluster::MAX_HOPS, &token);
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("{base}/v1/webhooks/livekit"))
-                .header("Authorization", token)
-                .header(roomd::cluster::FORWARDED_HEADER, hops)
-                .body(third)
-                .send()
-                .await
-                .map(|r| r.status())
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-    let status = sending.await.unwrap().unwrap();
-    assert_ne!(
-        status,
-        StatusCode::OK,
-        "a node past its lease commits nothing"
-    );
-    let mut answered = 0;
-    for read in stale_reads {
-        let (status, text) = read.await.unwrap();
-        if status == StatusCode::REQUEST_TIMEOUT {
-            continue;
+        // `a` wakes with a request it took before it knew: it must not commit.
+        let third = webhook::joined(&room, "RM_p", "PA_p3", "p3")
+            .id("EV_p3")
+            .body();
+        let sending = {
+            let base = a.base.clone();
+            let token = sign_with(KEY, SECRET, &third);
+            // As a peer sends it on its last hop, so `a` answers it itself.
+            let hops = roomd::cluster::hop_header(SECRET.as_bytes(), roomd::cluster::MAX_HOPS, &token);
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(format!("{base}/v1/webhooks/livekit"))
+                    .header("Authorization", token)
+                    .header(roomd::cluster::FORWARDED_HEADER, hops)
+                    .body(third)
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        let status = sending.await.unwrap().unwrap();
+        assert_ne!(
+            status,
+            StatusCode::OK,
+            "a node past its lease commits nothing"
+        );
+        let mut answered = 0;
+        for read in stale_reads {
+            let (status, text) = read.await.unwrap();
+            if status == StatusCode::REQUEST_TIMEOUT {
+                continue;
+            }
+            let view: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}"));
+            assert_eq!(
+                view["participant_count"], 2,
+                "a node past its lease reads no stale memory"
+            );
+            answered += 1;
         }
-        let view: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}"));
-        assert_eq!(
-            view["participant_count"], 2,
-            "a node past its lease reads no stale memory"
-        );
-        answered += 1;
-    }
-    eprintln!("{answered} of 5 reads queued during the pause were answered");
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        assert!(
-            a.logs()
-                .iter()
-                .any(|l| l.contains("commit refused by the fence")
-                    || l.contains("no node holds this room's shard")),
-            "the paused node refused the event itself (by the fence, or by knowing it lost the shard)"
-        );
-    }
-    let truth = HashMap::from([(room.clone(), 2)]);
-    until_shards(&a, |s| s == 128).await;
-    assert_exact(&pg, &[&a, &b], &truth).await;
-    drop((a, b)); // killed: see `Roomd`'s Drop
-    pg.close().await.ok();
-    db.drop_database().await;
+        eprintln!("{answered} of 5 reads queued during the pause were answered");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(
+                a.logs()
+                    .iter()
+                    .any(|l| l.contains("commit refused by the fence")
+                        || l.contains("no node holds this room's shard")),
+                "the paused node refused the event itself (by the fence, or by knowing it lost the shard)"
+            );
+        }
+        let truth = HashMap::from([(room.clone(), 2)]);
+        until_shards(&a, |s| s == 128).await;
+        assert_exact(&pg, &[&a, &b], &truth).await;
+        drop((a, b)); // killed: see `Roomd`'s Drop
+        pg.close().await.ok();
+    })
+    .await;
 }
 
 /// The fence at the SQL level, on two connections, in both orders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_refuses_a_commit_from_an_old_epoch_in_both_lock_orders() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    let pool = roomd::store::connect(
-        &roomd::config::DatabaseSettings {
-            url: db.url.clone(),
-            ..roomd::config::Settings::default().database
-        },
-        5000,
-    )
-    .await
-    .unwrap();
-    roomd::store::migrate(&pool).await.unwrap();
-    let shards = 4;
-    roomd::cluster::table::ensure_shards(&pool, shards)
-        .await
-        .unwrap();
-    for node in ["old", "new"] {
-        roomd::cluster::table::register(&pool, node, uuid::Uuid::new_v4(), "http://x", 60_000)
-            .await
-            .unwrap();
-    }
-    let claimed = roomd::cluster::table::claim(&pool, "old", 4).await.unwrap();
-    let epoch = |shard| claimed.iter().find(|(s, _)| *s == shard).unwrap().1;
-    let writer = Writer::start(
-        pool.clone(),
-        &WriterSettings {
-            max_batch: 16,
-            queue_capacity: 16,
-            transactions: 2,
-            transaction_timeout_ms: 10_000,
-        },
-        Some(Arc::from("old")),
-        Arc::new(Metrics::new()),
-    );
-    let commit = |shard: u32, id: &str| {
-        let writer = writer.clone();
-        let event = EventRecord::of_reconcile("fenced", None, None, chrono::Utc::now(), "applied");
-        let event = EventRecord {
-            event_id: Some(id.to_owned()),
-            ..event
-        };
-        let fence = Fence {
-            shard,
-            epoch: epoch(shard),
-        };
-        async move { writer.commit(event, Changes::default(), Some(fence)).await }
-    };
-    assert!(commit(0, "EV_f0").await.is_ok(), "the owner's commit lands");
-
-    // Order 1: the takeover is in flight (uncommitted) when the commit
-    // checks its fence: the check waits for it, then finds the epoch moved.
-    let takeover = pool.begin().await.unwrap();
-    takeover
-        .execute_unprepared(
-            "UPDATE cluster_shards SET owner = 'new', epoch = epoch + 1 WHERE shard = 1",
+    common::on_postgres(async |db| {
+        let pool = roomd::store::connect(
+            &roomd::config::DatabaseSettings {
+                url: db.url.clone(),
+                ..roomd::config::Settings::default().database
+            },
+            5000,
         )
         .await
         .unwrap();
-    let late = tokio::spawn(commit(1, "EV_f1"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    takeover.commit().await.unwrap();
-    assert!(
-        matches!(
-            late.await.unwrap(),
-            Err(StoreError::Fenced { shard: 1, .. })
-        ),
-        "a commit under the old epoch after the takeover is refused"
-    );
+        roomd::store::migrate(&pool).await.unwrap();
+        let shards = 4;
+        roomd::cluster::table::ensure_shards(&pool, shards)
+            .await
+            .unwrap();
+        for node in ["old", "new"] {
+            roomd::cluster::table::register(&pool, node, uuid::Uuid::new_v4(), "http://x", 60_000)
+                .await
+                .unwrap();
+        }
+        let claimed = roomd::cluster::table::claim(&pool, "old", 4).await.unwrap();
+        let epoch = |shard| claimed.iter().find(|(s, _)| *s == shard).unwrap().1;
+        let writer = Writer::start(
+            pool.clone(),
+            &WriterSettings {
+                max_batch: 16,
+                queue_capacity: 16,
+                transactions: 2,
+                transaction_timeout_ms: 10_000,
+            },
+            Some(Arc::from("old")),
+            Arc::new(Metrics::new()),
+        );
+        let commit = |shard: u32, id: &str| {
+            let writer = writer.clone();
+            let event =
+                EventRecord::of_reconcile("fenced", None, None, chrono::Utc::now(), "applied");
+            let event = EventRecord {
+                event_id: Some(id.to_owned()),
+                ..event
+            };
+            let fence = Fence {
+                shard,
+                epoch: epoch(shard),
+            };
+            async move { writer.commit(event, Changes::default(), Some(fence)).await }
+        };
+        assert!(commit(0, "EV_f0").await.is_ok(), "the owner's commit lands");
 
-    // Order 2: the commit holds its fence first: the takeover skips the
-    // shard (or waits), so the commit lands before the new epoch exists.
-    let holder = pool.begin().await.unwrap();
-    holder
-        .execute_unprepared("SELECT 1 FROM cluster_shards WHERE shard = 2 FOR SHARE")
+        // Order 1: the takeover is in flight (uncommitted) when the commit
+        // checks its fence: the check waits for it, then finds the epoch moved.
+        let takeover = pool.begin().await.unwrap();
+        takeover
+            .execute_unprepared(
+                "UPDATE cluster_shards SET owner = 'new', epoch = epoch + 1 WHERE shard = 1",
+            )
+            .await
+            .unwrap();
+        let late = tokio::spawn(commit(1, "EV_f1"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        takeover.commit().await.unwrap();
+        assert!(
+            matches!(
+                late.await.unwrap(),
+                Err(StoreError::Fenced { shard: 1, .. })
+            ),
+            "a commit under the old epoch after the takeover is refused"
+        );
+
+        // Order 2: the commit holds its fence first: the takeover skips the
+        // shard (or waits), so the commit lands before the new epoch exists.
+        let holder = pool.begin().await.unwrap();
+        holder
+            .execute_unprepared("SELECT 1 FROM cluster_shards WHERE shard = 2 FOR SHARE")
+            .await
+            .unwrap();
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &pool,
+            "UPDATE cluster_nodes SET lease_until = now() WHERE node_id = 'old'",
+        )
         .await
         .unwrap();
-    sea_orm::ConnectionTrait::execute_unprepared(
-        &pool,
-        "UPDATE cluster_nodes SET lease_until = now() WHERE node_id = 'old'",
-    )
-    .await
-    .unwrap();
-    let taken = roomd::cluster::table::claim(&pool, "new", 4).await.unwrap();
-    assert!(
-        !taken.iter().any(|(s, _)| *s == 2),
-        "a takeover does not take a shard under an in-flight commit: {taken:?}"
-    );
-    holder.commit().await.unwrap();
-    let taken = roomd::cluster::table::claim(&pool, "new", 4).await.unwrap();
-    assert!(
-        taken.iter().any(|(s, _)| *s == 2),
-        "then it does: {taken:?}"
-    );
-    assert!(matches!(
-        commit(2, "EV_f2").await,
-        Err(StoreError::Fenced { shard: 2, .. })
-    ));
-    assert!(matches!(
-        commit(3, "EV_f3").await,
-        Err(StoreError::Fenced { shard: 3, .. })
-    ));
-    let stored = pool
-        .query_all_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            "SELECT event_id FROM webhook_events ORDER BY event_id",
-        ))
-        .await
-        .unwrap();
-    assert_eq!(stored.len(), 1, "only the owner's first commit is in");
-    drop(writer);
-    pool.close().await.ok();
-    db.drop_database().await;
+        let taken = roomd::cluster::table::claim(&pool, "new", 4).await.unwrap();
+        assert!(
+            !taken.iter().any(|(s, _)| *s == 2),
+            "a takeover does not take a shard under an in-flight commit: {taken:?}"
+        );
+        holder.commit().await.unwrap();
+        let taken = roomd::cluster::table::claim(&pool, "new", 4).await.unwrap();
+        assert!(
+            taken.iter().any(|(s, _)| *s == 2),
+            "then it does: {taken:?}"
+        );
+        assert!(matches!(
+            commit(2, "EV_f2").await,
+            Err(StoreError::Fenced { shard: 2, .. })
+        ));
+        assert!(matches!(
+            commit(3, "EV_f3").await,
+            Err(StoreError::Fenced { shard: 3, .. })
+        ));
+        let stored = pool
+            .query_all_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT event_id FROM webhook_events ORDER BY event_id",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 1, "only the owner's first commit is in");
+        drop(writer);
+        pool.close().await.ok();
+    })
+    .await;
 }
 
 /// Reads of another node's room: the list from what the owner committed,
 /// the live stream passed through from the owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_answers_reads_of_another_nodes_room() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    let client = reqwest::Client::new();
-    let (a, b) = two_nodes(&db, "ra", "rb").await;
-    let room = room_of_first("lobby");
-    let join = |sid: &str, identity: &str| {
-        webhook::joined(&room, "RM_lobby", sid, identity)
-            .id(&format!("EV_{sid}"))
-            .body()
-    };
-    assert_eq!(
-        b.send(&join("PA_1", "ann")).await,
-        StatusCode::OK,
-        "forwarded to `a`"
-    );
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let (a, b) = two_nodes(db, "ra", "rb").await;
+        let room = room_of_first("lobby");
+        let join = |sid: &str, identity: &str| {
+            webhook::joined(&room, "RM_lobby", sid, identity)
+                .id(&format!("EV_{sid}"))
+                .body()
+        };
+        assert_eq!(
+            b.send(&join("PA_1", "ann")).await,
+            StatusCode::OK,
+            "forwarded to `a`"
+        );
 
-    let token = common::join_token(&room, "viewer");
-    let list: serde_json::Value = client
-        .get(format!("{}/v1/rooms/{room}/participants", b.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["participant_count"], 1, "{list}");
-    assert_eq!(list["participants"][0]["identity"], "ann", "{list}");
-
-    // A read a node already sent on is answered where it lands, never sent
-    // on again (two maps that disagree must not bounce it).
-    let forwards = async |node: &Roomd| {
-        let status: serde_json::Value = client
-            .get(format!("{}/v1/debug/cluster", node.base))
-            .bearer_auth(common::admin_token())
+        let token = common::join_token(&room, "viewer");
+        let list: serde_json::Value = client
+            .get(format!("{}/v1/rooms/{room}/participants", b.base))
+            .bearer_auth(&token)
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        status["forwards"].as_u64().unwrap()
-    };
-    let before = forwards(&b).await;
-    let path = format!("/v1/rooms/{room}/participants");
-    let hop = roomd::cluster::hop_header(SECRET.as_bytes(), roomd::cluster::MAX_HOPS, &path);
-    let list: serde_json::Value = client
-        .get(format!("{}{path}", b.base))
-        .bearer_auth(&token)
-        .header(roomd::cluster::FORWARDED_HEADER, hop)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        list["participant_count"], 1,
-        "answered from the database: {list}"
-    );
-    assert_eq!(forwards(&b).await, before, "and not sent on");
+        assert_eq!(list["participant_count"], 1, "{list}");
+        assert_eq!(list["participants"][0]["identity"], "ann", "{list}");
 
-    let mut stream = client
-        .get(format!(
-            "{}/v1/rooms/{room}/stream?access_token={token}",
-            b.base
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), StatusCode::OK);
-    let mut seen = String::new();
-    let mut next_event = async || loop {
-        if let Some(end) = seen.find("\n\n") {
-            let block: String = seen.drain(..end + 2).collect();
-            if !block.starts_with(':') {
-                return block;
-            }
-            continue;
-        }
-        // A guard against a hung test, not a speed requirement.
-        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.chunk())
-            .await
-            .expect("an event within 20 s")
-            .unwrap()
-            .expect("the stream is open");
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    };
-    let snapshot = next_event().await;
-    assert!(
-        snapshot.contains("event: snapshot") && snapshot.contains("ann"),
-        "{snapshot}"
-    );
-    assert_eq!(b.send(&join("PA_2", "bob")).await, StatusCode::OK);
-    let update = next_event().await;
-    assert!(
-        update.contains("event: update") && update.contains("bob"),
-        "{update}"
-    );
-    assert!(
-        !b.logs()
-            .iter()
-            .chain(a.logs().iter())
-            .any(|l| l.contains(&token)),
-        "no node logs a reader's token"
-    );
-
-    // Only a node can say a request was forwarded: a client's header (here
-    // claiming the last hop) counts for nothing.
-    for claimed in ["2", "2.AAAA", "garbage", "-1"] {
-        let body = join(&format!("PA_h{claimed}"), "hal");
-        let status = client
-            .post(format!("{}/v1/webhooks/livekit", b.base))
-            .header("Authorization", sign_with(KEY, SECRET, &body))
-            .header(roomd::cluster::FORWARDED_HEADER, claimed)
-            .body(body)
+        // A read a node already sent on is answered where it lands, never sent
+        // on again (two maps that disagree must not bounce it).
+        let forwards = async |node: &Roomd| {
+            let status: serde_json::Value = client
+                .get(format!("{}/v1/debug/cluster", node.base))
+                .bearer_auth(common::admin_token())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            status["forwards"].as_u64().unwrap()
+        };
+        let before = forwards(&b).await;
+        let path = format!("/v1/rooms/{room}/participants");
+        let hop = roomd::cluster::hop_header(SECRET.as_bytes(), roomd::cluster::MAX_HOPS, &path);
+        let list: serde_json::Value = client
+            .get(format!("{}{path}", b.base))
+            .bearer_auth(&token)
+            .header(roomd::cluster::FORWARDED_HEADER, hop)
             .send()
             .await
             .unwrap()
-            .status();
-        assert_eq!(status, StatusCode::OK, "x-roomd-forwarded: {claimed}");
-    }
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            list["participant_count"], 1,
+            "answered from the database: {list}"
+        );
+        assert_eq!(forwards(&b).await, before, "and not sent on");
 
-    // The owner gone: the list comes from what it committed.
-    drop(stream);
-    a.kill_9();
-    let list: serde_json::Value = client
-        .get(format!("{}/v1/rooms/{room}/participants", b.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["participant_count"], 3, "ann, bob and hal: {list}");
-    drop(b);
-    db.drop_database().await;
+        let mut stream = client
+            .get(format!(
+                "{}/v1/rooms/{room}/stream?access_token={token}",
+                b.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        let mut seen = String::new();
+        let mut next_event = async || loop {
+            if let Some(end) = seen.find("\n\n") {
+                let block: String = seen.drain(..end + 2).collect();
+                if !block.starts_with(':') {
+                    return block;
+                }
+                continue;
+            }
+            // A guard against a hung test, not a speed requirement.
+            let chunk = tokio::time::timeout(Duration::from_secs(20), stream.chunk())
+                .await
+                .expect("an event within 20 s")
+                .unwrap()
+                .expect("the stream is open");
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        };
+        let snapshot = next_event().await;
+        assert!(
+            snapshot.contains("event: snapshot") && snapshot.contains("ann"),
+            "{snapshot}"
+        );
+        assert_eq!(b.send(&join("PA_2", "bob")).await, StatusCode::OK);
+        let update = next_event().await;
+        assert!(
+            update.contains("event: update") && update.contains("bob"),
+            "{update}"
+        );
+        assert!(
+            !b.logs()
+                .iter()
+                .chain(a.logs().iter())
+                .any(|l| l.contains(&token)),
+            "no node logs a reader's token"
+        );
+
+        // Only a node can say a request was forwarded: a client's header (here
+        // claiming the last hop) counts for nothing.
+        for claimed in ["2", "2.AAAA", "garbage", "-1"] {
+            let body = join(&format!("PA_h{claimed}"), "hal");
+            let status = client
+                .post(format!("{}/v1/webhooks/livekit", b.base))
+                .header("Authorization", sign_with(KEY, SECRET, &body))
+                .header(roomd::cluster::FORWARDED_HEADER, claimed)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, StatusCode::OK, "x-roomd-forwarded: {claimed}");
+        }
+
+        // The owner gone: the list comes from what it committed.
+        drop(stream);
+        a.kill_9();
+        let list: serde_json::Value = client
+            .get(format!("{}/v1/rooms/{room}/participants", b.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["participant_count"], 3, "ann, bob and hal: {list}");
+        drop(b);
+    })
+    .await;
 }
 
 /// The shard count is the database's: a node configured otherwise would
 /// put rooms in other shards than its peers, so it refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_shard_count_refuses_to_start() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    let first = node(&db, "s1").ready(&reqwest::Client::new()).await;
-    let said = refused(&db, &[("ROOMD__CLUSTER__SHARDS", "64")]);
-    assert!(said.contains("cluster.shards = 256"), "{said}");
-    drop(first);
-    db.drop_database().await;
+    common::on_postgres(async |db| {
+        let first = node(db, "s1").ready(&reqwest::Client::new()).await;
+        let said = refused(db, &[("ROOMD__CLUSTER__SHARDS", "64")]);
+        assert!(said.contains("cluster.shards = 256"), "{said}");
+        drop(first);
+    })
+    .await;
 }
 
 /// A node id is one process's: a second live process under it refuses to
@@ -814,70 +810,68 @@ async fn a_node_with_another_shard_count_refuses_to_start() {
 /// old lease and takes its place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_id_is_held_by_one_live_process() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    let client = reqwest::Client::new();
-    let first = node(&db, "same").ready(&client).await;
-    let said = refused(&db, &[("ROOMD__CLUSTER__NODE_ID", "same")]);
-    assert!(said.contains("is held by another live node"), "{said}");
-    assert_eq!(
-        owned_shards(&first).await,
-        Some(256),
-        "the first keeps its shards"
-    );
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let first = node(db, "same").ready(&client).await;
+        let said = refused(db, &[("ROOMD__CLUSTER__NODE_ID", "same")]);
+        assert!(said.contains("is held by another live node"), "{said}");
+        assert_eq!(
+            owned_shards(&first).await,
+            Some(256),
+            "the first keeps its shards"
+        );
 
-    // Paused past its lease while a new process takes its id, it stops for
-    // good once it wakes (the new one is the node now).
-    let mut first = first;
-    let pid = libc::pid_t::try_from(first.pid()).unwrap();
-    // SAFETY: signals our own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let second = node(&db, "same").ready(&client).await;
-    assert_eq!(until_shards(&second, |s| s == 256).await, 256);
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
-    let exited = first
-        .wait_for_exit(Duration::from_secs(30))
-        .expect("the superseded process stops");
-    assert!(
-        !exited.success(),
-        "and says it did not end well: {exited:?}"
-    );
-    drop(first);
+        // Paused past its lease while a new process takes its id, it stops for
+        // good once it wakes (the new one is the node now).
+        let mut first = first;
+        let pid = libc::pid_t::try_from(first.pid()).unwrap();
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        let second = node(db, "same").ready(&client).await;
+        assert_eq!(until_shards(&second, |s| s == 256).await, 256);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        let exited = first
+            .wait_for_exit(Duration::from_secs(30))
+            .expect("the superseded process stops");
+        assert!(
+            !exited.success(),
+            "and says it did not end well: {exited:?}"
+        );
+        drop(first);
 
-    second.kill_9();
-    let again = node(&db, "same").ready(&client).await;
-    let held = until_shards(&again, |s| s == 256).await;
-    assert_eq!(
-        held, 256,
-        "restarted under its id, it takes the shards back"
-    );
-    let body = webhook::joined("back", "RM_back", "PA_b", "bo").body();
-    assert_eq!(again.send(&body).await, StatusCode::OK);
-    drop(again);
-    db.drop_database().await;
+        second.kill_9();
+        let again = node(db, "same").ready(&client).await;
+        let held = until_shards(&again, |s| s == 256).await;
+        assert_eq!(
+            held, 256,
+            "restarted under its id, it takes the shards back"
+        );
+        let body = webhook::joined("back", "RM_back", "PA_b", "bo").body();
+        assert_eq!(again.send(&body).await, StatusCode::OK);
+        drop(again);
+    })
+    .await;
 }
 
 /// Nodes started together on an empty database migrate one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_started_at_once_on_an_empty_database_all_come_up() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    let nodes = std::thread::scope(|s| {
-        let started: Vec<_> = ["e1", "e2", "e3"]
-            .map(|id| s.spawn(|| node(&db, id)))
-            .into_iter()
-            .collect();
-        started
-            .into_iter()
-            .map(|h| h.join().expect("every node comes up"))
-            .collect::<Vec<_>>()
-    });
-    let client = reqwest::Client::new();
-    for n in nodes {
-        n.ready(&client).await;
-    }
-    db.drop_database().await;
+    common::on_postgres(async |db| {
+        let nodes = std::thread::scope(|s| {
+            let started: Vec<_> = ["e1", "e2", "e3"]
+                .map(|id| s.spawn(|| node(db, id)))
+                .into_iter()
+                .collect();
+            started
+                .into_iter()
+                .map(|h| h.join().expect("every node comes up"))
+                .collect::<Vec<_>>()
+        });
+        let client = reqwest::Client::new();
+        for n in nodes {
+            n.ready(&client).await;
+        }
+    })
+    .await;
 }

@@ -381,6 +381,16 @@ pub async fn on_every_backend(scenario: impl AsyncFn(&TestApp)) {
     .await;
 }
 
+/// Runs `scenario` on a fresh PostgreSQL database, dropped after it; not at
+/// all where no PostgreSQL is configured (CI always configures one: see
+/// `TestDb::postgres`). For what only PostgreSQL does, like a cluster.
+pub async fn on_postgres(scenario: impl AsyncFn(&TestDb)) {
+    if let Some(db) = TestDb::postgres().await {
+        scenario(&db).await;
+        db.drop_database().await;
+    }
+}
+
 /// Runs `scenario` on a fresh database of every backend, dropped after it:
 /// for tests that start their own apps, processes or settings.
 pub async fn on_every_database(scenario: impl AsyncFn(&TestDb)) {
