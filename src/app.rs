@@ -220,8 +220,6 @@ impl Application {
         let handle = self.server.handle();
         let supervisor = self.supervisor.clone();
         let cluster = self.cluster.clone();
-        let superseded = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped_for = superseded.clone();
         actix_web::rt::spawn(async move {
             let replaced = async {
                 match &cluster {
@@ -241,7 +239,6 @@ impl Application {
                 }
                 () = replaced => {
                     tracing::error!("another process now runs as this node (this one was paused past its lease); stopping");
-                    stopped_for.store(true, std::sync::atomic::Ordering::Release);
                 }
             }
             supervisor.feeds().close_all();
@@ -253,7 +250,7 @@ impl Application {
         // Bounded: a connection that stopped answering must not hold the
         // process (closing waits for every connection).
         let _ = tokio::time::timeout(Duration::from_secs(5), self.db.close()).await;
-        if superseded.load(std::sync::atomic::Ordering::Acquire) {
+        if self.cluster.as_ref().is_some_and(|c| c.is_superseded()) {
             return Err(std::io::Error::other(
                 "stopped: another process registered under this cluster.node_id",
             ));

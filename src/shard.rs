@@ -32,7 +32,6 @@ pub struct Fence {
 /// reads from memory that another node may have moved past.
 #[derive(Debug)]
 pub struct Ownership {
-    node: String,
     shards: u32,
     owned: RwLock<HashMap<u32, i64>>,
     /// When the lease runs out, by this process's monotonic clock (counted
@@ -41,9 +40,8 @@ pub struct Ownership {
 }
 
 impl Ownership {
-    pub fn new(node: impl Into<String>, shards: u32) -> Self {
+    pub fn new(shards: u32) -> Self {
         Self {
-            node: node.into(),
             shards: shards.max(1),
             owned: RwLock::default(),
             valid_until: RwLock::default(),
@@ -60,10 +58,6 @@ impl Ownership {
             .read()
             .expect("ownership lock")
             .is_some_and(|until| Instant::now() < until)
-    }
-
-    pub fn node(&self) -> &str {
-        &self.node
     }
 
     pub fn shards(&self) -> u32 {
@@ -108,7 +102,7 @@ impl Ownership {
             .insert(shard, epoch);
     }
 
-    /// Forgets `shard` if it is held under `epoch` (or any epoch when `None`).
+    /// Forgets `shard`; whether it was held.
     pub fn remove(&self, shard: u32) -> bool {
         self.owned
             .write()
@@ -144,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_fence_is_the_shard_and_the_epoch_it_was_taken_under() {
-        let ownership = Ownership::new("n1", 16);
+        let ownership = Ownership::new(16);
         let shard = ownership.shard_of("standup");
         assert_eq!(ownership.fence("standup"), None);
         ownership.insert(shard, 7);

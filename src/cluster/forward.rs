@@ -77,7 +77,7 @@ impl Cluster {
         body: Bytes,
         hops: u8,
     ) -> Result<Forwarded, reqwest::Error> {
-        let sent = self
+        let answer = self
             .client
             .post(format!("{}/v1/webhooks/livekit", url.trim_end_matches('/')))
             .header(reqwest::header::AUTHORIZATION, authorization)
@@ -86,29 +86,7 @@ impl Cluster {
             .body(body)
             .send()
             .await;
-        let answer = match sent {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                response.bytes().await.map(|body| Forwarded {
-                    status,
-                    retry_after,
-                    body,
-                })
-            }
-            Err(err) => Err(err),
-        };
-        let result = match &answer {
-            Ok(f) if f.status < 400 => "ok",
-            Ok(_) => "refused",
-            Err(_) => "failed",
-        };
-        self.forwarded("webhook", result);
-        answer
+        self.answered("webhook", answer).await
     }
 
     /// A read (`path_and_query` as the client sent it) answered by the
@@ -126,26 +104,8 @@ impl Cluster {
         if let Some(auth) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
-        let answer = async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let body = response.bytes().await?;
-            Ok(Forwarded {
-                status,
-                retry_after: None,
-                body,
-            })
-        }
-        .await;
-        self.forwarded(
-            "read",
-            match &answer {
-                Ok(f) if f.status < 400 => "ok",
-                Ok(_) => "refused",
-                Err(_) => "failed",
-            },
-        );
-        answer
+        let answer = request.send().await;
+        self.answered("read", answer).await
     }
 
     /// Opens a room's live-update stream on its owner at `url`
@@ -171,12 +131,34 @@ impl Cluster {
         let answer = request.send().await;
         self.forwarded(
             "stream",
-            match &answer {
-                Ok(r) if r.status().is_success() => "ok",
-                Ok(_) => "refused",
-                Err(_) => "failed",
-            },
+            outcome(answer.as_ref().map(|r| r.status().as_u16())),
         );
+        answer
+    }
+
+    /// The owner's whole answer to a forward of `kind`, counted.
+    async fn answered(
+        &self,
+        kind: &str,
+        sent: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<Forwarded, reqwest::Error> {
+        let answer = match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                response.bytes().await.map(|body| Forwarded {
+                    status,
+                    retry_after,
+                    body,
+                })
+            }
+            Err(err) => Err(err),
+        };
+        self.forwarded(kind, outcome(answer.as_ref().map(|f| f.status)));
         answer
     }
 
@@ -186,8 +168,17 @@ impl Cluster {
     }
 
     /// Counts a request that could not go on to an owner (`no_owner`, or
-    /// `too_many_hops`).
+    /// `too_many_hops`) in the metrics; it was not forwarded.
     pub fn no_owner(&self, kind: &str, why: &str) {
-        self.forwarded(kind, why);
+        self.metrics.forwards.with_label_values(&[kind, why]).inc();
+    }
+}
+
+/// A forward's result label: answered (below 400, or not), or no answer.
+fn outcome<E>(status: Result<u16, E>) -> &'static str {
+    match status {
+        Ok(status) if status < 400 => "ok",
+        Ok(_) => "refused",
+        Err(_) => "failed",
     }
 }

@@ -21,7 +21,7 @@
 mod forward;
 pub mod table;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -44,6 +44,8 @@ use crate::shard::Ownership;
 pub enum ClusterError {
     #[error(transparent)]
     Db(#[from] DbErr),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error(
         "the database was set up with cluster.shards = {stored}, this node has {configured}: every node must use the same count"
     )]
@@ -187,7 +189,7 @@ impl Cluster {
         tracing::info!(node = %node, shards = settings.shards, advertise_url = %settings.advertise_url, "joined the cluster");
         Ok(Arc::new(Self {
             db,
-            ownership: Arc::new(Ownership::new(node.as_ref(), settings.shards)),
+            ownership: Arc::new(Ownership::new(settings.shards)),
             node,
             incarnation,
             settings: settings.clone(),
@@ -215,6 +217,10 @@ impl Cluster {
     pub async fn superseded(&self) {
         let mut superseded = self.superseded.subscribe();
         let _ = superseded.wait_for(|s| *s).await;
+    }
+
+    pub fn is_superseded(&self) -> bool {
+        *self.superseded.borrow()
     }
 
     /// The shards this node holds; the supervisor and the writer's fence read it.
@@ -451,11 +457,7 @@ impl Cluster {
         let ownership = &self.ownership;
         let rooms = supervisor
             .recover_where(|name| shards.contains(&ownership.shard_of(name)))
-            .await
-            .map_err(|e| match e {
-                crate::store::StoreError::Db(db) => ClusterError::Db(db),
-                other => ClusterError::Db(DbErr::Custom(other.to_string())),
-            })?;
+            .await?;
         tracing::info!(node = %self.node, shards = claimed.len(), rooms, elapsed_ms = started.elapsed().as_millis() as u64, "took shards");
         Ok(())
     }
@@ -498,8 +500,8 @@ impl Cluster {
         while supervisor.in_flight() > 0 && drained.elapsed() < DRAIN {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.step_down(supervisor, &owned);
         let _ticking = self.ticking.lock().await;
+        // Steps the shards' actors down, then releases the shards.
         let released = self.release(supervisor, &owned).await;
         let ended = table::end_lease(&self.db, &self.node, self.incarnation).await;
         match (released, ended) {
@@ -523,17 +525,5 @@ impl Cluster {
             .forwards
             .with_label_values(&[kind, result])
             .inc();
-    }
-
-    /// Shard counts per node in the map, for logs and tests.
-    pub fn owners(&self) -> HashMap<String, usize> {
-        let map = self.map.read().expect("shard map lock").clone();
-        let mut owners = HashMap::new();
-        for row in &map.shards {
-            if let Some(owner) = &row.owner {
-                *owners.entry(owner.clone()).or_default() += 1;
-            }
-        }
-        owners
     }
 }

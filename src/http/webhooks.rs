@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use super::{AppState, error::ApiError};
-use crate::cluster::{self, FORWARDED_HEADER, Forwarded, Route};
+use crate::cluster::{self, Cluster, FORWARDED_HEADER, Forwarded, Route};
 use crate::livekit;
 use crate::room::messages::Delivered;
 
@@ -140,57 +140,12 @@ async fn accept(
         room_sid = delivery.room().and_then(|r| r.sid.as_deref()).unwrap_or(""),
         identity = delivery.participant().map_or("", |p| p.identity.as_str()),
     );
-    if let (Some(cluster), Some(room)) = (&state.cluster, delivery.room()) {
-        let hops = cluster.hops(
-            req.headers()
-                .get(FORWARDED_HEADER)
-                .and_then(|v| v.to_str().ok()),
-            token,
-        );
-        // A node a request was sent on to waits less than the sender does,
-        // so its answer gets back before the sender gives up.
-        let wait = cluster.forward_timeout() / (u32::from(hops) + 1);
-        let deadline = Instant::now() + wait;
-        let mut failed: Option<String> = None;
-        loop {
-            let within = deadline.saturating_duration_since(Instant::now());
-            match cluster
-                .route_past(&room.name, failed.as_deref(), within)
-                .await
-            {
-                Route::Here => break,
-                Route::Owner { node, url } if hops < cluster::MAX_HOPS => {
-                    match cluster
-                        .forward_webhook(&url, token, body.clone(), hops)
-                        .instrument(span.clone())
-                        .await
-                    {
-                        Ok(answer) => {
-                            span.in_scope(|| tracing::info!(owner = %node, status = answer.status, "webhook forwarded to the room's owner"));
-                            return Ok(Accepted::Forwarded(answer));
-                        }
-                        // The owner went away (stopped, killed): its shards
-                        // are about to move; wait for that once, not for
-                        // LiveKit's next retry.
-                        Err(err) if failed.is_none() && Instant::now() < deadline => {
-                            span.in_scope(|| tracing::info!(owner = %node, error = %err, "the room's owner did not answer; waiting for its shards to move"));
-                            failed = Some(node);
-                        }
-                        Err(err) => return Err(ApiError::Unavailable(Box::new(err))),
-                    }
-                }
-                Route::Owner { .. } => {
-                    // Two nodes' maps disagree for a moment; LiveKit's retry
-                    // finds them settled.
-                    cluster.no_owner("webhook", "too_many_hops");
-                    return Err(ApiError::NoOwner);
-                }
-                Route::Unknown => {
-                    cluster.no_owner("webhook", "no_owner");
-                    return Err(ApiError::NoOwner);
-                }
-            }
-        }
+    if let (Some(cluster), Some(room)) = (&state.cluster, delivery.room())
+        && let Some(answer) = send_on(cluster, req, &room.name, token, &body)
+            .instrument(span.clone())
+            .await?
+    {
+        return Ok(Accepted::Forwarded(answer));
     }
     let delivered = state
         .supervisor
@@ -199,6 +154,63 @@ async fn accept(
         .await?;
     span.in_scope(|| tracing::info!(outcome = delivered.as_str(), "webhook committed"));
     Ok(Accepted::Here(delivered))
+}
+
+/// On a cluster, sends a verified webhook for another node's room on to that
+/// node and returns its answer; `None` when this node owns the room.
+async fn send_on(
+    cluster: &Cluster,
+    req: &HttpRequest,
+    room: &str,
+    token: &str,
+    body: &web::Bytes,
+) -> Result<Option<Forwarded>, ApiError> {
+    let hops = cluster.hops(
+        req.headers()
+            .get(FORWARDED_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        token,
+    );
+    // A node a request was sent on to waits less than the sender does, so
+    // its answer gets back before the sender gives up.
+    let wait = cluster.forward_timeout() / (u32::from(hops) + 1);
+    let deadline = Instant::now() + wait;
+    let mut failed: Option<String> = None;
+    loop {
+        let within = deadline.saturating_duration_since(Instant::now());
+        match cluster.route_past(room, failed.as_deref(), within).await {
+            Route::Here => return Ok(None),
+            Route::Owner { node, url } if hops < cluster::MAX_HOPS => {
+                match cluster
+                    .forward_webhook(&url, token, body.clone(), hops)
+                    .await
+                {
+                    Ok(answer) => {
+                        tracing::info!(owner = %node, status = answer.status, "webhook forwarded to the room's owner");
+                        return Ok(Some(answer));
+                    }
+                    // The owner went away (stopped, killed): its shards are
+                    // about to move; wait for that once, not for LiveKit's
+                    // next retry.
+                    Err(err) if failed.is_none() && Instant::now() < deadline => {
+                        tracing::info!(owner = %node, error = %err, "the room's owner did not answer; waiting for its shards to move");
+                        failed = Some(node);
+                    }
+                    Err(err) => return Err(ApiError::Unavailable(Box::new(err))),
+                }
+            }
+            Route::Owner { .. } => {
+                // Two nodes' maps disagree for a moment; LiveKit's retry
+                // finds them settled.
+                cluster.no_owner("webhook", "too_many_hops");
+                return Err(ApiError::NoOwner);
+            }
+            Route::Unknown => {
+                cluster.no_owner("webhook", "no_owner");
+                return Err(ApiError::NoOwner);
+            }
+        }
+    }
 }
 
 /// Reads webhook bodies within bounds: at most `max_bytes` each, each within

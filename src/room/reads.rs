@@ -7,8 +7,6 @@ use std::sync::Arc;
 
 use super::feed::{Feeds, Subscription};
 use super::published::Page;
-use chrono::Utc;
-
 use super::snapshot::{ParticipantView, RoomSnapshot, RoomView};
 use super::state::RoomState;
 use super::supervisor::Supervisor;
@@ -104,12 +102,10 @@ impl Supervisor {
         if self.inner.parts.ownership.is_some() && !name.contains('\0') {
             let horizon = self.inner.parts.lifecycle.horizon();
             let stored = store::load_room(&self.inner.parts.db, name, horizon).await?;
-            let state = RoomState::restore(name.to_owned(), stored);
-            let snapshot =
-                RoomSnapshot::of(&state, &Default::default(), Default::default(), Utc::now());
-            return Ok(snapshot.room.clone().map(|room| RoomDetail {
+            let snapshot = RoomSnapshot::of_restored(&RoomState::restore(name.to_owned(), stored));
+            return Ok(snapshot.room.map(|room| RoomDetail {
                 room,
-                participants: snapshot.participants.clone(),
+                participants: snapshot.participants,
             }));
         }
         Ok(self.room_view(name).await?.map(|room| RoomDetail {

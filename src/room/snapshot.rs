@@ -111,6 +111,12 @@ pub struct RoomSnapshot {
 }
 
 impl RoomSnapshot {
+    /// A room as the database had it, before any actor handled an event:
+    /// what recovery publishes, and what another node's room reads as.
+    pub fn of_restored(state: &RoomState) -> Self {
+        Self::of(state, &VecDeque::new(), Counters::default(), Utc::now())
+    }
+
     pub fn of(
         state: &RoomState,
         recent: &VecDeque<Arc<LastEvent>>,

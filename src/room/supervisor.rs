@@ -148,12 +148,7 @@ impl Supervisor {
                 };
                 count += 1;
                 let state = RoomState::restore(name.clone(), stored);
-                let snapshot = RoomSnapshot::of(
-                    &state,
-                    &Default::default(),
-                    Default::default(),
-                    chrono::Utc::now(),
-                );
+                let snapshot = RoomSnapshot::of_restored(&state);
                 self.inner.parts.snapshots.insert(&name, Arc::new(snapshot));
                 self.registry()
                     .start_if_absent(name.clone(), || self.start_actor(name, Some(state), fence));
