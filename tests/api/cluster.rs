@@ -265,17 +265,9 @@ async fn drive(
 /// Every room's count from each node and from PostgreSQL equals the truth,
 /// and every event is in the log once.
 async fn assert_exact(db: &DatabaseConnection, nodes: &[&Roomd], truth: &HashMap<String, usize>) {
-    let client = reqwest::Client::new();
     for (room, want) in truth {
         for node in nodes {
-            let view: serde_json::Value = client
-                .get(format!("{}/v1/rooms/{room}", node.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let view = node.get(&format!("/v1/rooms/{room}"), None).await;
             assert_eq!(
                 view["participant_count"], *want,
                 "{room} read from {}: {view}",
@@ -668,30 +660,18 @@ async fn a_node_answers_reads_of_another_nodes_room() {
         );
 
         let token = common::join_token(&room, "viewer");
-        let list: serde_json::Value = client
-            .get(format!("{}/v1/rooms/{room}/participants", b.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = b
+            .get(&format!("/v1/rooms/{room}/participants"), Some(&token))
+            .await;
         assert_eq!(list["participant_count"], 1, "{list}");
         assert_eq!(list["participants"][0]["identity"], "ann", "{list}");
 
         // A read a node already sent on is answered where it lands, never sent
         // on again (two maps that disagree must not bounce it).
         let forwards = async |node: &Roomd| {
-            let status: serde_json::Value = client
-                .get(format!("{}/v1/debug/cluster", node.base))
-                .bearer_auth(common::admin_token())
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let status = node
+                .get("/v1/debug/cluster", Some(&common::admin_token()))
+                .await;
             status["forwards"].as_u64().unwrap()
         };
         let before = forwards(&b).await;
@@ -777,15 +757,9 @@ async fn a_node_answers_reads_of_another_nodes_room() {
         // The owner gone: the list comes from what it committed.
         drop(stream);
         a.kill_9();
-        let list: serde_json::Value = client
-            .get(format!("{}/v1/rooms/{room}/participants", b.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = b
+            .get(&format!("/v1/rooms/{room}/participants"), Some(&token))
+            .await;
         assert_eq!(list["participant_count"], 3, "ann, bob and hal: {list}");
         drop(b);
     })

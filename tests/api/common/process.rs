@@ -80,6 +80,21 @@ impl Roomd {
             .status()
     }
 
+    /// `GET path` (with `token` as a bearer token); the JSON body.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> serde_json::Value {
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// Its log, kept filling after the process is gone.
     pub fn log_handle(&self) -> Arc<Mutex<Vec<String>>> {
         self.logs.clone()
