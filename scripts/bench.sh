@@ -1,29 +1,49 @@
 #!/usr/bin/env bash
 # roomd against its limits, in one run, as ratios (docs/PERFORMANCE.md).
 #
-#   scripts/bench.sh                 # everything, 3 repetitions, medians
+#   scripts/bench.sh                 # everything, 3 repetitions, medians (~15 min)
+#   scripts/bench.sh --quick         # the same rows with fewer events (~2 min)
 #   REPS=1 ROOMS=500 scripts/bench.sh
 #
 # Needs PostgreSQL (ROOMD_BENCH_POSTGRES_URL, default the local trust-auth
 # server) and psql to make a scratch database. Everything runs on this
 # machine: the load generator shares its cores with roomd, as the ceilings'
-# runs do, so the ratios compare like with like.
+# runs do, so the ratios compare like with like. Any step that fails stops
+# the run and says which step and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [[ "${1:-}" == "--quick" ]]; then
+  : "${REPS:=1}" "${ROOMS:=300}" "${CHURN:=2}" "${SERIAL_PEOPLE:=500}" "${MEM_ROOMS:=200}"
+  : "${IDLE_ROOMS:=5000}" "${SEED_ROOMS:=2000}"
+elif [[ -n "${1:-}" ]]; then
+  echo "usage: scripts/bench.sh [--quick]" >&2; exit 2
+fi
 REPS=${REPS:-3}
 ROOMS=${ROOMS:-1000}          # rooms per webhook run
 PARTICIPANTS=${PARTICIPANTS:-4}
 CHURN=${CHURN:-4}             # churn bursts per room after the joins
 CONC=${CONC:-128}             # rooms in flight
+SERIAL_PEOPLE=${SERIAL_PEOPLE:-2000} # the serial run: one room, this many joins
 MEM_ROOMS=${MEM_ROOMS:-1000}  # the memory run: MEM_ROOMS x MEM_PEOPLE open
 MEM_PEOPLE=${MEM_PEOPLE:-100}
+IDLE_ROOMS=${IDLE_ROOMS:-20000} # live rooms with nobody in, for memory per room
+SEED_ROOMS=${SEED_ROOMS:-10000} # the start run: SEED_ROOMS x SEED_PEOPLE to rebuild
+SEED_PEOPLE=${SEED_PEOPLE:-10}
 PG_ADMIN=${ROOMD_BENCH_POSTGRES_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_URL=${ROOMD_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/roomd_bench}
 PORT_ROOMD=18080
 PORT_CEIL=18090
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+STEP="build"
+fail() { # the step, its reason and the tail of what it printed
+  echo "bench: step '$STEP' failed: $1" >&2
+  [[ -s "$WORK/out" ]] && tail -n 20 "$WORK/out" >&2
+  [[ -s "$WORK/roomd.log" ]] && { echo "--- roomd log (tail)" >&2; tail -n 20 "$WORK/roomd.log" >&2; }
+  exit 1
+}
+trap 'fail "command exited $? (line $LINENO)"' ERR
 
 cargo build --release --locked --bins >&2
 BIN=target/release
@@ -33,22 +53,30 @@ fresh_pg() {
   psql "$PG_ADMIN" -qtA -c "DROP DATABASE IF EXISTS roomd_bench WITH (FORCE)" -c "CREATE DATABASE roomd_bench" >/dev/null
 }
 
-wait_ready() {
-  for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$1/$2" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 never got ready" >&2; exit 1
-}
-
-start_roomd() { # $1 = database URL
+start_roomd() { # $1 = database URL; sets ROOMD_PID and STARTED_MS
+  local since; since=$(date +%s%N)
   ROOMD__LOG__LEVEL=warn ROOMD__SERVER__BIND=127.0.0.1:$PORT_ROOMD DATABASE_URL="$1" \
     $BIN/roomd >"$WORK/roomd.log" 2>&1 &
   ROOMD_PID=$!
-  wait_ready $PORT_ROOMD readyz
+  $BIN/roomd-loadgen ready --url "http://127.0.0.1:$PORT_ROOMD" --since-ns "$since" --timeout 300 >"$WORK/out" 2>&1 \
+    || fail "roomd never got ready on $1"
+  STARTED_MS=$(field "$WORK/out" '^ready in ([0-9]+) ms$')
 }
 
-stop_roomd() { kill "$ROOMD_PID"; wait "$ROOMD_PID" 2>/dev/null || true; }
+stop_roomd() {
+  kill -0 "$ROOMD_PID" 2>/dev/null || fail "roomd (pid $ROOMD_PID) died during the step"
+  kill "$ROOMD_PID"; wait "$ROOMD_PID" 2>/dev/null || true
+}
+
+start_ceiling() {
+  $BIN/roomd-ceiling --bind 127.0.0.1:$PORT_CEIL >/dev/null 2>&1 & CEIL=$!
+  for _ in $(seq 1 200); do
+    curl -s -o /dev/null "http://127.0.0.1:$PORT_CEIL/" && return 0
+    sleep 0.02
+  done
+  STEP="ceiling"; fail "the ceiling server never listened"
+}
+stop_ceiling() { kill "$CEIL"; wait "$CEIL" 2>/dev/null || true; }
 
 # field <file> <regex with one group>
 field() { sed -nE "s/$2/\1/p" "$1" | head -1; }
@@ -61,7 +89,8 @@ med() { echo ${R[$1]} | tr ' ' '\n' | grep . | median; }
 
 webhooks() { # $1 = label, $2 = url, rest = loadgen args
   local label=$1 url=$2; shift 2
-  $BIN/roomd-loadgen webhooks --url "$url" $LOAD "$@" >"$WORK/out" 2>&1 || { cat "$WORK/out" >&2; exit 1; }
+  STEP="webhooks $label"
+  $BIN/roomd-loadgen webhooks --url "$url" $LOAD "$@" >"$WORK/out" 2>&1 || fail "the load generator failed"
   record "$label.dps" "$(field "$WORK/out" '.* ([0-9]+) deliveries\/s$')"
   record "$label.eps" "$(field "$WORK/out" '.*: ([0-9]+) events\/s,.*')"
   record "$label.p50" "$(field "$WORK/out" '^latency ms: p50 ([0-9.]+) .*')"
@@ -70,19 +99,28 @@ webhooks() { # $1 = label, $2 = url, rest = loadgen args
 }
 
 reads() { # $1 = label, $2 = url, $3 = path
-  $BIN/roomd-loadgen reads --url "$2" --path "$3" --duration 5 >"$WORK/out" 2>&1 || { cat "$WORK/out" >&2; exit 1; }
+  STEP="reads $1"
+  $BIN/roomd-loadgen reads --url "$2" --path "$3" --duration "${READ_SECS:-5}" >"$WORK/out" 2>&1 || fail "the load generator failed"
   record "$1.rps" "$(field "$WORK/out" '.*: ([0-9]+) requests\/s.*')"
   record "$1.rp99" "$(field "$WORK/out" '^latency ms: .* p99 ([0-9.]+) .*')"
+}
+
+seeded() { # $1 = label, $2 = database URL: rebuild SEED_ROOMS x SEED_PEOPLE at start
+  STEP="start $1"
+  $BIN/roomd-loadgen seed --database-url "$2" --rooms "$SEED_ROOMS" --participants "$SEED_PEOPLE" >"$WORK/out" 2>&1 \
+    || fail "seeding the database failed"
+  start_roomd "$2"
+  record "$1.ready" "$STARTED_MS"
+  stop_roomd
 }
 
 for rep in $(seq 1 "$REPS"); do
   echo "repetition $rep/$REPS" >&2
   # The HTTP ceiling: verify + parse only.
-  $BIN/roomd-ceiling --bind 127.0.0.1:$PORT_CEIL >/dev/null 2>&1 & CEIL=$!
-  sleep 0.3
+  start_ceiling
   webhooks ceiling "http://127.0.0.1:$PORT_CEIL" --no-check
   reads ceiling "http://127.0.0.1:$PORT_CEIL" /v1/rooms/any
-  kill $CEIL; wait $CEIL 2>/dev/null || true
+  stop_ceiling
 
   # roomd on SQLite.
   rm -f "$WORK"/bench.db*
@@ -105,11 +143,10 @@ for rep in $(seq 1 "$REPS"); do
 
   # One room under LiveKit's serial delivery: each event waits for the
   # previous answer, so the room's rate is 1/latency.
-  SERIAL="--rooms 1 --participants ${SERIAL_PEOPLE:-2000} --churn 0 --concurrency 1 --duplicates 0"
-  $BIN/roomd-ceiling --bind 127.0.0.1:$PORT_CEIL >/dev/null 2>&1 & CEIL=$!
-  sleep 0.3
+  SERIAL="--rooms 1 --participants $SERIAL_PEOPLE --churn 0 --concurrency 1 --duplicates 0"
+  start_ceiling
   LOAD="$SERIAL" webhooks serialceil "http://127.0.0.1:$PORT_CEIL" --no-check
-  kill $CEIL; wait $CEIL 2>/dev/null || true
+  stop_ceiling
   fresh_pg
   start_roomd "$PG_URL"
   LOAD="$SERIAL" webhooks serialpg "http://127.0.0.1:$PORT_ROOMD" --run "q$rep" --database-url "$PG_URL"
@@ -120,23 +157,43 @@ for rep in $(seq 1 "$REPS"); do
   stop_roomd
 
   # The naive design's database ceiling: the same events, one transaction each.
+  STEP="naive PostgreSQL"
   fresh_pg
-  $BIN/roomd-loadgen naive-db --database-url "$PG_URL" $LOAD >"$WORK/out" 2>&1 || { cat "$WORK/out" >&2; exit 1; }
+  $BIN/roomd-loadgen naive-db --database-url "$PG_URL" $LOAD >"$WORK/out" 2>&1 || fail "the naive loop failed"
   record naivepg.eps "$(field "$WORK/out" '.* s: ([0-9]+) events\/s.*')"
+  STEP="naive SQLite"
   rm -f "$WORK"/naive.db*
-  $BIN/roomd-loadgen naive-db --database-url "sqlite://$WORK/naive.db?mode=rwc" $LOAD >"$WORK/out" 2>&1 || { cat "$WORK/out" >&2; exit 1; }
+  $BIN/roomd-loadgen naive-db --database-url "sqlite://$WORK/naive.db?mode=rwc" $LOAD >"$WORK/out" 2>&1 || fail "the naive loop failed"
   record naivesqlite.eps "$(field "$WORK/out" '.* s: ([0-9]+) events\/s.*')"
+
+  # Start to ready: a process restart rebuilding SEED_ROOMS live rooms.
+  fresh_pg
+  seeded startpg "$PG_URL"
+  rm -f "$WORK"/seed.db*
+  seeded startsqlite "sqlite://$WORK/seed.db?mode=rwc"
 done
 
-# Memory: MEM_ROOMS x MEM_PEOPLE open participants on PostgreSQL.
+# Memory: MEM_ROOMS x MEM_PEOPLE open participants on PostgreSQL, then
+# IDLE_ROOMS live rooms with nobody in.
+STEP="memory per participant"
 fresh_pg
 start_roomd "$PG_URL"
 $BIN/roomd-loadgen webhooks --url "http://127.0.0.1:$PORT_ROOMD" --rooms "$MEM_ROOMS" \
-  --participants "$MEM_PEOPLE" --churn 0 --duplicates 0 --concurrency 64 --pid "$ROOMD_PID" >"$WORK/mem" 2>&1 \
-  || { cat "$WORK/mem" >&2; exit 1; }
-mem_line=$(grep '^server RSS' "$WORK/mem")
-mem_bytes=$(field "$WORK/mem" '.*\(([0-9]+) bytes per open participant\)')
+  --participants "$MEM_PEOPLE" --churn 0 --duplicates 0 --concurrency 64 --pid "$ROOMD_PID" >"$WORK/out" 2>&1 \
+  || fail "the load generator failed"
+mem_line=$(grep '^server RSS' "$WORK/out")
+mem_bytes=$(field "$WORK/out" '.*\(([0-9]+) bytes per open participant.*')
 stop_roomd
+STEP="memory per idle room"
+fresh_pg
+start_roomd "$PG_URL"
+$BIN/roomd-loadgen webhooks --url "http://127.0.0.1:$PORT_ROOMD" --rooms "$IDLE_ROOMS" \
+  --participants 0 --churn 0 --duplicates 0 --concurrency 64 --pid "$ROOMD_PID" >"$WORK/out" 2>&1 \
+  || fail "the load generator failed"
+idle_line=$(grep '^server RSS' "$WORK/out")
+idle_bytes=$(field "$WORK/out" '.* ([0-9]+) bytes per room\)')
+stop_roomd
+trap - ERR
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
 cat <<TABLE
@@ -148,14 +205,17 @@ roomd benchmarks: $(nproc) cores, $REPS repetitions (medians), $ROOMS rooms x $P
 | HTTP ceiling, GET room                    | $(med ceiling.rps) req/s |  |
 | naive one-txn-per-event, PostgreSQL       | $(med naivepg.eps) events/s |  |
 | naive one-txn-per-event, SQLite           | $(med naivesqlite.eps) events/s |  |
-| roomd PostgreSQL, webhooks                | $(med pg.eps) events/s, $(med pg.dps) deliveries/s, p50 $(med pg.p50) p99 $(med pg.p99) ms | $(ratio "$(med pg.eps)" "$(med naivepg.eps)")x naive (>= 4); $(ratio "$(med pg.dps)" "$(med ceiling.dps)") of HTTP (>= 0.20) |
+| roomd PostgreSQL, webhooks                | $(med pg.eps) events/s, $(med pg.dps) deliveries/s, p50 $(med pg.p50) p99 $(med pg.p99) ms | $(ratio "$(med pg.eps)" "$(med naivepg.eps)")x naive (>= 4); $(ratio "$(med pg.dps)" "$(med ceiling.dps)") of HTTP (>= 0.35) |
 | roomd SQLite, webhooks                    | $(med sqlite.eps) events/s, $(med sqlite.dps) deliveries/s, p50 $(med sqlite.p50) p99 $(med sqlite.p99) ms | $(ratio "$(med sqlite.eps)" "$(med naivesqlite.eps)")x naive; $(ratio "$(med sqlite.dps)" "$(med ceiling.dps)") of HTTP |
 | roomd PostgreSQL at half peak ($(med pghalf.rate)/s), new rooms | p50 $(med pghalf.p50) p99 $(med pghalf.p99) ms | p99 < 10 ms |
-| roomd PostgreSQL at half peak, rooms already live | p50 $(med pgwarm.p50) p99 $(med pgwarm.p99) ms | p99 < 10 ms |
+| roomd PostgreSQL at half peak, rooms already live | p50 $(med pgwarm.p50) p99 $(med pgwarm.p99) ms | p99 < 5 ms |
 | one room, serial delivery: HTTP ceiling   | $(med serialceil.eps) events/s, p50 $(med serialceil.p50) ms |  |
 | one room, serial delivery: roomd PostgreSQL | $(med serialpg.eps) events/s, p50 $(med serialpg.p50) ms | $(ratio "$(med serialpg.eps)" "$(med serialceil.eps)") of the serial ceiling (>= 0.25) |
 | one room, serial delivery: roomd SQLite   | $(med serialsqlite.eps) events/s, p50 $(med serialsqlite.p50) ms | $(ratio "$(med serialsqlite.eps)" "$(med serialceil.eps)") of the serial ceiling |
 | roomd GET room (PostgreSQL)               | $(med pg.rps) req/s, p99 $(med pg.rp99) ms | $(ratio "$(med pg.rps)" "$(med ceiling.rps)") of HTTP (>= 0.80) |
 | roomd GET room (SQLite)                   | $(med sqlite.rps) req/s | $(ratio "$(med sqlite.rps)" "$(med ceiling.rps)") of HTTP |
-| memory, $((MEM_ROOMS * MEM_PEOPLE)) open participants (PostgreSQL) | $mem_bytes bytes each ($mem_line) | < 1024 |
+| memory, $((MEM_ROOMS * MEM_PEOPLE)) open participants (PostgreSQL) | $mem_bytes bytes each ($mem_line) | <= 300 |
+| memory, $IDLE_ROOMS live rooms with nobody in | $idle_bytes bytes each ($idle_line) | <= 2048 |
+| start to ready, $SEED_ROOMS rooms x $SEED_PEOPLE people, PostgreSQL | $(med startpg.ready) ms | <= 1000 |
+| start to ready, $SEED_ROOMS rooms x $SEED_PEOPLE people, SQLite | $(med startsqlite.ready) ms | <= 2000 |
 TABLE

@@ -17,6 +17,7 @@ mod check;
 mod model;
 mod naive;
 mod report;
+mod seed;
 mod soak;
 mod stall;
 mod webhooks;
@@ -50,6 +51,37 @@ enum Command {
     /// Connections that send a webhook's headers and all but the last byte
     /// of a large body, then stall (the slow-body probe).
     Stall(StallArgs),
+    /// Write live rooms with people in them straight to the database (what
+    /// a restart must rebuild).
+    Seed(SeedArgs),
+    /// Wait for roomd's /readyz; print how long since `--since-ns`.
+    Ready(ReadyArgs),
+}
+
+#[derive(Args, Debug)]
+struct SeedArgs {
+    #[arg(long)]
+    database_url: String,
+    #[arg(long, default_value_t = 10_000)]
+    rooms: usize,
+    /// Open participants per room.
+    #[arg(long, default_value_t = 10)]
+    participants: usize,
+    /// Names the rooms: seed-RUN-N.
+    #[arg(long, default_value = "s")]
+    run: String,
+}
+
+#[derive(Args, Debug)]
+struct ReadyArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// When roomd was started, in nanoseconds since the Unix epoch
+    /// (`date +%s%N`).
+    #[arg(long)]
+    since_ns: u128,
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +283,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhooks(args) => webhooks(args).await,
         Command::Reads(args) => reads(args).await,
         Command::NaiveDb(args) => naive_db(args).await,
+        Command::Seed(args) => {
+            seed::run(&args.database_url, &args.run, args.rooms, args.participants).await
+        }
+        Command::Ready(args) => ready(args).await,
         Command::Stall(args) => {
             let url = url::Url::parse(&args.url)?;
             let addr = format!(
@@ -350,10 +386,17 @@ async fn webhooks(args: WebhookArgs) -> anyhow::Result<()> {
     println!("open participants (truth): {open}");
     if let Some(pid) = args.pid {
         match (rss_before, rss_mib(pid)) {
-            (Some(before), Some(after)) => println!(
-                "server RSS: {before:.1} -> {after:.1} MiB ({:.0} bytes per open participant)",
-                (after - before) * 1048576.0 / open.max(1) as f64
-            ),
+            (Some(before), Some(after)) => {
+                let grown = (after - before) * 1048576.0;
+                let each = match open {
+                    0 => String::new(),
+                    n => format!("{:.0} bytes per open participant, ", grown / n as f64),
+                };
+                println!(
+                    "server RSS: {before:.1} -> {after:.1} MiB ({each}{:.0} bytes per room)",
+                    grown / rooms.len().max(1) as f64
+                )
+            }
             _ => println!("server RSS: unreadable"),
         }
     }
@@ -383,6 +426,25 @@ async fn webhooks(args: WebhookArgs) -> anyhow::Result<()> {
     }
     println!("ok: roomd matches the ground truth");
     Ok(())
+}
+
+async fn ready(args: ReadyArgs) -> anyhow::Result<()> {
+    let url = format!("{}/readyz", args.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(&url).send().await
+            && r.status().is_success()
+        {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            let ms = now.as_nanos().saturating_sub(args.since_ns) as f64 / 1e6;
+            println!("ready in {ms:.0} ms");
+            return Ok(());
+        }
+        // Polls this often so the figure is good to a few milliseconds.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    bail!("{url} did not answer 200 within {} s", args.timeout)
 }
 
 async fn reads(args: ReadArgs) -> anyhow::Result<()> {
