@@ -191,7 +191,7 @@ $BIN/roomd-loadgen webhooks --url "http://127.0.0.1:$PORT_ROOMD" --rooms "$IDLE_
   --participants 0 --churn 0 --duplicates 0 --concurrency 64 --pid "$ROOMD_PID" >"$WORK/out" 2>&1 \
   || fail "the load generator failed"
 idle_line=$(grep '^server RSS' "$WORK/out")
-idle_bytes=$(field "$WORK/out" '.* ([0-9]+) bytes per room\)')
+idle_bytes=$(field "$WORK/out" '.*[( ]([0-9]+) bytes per room\)')
 stop_roomd
 trap - ERR
 

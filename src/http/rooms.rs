@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Reader;
 use super::{AppState, error::ApiError};
-use crate::room::snapshot::{ParticipantView, RoomView};
+use crate::room::snapshot::RoomView;
 
 /// Counts are public when `api.public_counts` is set; else they need a token
 /// for the room (or an admin one).
@@ -38,7 +38,7 @@ pub async fn room(
 struct Participants {
     room: String,
     participant_count: usize,
-    participants: Vec<ParticipantView>,
+    participants: crate::room::presence::ParticipantList,
 }
 
 #[get("/v1/rooms/{name}/participants")]

@@ -30,7 +30,7 @@ async fn snapshot(
     let detail = supervisor.room_detail(name).await.ok().flatten();
     let (room, participants) = match detail {
         Some(d) => (Some(d.room), d.participants),
-        None => (None, Vec::new()),
+        None => (None, Default::default()),
     };
     sse(
         id,

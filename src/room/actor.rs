@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::feed::Feeds;
 use super::messages::RoomError;
+use super::presence::Presence;
 use super::published::Published;
 use super::registry;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
@@ -94,6 +95,8 @@ pub struct RoomActor {
     fence: Option<Fence>,
     /// `None` until the committed state is loaded.
     state: Option<RoomState>,
+    /// Who is in `state`'s current instance, for the snapshots.
+    presence: Presence,
     preloaded: Option<RoomState>,
     parts: ActorParts,
     /// The last events handled, newest last (at most `RECENT`).
@@ -120,6 +123,7 @@ impl RoomActor {
             name,
             fence,
             state: None,
+            presence: Presence::default(),
             preloaded,
             parts: ActorParts {
                 db: parts.db.clone(),
@@ -150,7 +154,13 @@ impl RoomActor {
 
     fn publish(&self) {
         if let Some(state) = &self.state {
-            let snapshot = RoomSnapshot::of(state, &self.recent, self.counters, self.started_at);
+            let snapshot = RoomSnapshot::of(
+                state,
+                &self.presence,
+                &self.recent,
+                self.counters,
+                self.started_at,
+            );
             self.parts.snapshots.insert(&self.name, Arc::new(snapshot));
         }
     }
@@ -158,13 +168,14 @@ impl RoomActor {
     /// Tells live subscribers what the last commit changed.
     fn publish_update(&self, event: &str, identity: Option<String>) {
         if let Some(room) = self.state.as_ref().and_then(|s| s.current()) {
-            self.parts
-                .feeds
-                .publish(&self.name, event, identity, || RoomView::of_instance(room));
+            self.parts.feeds.publish(&self.name, event, identity, || {
+                RoomView::of_instance(room, &self.presence)
+            });
         }
     }
 
     fn loaded(&mut self, state: RoomState, ctx: &mut Context<Self>) {
+        self.presence = Presence::of(&state);
         self.state = Some(state);
         self.publish();
         self.schedule_retirement(ctx);
@@ -228,7 +239,9 @@ impl RoomActor {
         let state = self.state.as_ref()?;
         let quiet = self.last_change.elapsed();
         let wait = match state.current() {
-            Some(room) if room.is_active() && room.participant_count() > 0 => return None,
+            Some(room) if room.is_active() && room.record().current_participants > 0 => {
+                return None;
+            }
             Some(room) if room.is_active() => self.parts.lifecycle.idle_timeout,
             _ => self.parts.lifecycle.retire_after_finish,
         };
@@ -304,16 +317,24 @@ impl RoomActor {
         let writer = self.parts.writer.clone();
         let changed = !transition.changes.is_empty();
         let outcome = transition.outcome;
-        let changes = transition.changes;
+        // Shared with the writer: once committed, the changed sessions
+        // update the presence index.
+        let changes = Arc::new(transition.changes);
         let fence = self.fence;
-        let commit = async move { writer.commit(record, changes, fence).await };
+        let commit = {
+            let changes = changes.clone();
+            async move { writer.commit(record, changes, fence).await }
+        };
         AtomicResponse::new(Box::pin(commit.into_actor(self).map(
             move |committed, act, ctx| {
                 let mut fenced = false;
                 let keep = match &committed {
                     Ok(Committed::Stored) => {
                         if let Next::Swap(next) = next {
+                            act.presence = Presence::of(&next);
                             act.state = Some(*next);
+                        } else if let Some(state) = &act.state {
+                            act.presence.update(state, &changes.sessions);
                         }
                         if outcome == Outcome::Applied {
                             act.last_change = Instant::now();

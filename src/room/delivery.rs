@@ -160,7 +160,7 @@ impl Supervisor {
             .inner
             .parts
             .writer
-            .commit(record, Default::default(), None)
+            .commit(record, crate::record::Changes::default(), None)
             .await?
         {
             Committed::Stored => Ok(Delivered::Committed(Outcome::Ignored)),

@@ -6,6 +6,7 @@ pub mod actor;
 pub mod delivery;
 pub mod feed;
 pub mod messages;
+pub mod presence;
 pub mod published;
 pub mod reads;
 pub mod registry;

@@ -104,7 +104,7 @@ mod tests {
                 ended_at: None,
                 end_reason: None,
             }),
-            participants: Vec::new(),
+            participants: Default::default(),
             closed_sessions: 0,
             last_event: None,
             recent_events: Vec::new(),

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::feed::{Feeds, Subscription};
+use super::presence::ParticipantList;
 use super::published::Page;
-use super::snapshot::{ParticipantView, RoomSnapshot, RoomView};
+use super::snapshot::{RoomSnapshot, RoomView};
 use super::state::RoomState;
 use super::supervisor::Supervisor;
 use crate::record::RoomRecord;
@@ -17,7 +18,7 @@ use crate::store::{self, StoreError};
 #[derive(Debug, Clone)]
 pub struct RoomDetail {
     pub room: RoomView,
-    pub participants: Vec<ParticipantView>,
+    pub participants: ParticipantList,
 }
 
 impl Supervisor {
@@ -110,7 +111,7 @@ impl Supervisor {
         }
         Ok(self.room_view(name).await?.map(|room| RoomDetail {
             room,
-            participants: Vec::new(),
+            participants: ParticipantList::default(),
         }))
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::presence::{ParticipantList, Presence};
 use super::state::{Instance, RoomState};
 use crate::event::ParticipantKind;
 use crate::record::{RoomRecord, RoomStatus, SessionRecord};
@@ -28,9 +29,9 @@ pub struct RoomView {
 impl RoomView {
     /// The room's count is the record's `current_participants`, which the
     /// state machine keeps equal to the distinct identities present.
-    pub fn of_instance(instance: &Instance) -> Self {
+    pub fn of_instance(instance: &Instance, presence: &Presence) -> Self {
         Self {
-            counts_by_kind: instance.counts_by_kind(),
+            counts_by_kind: presence.counts_by_kind(),
             ..Self::of_record(instance.record())
         }
     }
@@ -100,7 +101,7 @@ impl From<&SessionRecord> for ParticipantView {
 pub struct RoomSnapshot {
     pub room: Option<RoomView>,
     /// Open sessions of the current instance, oldest first.
-    pub participants: Vec<ParticipantView>,
+    pub participants: ParticipantList,
     /// Closed sessions and tombstones the actor still holds.
     pub closed_sessions: usize,
     pub last_event: Option<Arc<LastEvent>>,
@@ -114,25 +115,28 @@ impl RoomSnapshot {
     /// A room as the database had it, before any actor handled an event:
     /// what recovery publishes, and what another node's room reads as.
     pub fn of_restored(state: &RoomState) -> Self {
-        Self::of(state, &VecDeque::new(), Counters::default(), Utc::now())
+        let presence = Presence::of(state);
+        Self::of(
+            state,
+            &presence,
+            &VecDeque::new(),
+            Counters::default(),
+            Utc::now(),
+        )
     }
 
+    /// `presence` is `state`'s index of who is in (the actor keeps it).
     pub fn of(
         state: &RoomState,
+        presence: &Presence,
         recent: &VecDeque<Arc<LastEvent>>,
         counters: Counters,
         actor_started_at: DateTime<Utc>,
     ) -> Self {
         let current = state.current();
-        let mut participants: Vec<ParticipantView> = current
-            .into_iter()
-            .flat_map(|c| c.open_sessions())
-            .map(ParticipantView::from)
-            .collect();
-        participants.sort_by(|a, b| (a.joined_at, &a.identity).cmp(&(b.joined_at, &b.identity)));
         Self {
-            room: current.map(RoomView::of_instance),
-            participants,
+            room: current.map(|c| RoomView::of_instance(c, presence)),
+            participants: presence.list().clone(),
             closed_sessions: current.map_or(0, |c| c.closed_sessions().count()),
             last_event: recent.back().cloned(),
             recent_events: recent.iter().cloned().collect(),

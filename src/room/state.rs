@@ -89,6 +89,10 @@ impl SessionKey {
 pub struct Instance {
     room: RoomRecord,
     sessions: BTreeMap<SessionKey, SessionRecord>,
+    /// Identities with an open session, and how many each has open: the
+    /// count, kept as sessions open and close (counting from `sessions`
+    /// cost O(people) on every event).
+    people: HashMap<String, u32>,
 }
 
 impl Instance {
@@ -106,6 +110,7 @@ impl Instance {
                 changed_at: None,
             },
             sessions: BTreeMap::new(),
+            people: HashMap::new(),
         }
     }
 
@@ -122,10 +127,13 @@ impl Instance {
                 map.insert(key, session);
             }
         }
-        Self {
+        let mut instance = Self {
             room,
             sessions: map,
-        }
+            people: HashMap::new(),
+        };
+        instance.recount();
+        instance
     }
 
     pub fn record(&self) -> &RoomRecord {
@@ -147,10 +155,16 @@ impl Instance {
 
     /// Distinct identities with at least one open session.
     pub fn participant_count(&self) -> usize {
-        self.open_sessions()
-            .map(|s| s.identity.as_str())
-            .collect::<HashSet<_>>()
-            .len()
+        self.people.len()
+    }
+
+    /// `people` from the sessions, after changes too wide to follow one
+    /// by one (a restore, a reconcile).
+    fn recount(&mut self) {
+        self.people.clear();
+        for s in self.sessions.values().filter(|s| s.is_open()) {
+            *self.people.entry(s.identity.clone()).or_default() += 1;
+        }
     }
 
     /// Distinct identities with an open session, per participant kind.
@@ -183,6 +197,14 @@ impl Instance {
     }
 
     fn refresh_count(&mut self) {
+        debug_assert_eq!(
+            self.people.len(),
+            self.open_sessions()
+                .map(|s| s.identity.as_str())
+                .collect::<HashSet<_>>()
+                .len(),
+            "the open-identity count drifted from the sessions"
+        );
         self.room.current_participants =
             i32::try_from(self.participant_count()).unwrap_or(i32::MAX);
     }
@@ -193,6 +215,7 @@ impl Instance {
             session.close(at, LeaveReason::RoomEnded(why).as_string());
             changes.sessions.push(session.clone());
         }
+        self.people.clear();
         self.room.status = RoomStatus::Ended;
         self.room.ended_at = Some(at.max(self.room.started_at));
         self.room.end_reason = Some(why.as_str().to_owned());
@@ -249,6 +272,7 @@ impl Instance {
         let session = self.new_session(p, Some(joined_at), None);
         changes.sessions.push(session.clone());
         self.sessions.insert(key, session);
+        opened(&mut self.people, &p.identity);
         Outcome::Applied
     }
 
@@ -277,6 +301,7 @@ impl Instance {
                 .filter(|s| s.is_open() && s.identity == p.identity && began_by(s))
             {
                 close(s, changes);
+                closed(&mut self.people, &p.identity);
                 closed_any = true;
             }
             // The leave is also remembered under the identity, as a
@@ -298,6 +323,7 @@ impl Instance {
         match self.sessions.get_mut(&key) {
             Some(s) if s.is_open() => {
                 close(s, changes);
+                closed(&mut self.people, &s.identity);
                 return Outcome::Applied;
             }
             Some(_) if matches!(key, SessionKey::Sid(_)) => return Outcome::Ignored,
@@ -310,6 +336,26 @@ impl Instance {
         changes.sessions.push(tombstone.clone());
         self.sessions.insert(key, tombstone);
         Outcome::Applied
+    }
+}
+
+/// An identity's session opened.
+fn opened(people: &mut HashMap<String, u32>, identity: &str) {
+    match people.get_mut(identity) {
+        Some(n) => *n += 1,
+        None => {
+            people.insert(identity.to_owned(), 1);
+        }
+    }
+}
+
+/// An identity's session closed.
+fn closed(people: &mut HashMap<String, u32>, identity: &str) {
+    if let Some(n) = people.get_mut(identity) {
+        *n -= 1;
+        if *n == 0 {
+            people.remove(identity);
+        }
     }
 }
 

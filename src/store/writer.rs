@@ -8,6 +8,9 @@
 //! SQLite has a single writer anyway, so it gets one writer task; on
 //! PostgreSQL a few tasks overlap their batches' round trips (`start`).
 //!
+//! On PostgreSQL a batch is one statement, one round trip (`pg`); SQLite, in
+//! process, takes the same rows as one transaction of a few statements.
+//!
 //! The event log decides duplicates: its insert is `ON CONFLICT (event_id) DO
 //! NOTHING`, and an event whose row already exists (a LiveKit retry, also one
 //! from before a restart) commits none of its changes.
@@ -32,13 +35,15 @@ use crate::metrics::Metrics;
 use crate::record::{Changes, Committed, EventRecord, RoomRecord, SessionRecord};
 use crate::shard::Fence;
 
+mod pg;
+
 /// Rows per multi-row upsert: well inside SQLite's and PostgreSQL's limits on
 /// bound parameters (13 columns x 1000).
 const UPSERT_CHUNK: usize = 1000;
 
 struct Job {
     event: EventRecord,
-    changes: Changes,
+    changes: Arc<Changes>,
     /// On a cluster: the shard and epoch the room was loaded under.
     fence: Option<Fence>,
     reply: oneshot::Sender<Result<Committed, StoreError>>,
@@ -93,14 +98,14 @@ impl Writer {
     pub async fn commit(
         &self,
         event: EventRecord,
-        changes: Changes,
+        changes: impl Into<Arc<Changes>>,
         fence: Option<Fence>,
     ) -> Result<Committed, StoreError> {
         let (reply, done) = oneshot::channel();
         self.jobs
             .send(Job {
                 event,
-                changes,
+                changes: changes.into(),
                 fence,
                 reply,
             })
@@ -197,6 +202,9 @@ async fn write(
     jobs: &[Job],
     fence_owner: Option<&str>,
 ) -> Result<Vec<Result<Committed, StoreError>>, DbErr> {
+    if db.get_database_backend() == DbBackend::Postgres && pg::fits(jobs) {
+        return write_one_statement(db, jobs, fence_owner).await;
+    }
     let now = Utc::now();
     let txn = db.begin().await?;
     let held = match fence_owner {
@@ -234,6 +242,35 @@ async fn write(
     upsert_sessions(&txn, sessions.into_values(), now).await?;
     txn.commit().await?;
     Ok(results)
+}
+
+async fn write_one_statement(
+    db: &DatabaseConnection,
+    jobs: &[Job],
+    fence_owner: Option<&str>,
+) -> Result<Vec<Result<Committed, StoreError>>, DbErr> {
+    let row_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
+    let pool = db.get_postgres_connection_pool();
+    let done = pg::write(pool, jobs, &row_ids, fence_owner)
+        .await
+        .map_err(|err| match err {
+            sea_orm::sqlx::Error::PoolTimedOut => {
+                DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+            }
+            err => DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err.into())),
+        })?;
+    Ok(jobs
+        .iter()
+        .zip(&row_ids)
+        .map(|(job, row_id)| match job.fence {
+            Some(fence) if !done.held.contains(&fence) => Err(StoreError::Fenced {
+                shard: fence.shard,
+                epoch: fence.epoch,
+            }),
+            _ if done.stored.contains(row_id) => Ok(Committed::Stored),
+            _ => Ok(Committed::Duplicate),
+        })
+        .collect())
 }
 
 /// The fence: which of `fences` this node still holds, each row locked `FOR

@@ -171,6 +171,7 @@ impl RoomState {
             }
         }
         let count_before = instance.room.current_participants;
+        instance.recount();
         instance.refresh_count();
         let room_in_changes = changes.rooms.iter().any(|r| r.id == instance.room.id);
         if count_before != instance.room.current_participants
