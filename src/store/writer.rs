@@ -259,7 +259,7 @@ async fn write_one_statement(
             }
             err => DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err.into())),
         })?;
-    Ok(jobs
+    let results: Vec<_> = jobs
         .iter()
         .zip(&row_ids)
         .map(|(job, row_id)| match job.fence {
@@ -270,7 +270,16 @@ async fn write_one_statement(
             _ if done.stored.contains(row_id) => Ok(Committed::Stored),
             _ => Ok(Committed::Duplicate),
         })
-        .collect())
+        .collect();
+    // A second round trip only for a batch with redeliveries, which are
+    // rare; a crash between the two loses an audit count, not a change.
+    let duplicates = jobs
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Ok(Committed::Duplicate)))
+        .filter_map(|(job, _)| job.event.event_id.as_deref());
+    count_redeliveries(db, duplicates.collect()).await?;
+    Ok(results)
 }
 
 /// The fence: which of `fences` this node still holds, each row locked `FOR

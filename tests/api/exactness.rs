@@ -6,6 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::fake_livekit::{FakeLiveKit, active};
+use common::process::Roomd;
 use common::{TestApp, TestDb, until, webhook};
 use reqwest::StatusCode;
 use roomd::store::entity::{participants, webhook_events};
@@ -484,6 +485,50 @@ async fn every_copy_of_a_redelivery_is_counted(app: &TestApp) {
 #[actix_web::test]
 async fn every_copy_of_a_redelivery_is_counted_on_every_backend() {
     common::on_every_backend(every_copy_of_a_redelivery_is_counted).await;
+}
+
+// From the adversary: one event id sent to forty rooms at once commits in
+// batches on several connections at the same moment; on PostgreSQL a
+// redelivery counted inside the inserting statement could not see a copy
+// another connection had just committed (38 of 40 were counted). A real
+// process, so that two HTTP workers spread the copies over batches.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_of_one_id_across_rooms_at_once_are_all_counted() {
+    common::on_every_database(async |db| {
+        let client = reqwest::Client::new();
+        let roomd = Roomd::start(&db.url).ready(&client).await;
+        let conn = sea_orm::Database::connect(&db.url).await.unwrap();
+        for round in 0..5 {
+            let id = format!("EV_one_id_{round}");
+            let sends = (0..40).map(|i| {
+                let body = webhook::event("participant_joined")
+                    .room(
+                        &format!("copies-{round}-{i}"),
+                        &format!("RM_copies{round}x{i}"),
+                    )
+                    .participant(&format!("PA_c{round}x{i}"), "alice")
+                    .id(&id)
+                    .body();
+                let roomd = &roomd;
+                async move { roomd.send(&body).await }
+            });
+            let statuses = futures::future::join_all(sends).await;
+            assert!(
+                statuses.iter().all(|s| *s == StatusCode::OK),
+                "{statuses:?}"
+            );
+            let row = webhook_events::Entity::find()
+                .filter(webhook_events::Column::EventId.eq(id.as_str()))
+                .one(&conn)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(row.deliveries, 40, "[{}] round {round}", db.backend);
+        }
+        conn.close().await.ok();
+        roomd.kill_9();
+    })
+    .await;
 }
 
 // Bounded state: closed sessions past the horizon are not loaded again.

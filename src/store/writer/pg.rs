@@ -13,7 +13,10 @@
 //! twice are not visible to each other: `fits` sends a batch that has two
 //! events with one `event_id`, or two changes of one row, down the
 //! transactional path instead. The actors never produce one (a room hands
-//! over its next event after the last committed).
+//! over its next event after the last committed). For the same reason a
+//! redelivery is counted by a statement of its own, after this one: a copy
+//! that another connection committed while this statement ran is invisible
+//! to it (found by the adversary: 38 of 40 copies counted).
 
 use std::collections::HashSet;
 
@@ -75,11 +78,6 @@ ins AS (
   FROM admitted
   ON CONFLICT (event_id) DO NOTHING
   RETURNING id
-),
-redelivered AS (
-  UPDATE webhook_events w SET deliveries = w.deliveries + 1
-  FROM admitted a
-  WHERE a.event_id IS NOT NULL AND w.event_id = a.event_id AND a.id NOT IN (SELECT id FROM ins)
 ),
 room_rows AS (
   INSERT INTO rooms (id, livekit_name, livekit_sid, status, current_participants, started_at,
