@@ -137,7 +137,8 @@ impl RoomSnapshot {
         Self {
             room: current.map(|c| RoomView::of_instance(c, presence)),
             participants: presence.list().clone(),
-            closed_sessions: current.map_or(0, |c| c.closed_sessions().count()),
+            // The list holds exactly the open ones: no walk over every session.
+            closed_sessions: current.map_or(0, |c| c.session_count() - presence.list().len()),
             last_event: recent.back().cloned(),
             recent_events: recent.iter().cloned().collect(),
             counters,

@@ -148,6 +148,11 @@ impl Instance {
         self.sessions.values().filter(|s| s.is_open())
     }
 
+    /// Sessions held, open and closed (tombstones too).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Sessions that are closed, including tombstones.
     pub fn closed_sessions(&self) -> impl Iterator<Item = &SessionRecord> {
         self.sessions.values().filter(|s| !s.is_open())

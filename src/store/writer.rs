@@ -129,11 +129,12 @@ struct Task {
 impl Task {
     async fn run(self, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
         let mut batch = Vec::with_capacity(self.max_batch);
+        let mut held = None;
         // The lock is held only while waiting for work, so the next idle task
         // takes the next batch while this one commits.
         while rx.lock().await.recv_many(&mut batch, self.max_batch).await > 0 {
             let started = std::time::Instant::now();
-            match self.write(&batch).await {
+            match self.write(&batch, &mut held).await {
                 Ok(results) => {
                     self.metrics.commit_batch_size.observe(batch.len() as f64);
                     tracing::debug!(
@@ -162,7 +163,7 @@ impl Task {
                     // each alone, so only the culprit gets the error.
                     tracing::warn!(events = batch.len(), error = %err, "batch commit failed; retrying events one by one");
                     for job in batch.drain(..) {
-                        let result = self.write(std::slice::from_ref(&job)).await;
+                        let result = self.write(std::slice::from_ref(&job), &mut held).await;
                         let _ = job.reply.send(result.and_then(|mut r| r.remove(0)));
                     }
                 }
@@ -181,8 +182,15 @@ impl Task {
     /// after the error). Dropping the future drops the connection's
     /// transaction; sqlx tests a connection before reusing it and closes one
     /// that does not answer.
-    async fn write(&self, jobs: &[Job]) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+    async fn write(
+        &self,
+        jobs: &[Job],
+        held: &mut Option<Held>,
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
         let owner = self.fence_owner.as_deref();
+        if self.db.get_database_backend() == DbBackend::Postgres && pg::fits(jobs) {
+            return self.write_one_statement(jobs, held).await;
+        }
         match tokio::time::timeout(self.deadline, write(&self.db, jobs, owner)).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(StoreError::TimedOut(self.deadline)),
@@ -202,9 +210,6 @@ async fn write(
     jobs: &[Job],
     fence_owner: Option<&str>,
 ) -> Result<Vec<Result<Committed, StoreError>>, DbErr> {
-    if db.get_database_backend() == DbBackend::Postgres && pg::fits(jobs) {
-        return write_one_statement(db, jobs, fence_owner).await;
-    }
     let now = Utc::now();
     let txn = db.begin().await?;
     let held = match fence_owner {
@@ -244,42 +249,99 @@ async fn write(
     Ok(results)
 }
 
-async fn write_one_statement(
-    db: &DatabaseConnection,
-    jobs: &[Job],
-    fence_owner: Option<&str>,
-) -> Result<Vec<Result<Committed, StoreError>>, DbErr> {
-    let row_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
-    let pool = db.get_postgres_connection_pool();
-    let done = pg::write(pool, jobs, &row_ids, fence_owner)
-        .await
-        .map_err(|err| match err {
-            sea_orm::sqlx::Error::PoolTimedOut => {
-                DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+impl Task {
+    /// A batch as one statement on PostgreSQL (`pg`), on a connection this
+    /// task keeps between batches: taking one from the pool and giving it
+    /// back costs a ping each time (sqlx tests a connection it gets back),
+    /// a round trip per commit. One that failed or timed out is dropped, not
+    /// given back; one kept idle longer than `HOLD_IDLE` goes back to the
+    /// pool, which tests it before it is used again.
+    async fn write_one_statement(
+        &self,
+        jobs: &[Job],
+        held: &mut Option<Held>,
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        let owner = self.fence_owner.as_deref();
+        let row_ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::new_v4()).collect();
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let timed_out = |_| StoreError::TimedOut(self.deadline);
+        let mut conn = match held.take().filter(|h| h.since.elapsed() < HOLD_IDLE) {
+            Some(h) => h.conn,
+            None => {
+                let pool = self.db.get_postgres_connection_pool();
+                tokio::time::timeout_at(deadline, pool.acquire())
+                    .await
+                    .map_err(timed_out)?
+                    .map_err(sqlx_error)?
             }
-            err => DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err.into())),
-        })?;
-    let results: Vec<_> = jobs
-        .iter()
-        .zip(&row_ids)
-        .map(|(job, row_id)| match job.fence {
-            Some(fence) if !done.held.contains(&fence) => Err(StoreError::Fenced {
-                shard: fence.shard,
-                epoch: fence.epoch,
-            }),
-            _ if done.stored.contains(row_id) => Ok(Committed::Stored),
-            _ => Ok(Committed::Duplicate),
-        })
-        .collect();
-    // A second round trip only for a batch with redeliveries, which are
-    // rare; a crash between the two loses an audit count, not a change.
-    let duplicates = jobs
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| matches!(r, Ok(Committed::Duplicate)))
-        .filter_map(|(job, _)| job.event.event_id.as_deref());
-    count_redeliveries(db, duplicates.collect()).await?;
-    Ok(results)
+        };
+        let done =
+            match tokio::time::timeout_at(deadline, pg::write(&mut conn, jobs, &row_ids, owner))
+                .await
+            {
+                Ok(Ok(done)) => {
+                    *held = Some(Held {
+                        conn,
+                        since: std::time::Instant::now(),
+                    });
+                    done
+                }
+                // Dropped at once, socket and all: a connection that stopped
+                // answering would hold the pool's ping on return for ever.
+                Ok(Err(err)) => {
+                    drop(conn.detach());
+                    return Err(sqlx_error(err));
+                }
+                Err(elapsed) => {
+                    drop(conn.detach());
+                    return Err(timed_out(elapsed));
+                }
+            };
+        let results: Vec<_> = jobs
+            .iter()
+            .zip(&row_ids)
+            .map(|(job, row_id)| match job.fence {
+                Some(fence) if !done.held.contains(&fence) => Err(StoreError::Fenced {
+                    shard: fence.shard,
+                    epoch: fence.epoch,
+                }),
+                _ if done.stored.contains(row_id) => Ok(Committed::Stored),
+                _ => Ok(Committed::Duplicate),
+            })
+            .collect();
+        // A second round trip only for a batch with redeliveries, which are
+        // rare; a crash between the two loses an audit count, not a change.
+        let duplicates: Vec<&str> = jobs
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| matches!(r, Ok(Committed::Duplicate)))
+            .filter_map(|(job, _)| job.event.event_id.as_deref())
+            .collect();
+        if !duplicates.is_empty() {
+            tokio::time::timeout_at(deadline, count_redeliveries(&self.db, duplicates))
+                .await
+                .map_err(timed_out)??;
+        }
+        Ok(results)
+    }
+}
+
+/// A connection a writer task keeps between batches.
+struct Held {
+    conn: sea_orm::sqlx::pool::PoolConnection<sea_orm::sqlx::Postgres>,
+    since: std::time::Instant,
+}
+
+/// How long a writer task keeps a connection it is not using.
+const HOLD_IDLE: Duration = Duration::from_secs(5);
+
+fn sqlx_error(err: sea_orm::sqlx::Error) -> StoreError {
+    StoreError::Db(match err {
+        sea_orm::sqlx::Error::PoolTimedOut => {
+            DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+        }
+        err => DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err.into())),
+    })
 }
 
 /// The fence: which of `fences` this node still holds, each row locked `FOR

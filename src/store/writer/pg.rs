@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use sea_orm::sqlx::{self, PgPool, Row};
+use sea_orm::sqlx::{self, PgConnection, Row};
 use uuid::Uuid;
 
 use super::Job;
@@ -114,7 +114,7 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM ins) AS stored,
 
 /// Writes `jobs` (whose audit rows get `row_ids`) in one statement.
 pub(super) async fn write(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     jobs: &[Job],
     row_ids: &[Uuid],
     fence_owner: Option<&str>,
@@ -211,7 +211,7 @@ pub(super) async fn write(
         .bind(sessions.joined_at)
         .bind(sessions.left_at)
         .bind(sessions.leave_reason)
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await?;
     let stored: Vec<Uuid> = row.try_get("stored")?;
     let held_shards: Vec<i32> = row.try_get("held_shards")?;
