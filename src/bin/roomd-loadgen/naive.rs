@@ -121,21 +121,13 @@ impl NaiveRoom {
             "participant_joined" => {
                 let id = Uuid::new_v4();
                 self.sessions.insert(sid.to_owned(), id);
-                participants::Entity::insert(participants::ActiveModel {
-                    id: Set(id),
-                    room_id: Set(room_id),
-                    identity: Set(identity.to_owned()),
-                    user_id: Set(None),
-                    sid: Set(Some(sid.to_owned())),
-                    kind: Set("standard".into()),
-                    name: Set(None),
-                    status: Set("joined".into()),
-                    joined_at: Set(Some(now)),
-                    left_at: Set(None),
-                    leave_reason: Set(None),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                })
+                participants::Entity::insert(crate::seed::open_participant(
+                    id,
+                    room_id,
+                    identity.to_owned(),
+                    sid.to_owned(),
+                    now,
+                ))
                 .exec_without_returning(&txn)
                 .await?;
                 1

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use roomd::store::entity::{participants, rooms};
 use sea_orm::{ActiveValue::Set, ConnectOptions, Database, EntityTrait, TransactionTrait};
 use uuid::Uuid;
@@ -38,21 +38,13 @@ pub async fn run(url: &str, run: &str, room_count: usize, people: usize) -> anyh
             changed_at: Set(Some(now)),
         });
         for p in 0..people {
-            people_rows.push(participants::ActiveModel {
-                id: Set(Uuid::new_v4()),
-                room_id: Set(room_id),
-                identity: Set(format!("user-{p}")),
-                user_id: Set(None),
-                sid: Set(Some(format!("PA_seed{run}{r}x{p}"))),
-                kind: Set("standard".into()),
-                name: Set(None),
-                status: Set("joined".into()),
-                joined_at: Set(Some(now)),
-                left_at: Set(None),
-                leave_reason: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-            });
+            people_rows.push(open_participant(
+                Uuid::new_v4(),
+                room_id,
+                format!("user-{p}"),
+                format!("PA_seed{run}{r}x{p}"),
+                now,
+            ));
             if people_rows.len() == CHUNK {
                 // Rooms first: participants reference them.
                 flush_rooms(&txn, &mut room_rows).await?;
@@ -78,6 +70,31 @@ pub async fn run(url: &str, run: &str, room_count: usize, people: usize) -> anyh
     );
     db.close().await?;
     Ok(())
+}
+
+/// A standard participant's open session row, as roomd writes one.
+pub fn open_participant(
+    id: Uuid,
+    room_id: Uuid,
+    identity: String,
+    sid: String,
+    now: DateTime<Utc>,
+) -> participants::ActiveModel {
+    participants::ActiveModel {
+        id: Set(id),
+        room_id: Set(room_id),
+        identity: Set(identity),
+        user_id: Set(None),
+        sid: Set(Some(sid)),
+        kind: Set("standard".into()),
+        name: Set(None),
+        status: Set("joined".into()),
+        joined_at: Set(Some(now)),
+        left_at: Set(None),
+        leave_reason: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
 }
 
 async fn flush_rooms(
