@@ -275,54 +275,56 @@ impl Task {
                     .map_err(sqlx_error)?
             }
         };
-        let done =
-            match tokio::time::timeout_at(deadline, pg::write(&mut conn, jobs, &row_ids, owner))
-                .await
-            {
-                Ok(Ok(done)) => {
-                    *held = Some(Held {
-                        conn,
-                        since: std::time::Instant::now(),
-                    });
-                    done
-                }
-                // Dropped at once, socket and all: a connection that stopped
-                // answering would hold the pool's ping on return for ever.
-                Ok(Err(err)) => {
-                    drop(conn.detach());
-                    return Err(sqlx_error(err));
-                }
-                Err(elapsed) => {
-                    drop(conn.detach());
-                    return Err(timed_out(elapsed));
-                }
-            };
-        let results: Vec<_> = jobs
-            .iter()
-            .zip(&row_ids)
-            .map(|(job, row_id)| match job.fence {
-                Some(fence) if !done.held.contains(&fence) => Err(StoreError::Fenced {
-                    shard: fence.shard,
-                    epoch: fence.epoch,
-                }),
-                _ if done.stored.contains(row_id) => Ok(Committed::Stored),
-                _ => Ok(Committed::Duplicate),
-            })
-            .collect();
-        // A second round trip only for a batch with redeliveries, which are
-        // rare; a crash between the two loses an audit count, not a change.
-        let duplicates: Vec<&str> = jobs
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| matches!(r, Ok(Committed::Duplicate)))
-            .filter_map(|(job, _)| job.event.event_id.as_deref())
-            .collect();
-        if !duplicates.is_empty() {
-            tokio::time::timeout_at(deadline, count_redeliveries(&self.db, duplicates))
-                .await
-                .map_err(timed_out)??;
+        // Both statements on the kept connection, under one deadline: a
+        // pool connection abandoned mid-statement goes back to sqlx's ping,
+        // which can hang for good and take the pool's slot with it (the
+        // adversary's row lock on a redelivered event used the pool up).
+        let work = async {
+            let done = pg::write(&mut conn, jobs, &row_ids, owner).await?;
+            let results: Vec<_> = jobs
+                .iter()
+                .zip(&row_ids)
+                .map(|(job, row_id)| match job.fence {
+                    Some(fence) if !done.held.contains(&fence) => Err(StoreError::Fenced {
+                        shard: fence.shard,
+                        epoch: fence.epoch,
+                    }),
+                    _ if done.stored.contains(row_id) => Ok(Committed::Stored),
+                    _ => Ok(Committed::Duplicate),
+                })
+                .collect();
+            // A second round trip only for a batch with redeliveries, which
+            // are rare; a crash between the two loses an audit count, not a
+            // change.
+            let duplicates: Vec<&str> = jobs
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| matches!(r, Ok(Committed::Duplicate)))
+                .filter_map(|(job, _)| job.event.event_id.as_deref())
+                .collect();
+            if !duplicates.is_empty() {
+                pg::count_redeliveries(&mut conn, &duplicates).await?;
+            }
+            Ok::<_, sea_orm::sqlx::Error>(results)
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(results)) => {
+                *held = Some(Held {
+                    conn,
+                    since: std::time::Instant::now(),
+                });
+                Ok(results)
+            }
+            // Dropped at once, socket and all, never given back to the pool.
+            Ok(Err(err)) => {
+                drop(conn.detach());
+                Err(sqlx_error(err))
+            }
+            Err(elapsed) => {
+                drop(conn.detach());
+                Err(timed_out(elapsed))
+            }
         }
-        Ok(results)
     }
 }
 

@@ -233,3 +233,52 @@ fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+// From the adversary: a redelivery whose count waits on a row lock past the
+// writer's deadline. Its connection, abandoned mid-statement, went back to
+// the pool's ping, which never finished: every such fault took one of the
+// writer pool's connections for good, and once they were gone every
+// redelivery got 503 while /readyz said 200. More faults here than the pool
+// has connections; after them a redelivery must be counted and answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn redeliveries_held_up_by_a_row_lock_do_not_use_up_the_pool() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+    let settings = [
+        ("ROOMD__WRITER__TRANSACTION_TIMEOUT_MS", "1000"),
+        ("ROOMD__DATABASE__MAX_CONNECTIONS", "4"),
+    ];
+    let roomd = Roomd::start_with(&db.url, "127.0.0.1:0", &settings)
+        .ready(&client)
+        .await;
+    let body = common::webhook::event("participant_joined")
+        .room("locked", "RM_locked")
+        .participant("PA_lee", "lee")
+        .id("EV_locked")
+        .body();
+    assert_eq!(roomd.send(&body).await, reqwest::StatusCode::OK);
+    let conn = sea_orm::Database::connect(&db.url).await.unwrap();
+    for _ in 0..8 {
+        let lock = conn.begin().await.unwrap();
+        lock.execute_unprepared(
+            "SELECT 1 FROM webhook_events WHERE event_id = 'EV_locked' FOR UPDATE",
+        )
+        .await
+        .unwrap();
+        // Held past the deadline: answered 503 (or 200 if it got in first).
+        roomd.send(&body).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        lock.commit().await.unwrap();
+    }
+    common::until(
+        "a redelivery after the faults is answered 200",
+        async || roomd.send(&body).await == reqwest::StatusCode::OK,
+    )
+    .await;
+    conn.close().await.ok();
+    roomd.kill_9();
+    db.drop_database().await;
+}

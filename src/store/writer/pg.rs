@@ -229,6 +229,21 @@ pub(super) async fn write(
     })
 }
 
+/// Counts one more delivery of each of `event_ids` (a batch that fits holds
+/// each id once).
+pub(super) async fn count_redeliveries(
+    conn: &mut PgConnection,
+    event_ids: &[&str],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE webhook_events SET deliveries = deliveries + 1 WHERE event_id = ANY($1::text[])",
+    )
+    .bind(event_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The batch's audit rows, column by column.
 struct Events<'a> {
     id: Vec<Uuid>,
