@@ -101,19 +101,13 @@ impl NaiveRoom {
         .await?;
         let delta = match kind {
             "room_started" => {
-                rooms::Entity::insert(rooms::ActiveModel {
-                    id: Set(room_id),
-                    livekit_name: Set(name.to_owned()),
-                    livekit_sid: Set(None),
-                    status: Set("active".into()),
-                    current_participants: Set(0),
-                    started_at: Set(now),
-                    ended_at: Set(None),
-                    end_reason: Set(None),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    changed_at: Set(Some(now)),
-                })
+                rooms::Entity::insert(crate::seed::active_room(
+                    room_id,
+                    name.to_owned(),
+                    None,
+                    0,
+                    now,
+                ))
                 .exec_without_returning(&txn)
                 .await?;
                 0

@@ -24,19 +24,13 @@ pub async fn run(url: &str, run: &str, room_count: usize, people: usize) -> anyh
     let mut people_rows = Vec::with_capacity(CHUNK);
     for r in 0..room_count {
         let room_id = Uuid::new_v4();
-        room_rows.push(rooms::ActiveModel {
-            id: Set(room_id),
-            livekit_name: Set(format!("seed-{run}-{r}")),
-            livekit_sid: Set(Some(format!("RM_seed{run}{r}"))),
-            status: Set("active".into()),
-            current_participants: Set(people as i32),
-            started_at: Set(now),
-            ended_at: Set(None),
-            end_reason: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-            changed_at: Set(Some(now)),
-        });
+        room_rows.push(active_room(
+            room_id,
+            format!("seed-{run}-{r}"),
+            Some(format!("RM_seed{run}{r}")),
+            people as i32,
+            now,
+        ));
         for p in 0..people {
             people_rows.push(open_participant(
                 Uuid::new_v4(),
@@ -70,6 +64,29 @@ pub async fn run(url: &str, run: &str, room_count: usize, people: usize) -> anyh
     );
     db.close().await?;
     Ok(())
+}
+
+/// A live room's row, as roomd writes one.
+pub fn active_room(
+    id: Uuid,
+    name: String,
+    sid: Option<String>,
+    participants: i32,
+    now: DateTime<Utc>,
+) -> rooms::ActiveModel {
+    rooms::ActiveModel {
+        id: Set(id),
+        livekit_name: Set(name),
+        livekit_sid: Set(sid),
+        status: Set("active".into()),
+        current_participants: Set(participants),
+        started_at: Set(now),
+        ended_at: Set(None),
+        end_reason: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        changed_at: Set(Some(now)),
+    }
 }
 
 /// A standard participant's open session row, as roomd writes one.
