@@ -4,6 +4,8 @@
 //! [`Delivery`]; nothing past that edge sees protobuf types or strings for
 //! states and kinds.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -19,7 +21,7 @@ pub enum ParticipantKind {
     Agent,
     Connector,
     Bridge,
-    Other(String),
+    Other(Arc<str>),
 }
 
 impl ParticipantKind {
@@ -33,7 +35,7 @@ impl ParticipantKind {
             "AGENT" => Self::Agent,
             "CONNECTOR" => Self::Connector,
             "BRIDGE" => Self::Bridge,
-            _ => Self::Other(name.to_ascii_lowercase()),
+            _ => Self::Other(name.to_ascii_lowercase().into()),
         }
     }
 
@@ -47,7 +49,7 @@ impl ParticipantKind {
             4 => Self::Agent,
             7 => Self::Connector,
             8 => Self::Bridge,
-            other => Self::Other(format!("kind_{other}")),
+            other => Self::Other(format!("kind_{other}").into()),
         }
     }
 
@@ -81,15 +83,17 @@ pub struct RoomRef {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-/// A participant as an event describes it.
+/// A participant as an event describes it. The strings are shared, not
+/// copied, by every session row and index that holds them (a room keeps
+/// one copy of each identity and sid however many structures refer to it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParticipantRef {
     /// One session's id (`PA_...`); a reconnect gets a new one.
-    pub sid: Option<String>,
+    pub sid: Option<Arc<str>>,
     /// The person; the seed's users put their UUID here.
-    pub identity: String,
+    pub identity: Arc<str>,
     pub kind: ParticipantKind,
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     pub joined_at: Option<DateTime<Utc>>,
 }
 
@@ -130,9 +134,9 @@ pub enum LeaveReason {
 }
 
 impl LeaveReason {
-    pub fn as_string(&self) -> String {
+    pub fn as_string(&self) -> Arc<str> {
         match self {
-            Self::Left(Some(reason)) => reason.to_ascii_lowercase(),
+            Self::Left(Some(reason)) => reason.to_ascii_lowercase().into(),
             Self::Left(None) => "participant_left".into(),
             Self::ConnectionAborted => "connection_aborted".into(),
             Self::RoomEnded(why) => why.as_str().into(),

@@ -85,10 +85,8 @@ fn check(state: &RoomState) {
     let Some(instance) = state.current() else {
         return;
     };
-    let open: std::collections::HashSet<&str> = instance
-        .open_sessions()
-        .map(|s| s.identity.as_str())
-        .collect();
+    let open: std::collections::HashSet<&str> =
+        instance.open_sessions().map(|s| &*s.identity).collect();
     assert_eq!(instance.participant_count(), open.len());
     assert_eq!(
         instance.record().current_participants as usize,

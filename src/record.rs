@@ -1,6 +1,8 @@
 //! The persisted shape of a room: what the state machine hands to the store
 //! and what the store hands back after a restart. Plain data, no I/O.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -47,18 +49,20 @@ pub struct RoomRecord {
 }
 
 /// One row of `participants`: one session (or a tombstone for a leave that
-/// came before its join).
+/// came before its join). A live room holds one per session it has seen, so
+/// its strings are shared (`Arc<str>`): the event's, the room's indexes' and
+/// the rows handed to the writer are one copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub id: Uuid,
     pub room_id: Uuid,
-    pub identity: String,
-    pub sid: Option<String>,
+    pub identity: Arc<str>,
+    pub sid: Option<Arc<str>>,
     pub kind: ParticipantKind,
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     pub joined_at: Option<DateTime<Utc>>,
     pub left_at: Option<DateTime<Utc>>,
-    pub leave_reason: Option<String>,
+    pub leave_reason: Option<Arc<str>>,
 }
 
 impl SessionRecord {
@@ -69,7 +73,7 @@ impl SessionRecord {
     /// Closes the session at `at`, never before it began: LiveKit's times
     /// have whole seconds in places (`createdAt`) and milliseconds in others
     /// (`joinedAtMs`), so a leave can carry a time just before its join.
-    pub fn close(&mut self, at: DateTime<Utc>, reason: String) {
+    pub fn close(&mut self, at: DateTime<Utc>, reason: Arc<str>) {
         self.left_at = Some(self.joined_at.map_or(at, |joined| joined.max(at)));
         self.leave_reason = Some(reason);
     }
@@ -84,7 +88,8 @@ impl SessionRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     pub rooms: Vec<RoomRecord>,
-    pub sessions: Vec<SessionRecord>,
+    /// Shared with the room's state: handing a row to the writer copies no strings.
+    pub sessions: Vec<Arc<SessionRecord>>,
 }
 
 impl Changes {
@@ -132,8 +137,8 @@ impl EventRecord {
             room_name: delivery.room().map(|r| r.name.clone()),
             room_sid: delivery.room().and_then(|r| r.sid.clone()),
             room_id,
-            participant_identity: participant.map(|p| p.identity.clone()),
-            participant_sid: participant.and_then(|p| p.sid.clone()),
+            participant_identity: participant.map(|p| p.identity.to_string()),
+            participant_sid: participant.and_then(|p| p.sid.as_deref().map(str::to_owned)),
             created_at: delivery.created_at,
             received_at: delivery.received_at,
             outcome,

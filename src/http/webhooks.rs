@@ -138,7 +138,7 @@ async fn accept(
         event_id = delivery.id.as_deref().unwrap_or(""),
         room = delivery.room().map_or("", |r| r.name.as_str()),
         room_sid = delivery.room().and_then(|r| r.sid.as_deref()).unwrap_or(""),
-        identity = delivery.participant().map_or("", |p| p.identity.as_str()),
+        identity = delivery.participant().map_or("", |p| &*p.identity),
     );
     if let (Some(cluster), Some(room)) = (&state.cluster, delivery.room())
         && let Some(answer) = send_on(cluster, req, &room.name, token, &body)

@@ -258,7 +258,7 @@ fn storable(f: &Fields) -> Result<(), ParseError> {
             ),
         ]);
         if let Some(ParticipantKind::Other(kind)) = &p.kind {
-            fields.push(("participant.kind", kind.as_str()));
+            fields.push(("participant.kind", kind));
         }
     }
     match fields.into_iter().find(|(_, value)| value.contains('\0')) {
@@ -280,10 +280,10 @@ fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, Pars
     let (participant, disconnect_reason) = match f.participant {
         Some(p) if !p.identity.is_empty() => (
             Some(ParticipantRef {
-                sid: non_empty(p.sid),
-                identity: p.identity,
+                sid: non_empty(p.sid).map(Into::into),
+                identity: p.identity.into(),
                 kind: p.kind.unwrap_or(ParticipantKind::Standard),
-                name: non_empty(p.name),
+                name: non_empty(p.name).map(Into::into),
                 joined_at: p.joined_at,
             }),
             p.disconnect_reason,
@@ -358,7 +358,7 @@ mod tests {
         else {
             panic!("{:?}", delivery.action);
         };
-        assert_eq!(p.identity, "alice");
+        assert_eq!(&*p.identity, "alice");
         assert_eq!(p.kind, ParticipantKind::Agent);
         assert_eq!(
             p.joined_at,

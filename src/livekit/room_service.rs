@@ -61,11 +61,11 @@ impl RoomService {
                 .into_iter()
                 .filter(|p| p.state == active && !p.identity.is_empty())
                 .map(|p| ParticipantRef {
-                    sid: (!p.sid.is_empty()).then_some(p.sid),
+                    sid: (!p.sid.is_empty()).then(|| p.sid.into()),
                     kind: participant_kind(p.kind),
-                    name: (!p.name.is_empty()).then_some(p.name),
+                    name: (!p.name.is_empty()).then(|| p.name.into()),
                     joined_at: millis_or_seconds(p.joined_at_ms, p.joined_at),
-                    identity: p.identity,
+                    identity: p.identity.into(),
                 })
                 .collect(),
         })

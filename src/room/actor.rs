@@ -23,7 +23,6 @@ use tokio::sync::oneshot;
 
 use super::feed::Feeds;
 use super::messages::RoomError;
-use super::presence::Presence;
 use super::published::Published;
 use super::registry;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
@@ -95,10 +94,10 @@ pub struct RoomActor {
     fence: Option<Fence>,
     /// `None` until the committed state is loaded.
     state: Option<RoomState>,
-    /// Who is in `state`'s current instance, for the snapshots.
-    presence: Presence,
-    preloaded: Option<RoomState>,
-    parts: ActorParts,
+    /// Boxed: an actor lives inline in its task, and most never have one.
+    preloaded: Option<Box<RoomState>>,
+    /// Shared by every actor (one pointer each, not a copy per room).
+    parts: Arc<ActorParts>,
     /// The last events handled, newest last (at most `RECENT`).
     recent: VecDeque<Arc<LastEvent>>,
     /// When this actor last committed a change (webhook or reconcile).
@@ -117,25 +116,14 @@ impl RoomActor {
         name: String,
         preloaded: Option<RoomState>,
         fence: Option<Fence>,
-        parts: &ActorParts,
+        parts: &Arc<ActorParts>,
     ) -> Self {
         Self {
             name,
             fence,
             state: None,
-            presence: Presence::default(),
-            preloaded,
-            parts: ActorParts {
-                db: parts.db.clone(),
-                writer: parts.writer.clone(),
-                registry: parts.registry.clone(),
-                snapshots: parts.snapshots.clone(),
-                mailbox_capacity: parts.mailbox_capacity,
-                lifecycle: parts.lifecycle,
-                metrics: parts.metrics.clone(),
-                feeds: parts.feeds.clone(),
-                ownership: parts.ownership.clone(),
-            },
+            preloaded: preloaded.map(Box::new),
+            parts: parts.clone(),
             recent: VecDeque::new(),
             last_change: Instant::now(),
             counters: Counters::default(),
@@ -156,7 +144,6 @@ impl RoomActor {
         if let Some(state) = &self.state {
             let snapshot = RoomSnapshot::of(
                 state,
-                &self.presence,
                 &self.recent,
                 self.counters,
                 self.started_at,
@@ -169,13 +156,12 @@ impl RoomActor {
     fn publish_update(&self, event: &str, identity: Option<String>) {
         if let Some(room) = self.state.as_ref().and_then(|s| s.current()) {
             self.parts.feeds.publish(&self.name, event, identity, || {
-                RoomView::of_instance(room, &self.presence)
+                RoomView::of_instance(room)
             });
         }
     }
 
     fn loaded(&mut self, state: RoomState, ctx: &mut Context<Self>) {
-        self.presence = Presence::of(&state);
         self.state = Some(state);
         self.publish();
         self.schedule_retirement(ctx);
@@ -317,24 +303,16 @@ impl RoomActor {
         let writer = self.parts.writer.clone();
         let changed = !transition.changes.is_empty();
         let outcome = transition.outcome;
-        // Shared with the writer: once committed, the changed sessions
-        // update the presence index.
-        let changes = Arc::new(transition.changes);
+        let changes = transition.changes;
         let fence = self.fence;
-        let commit = {
-            let changes = changes.clone();
-            async move { writer.commit(record, changes, fence).await }
-        };
+        let commit = async move { writer.commit(record, changes, fence).await };
         AtomicResponse::new(Box::pin(commit.into_actor(self).map(
             move |committed, act, ctx| {
                 let mut fenced = false;
                 let keep = match &committed {
                     Ok(Committed::Stored) => {
                         if let Next::Swap(next) = next {
-                            act.presence = Presence::of(&next);
                             act.state = Some(*next);
-                        } else if let Some(state) = &act.state {
-                            act.presence.update(state, &changes.sessions);
                         }
                         if outcome == Outcome::Applied {
                             act.last_change = Instant::now();
@@ -403,7 +381,7 @@ impl Actor for RoomActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.parts.mailbox_capacity);
         if let Some(state) = self.preloaded.take() {
-            self.loaded(state, ctx);
+            self.loaded(*state, ctx);
             return;
         }
         self.load(ctx);

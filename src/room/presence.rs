@@ -1,32 +1,31 @@
-//! Who is in a room now, kept up to date from each commit's changed rows
-//! instead of rebuilt from every session after every event.
+//! Who is in a room instance now: the count, the count per kind and the
+//! ordered participant list, kept by the state machine as sessions open and
+//! close instead of rebuilt from every session after every event.
 //!
 //! An actor publishes a snapshot after every commit. Rebuilding the list
 //! meant copying and sorting every open session: under LiveKit's serial
 //! delivery a 2,000-person room paid that on each of its joins. The list is
-//! a persistent ordered set instead: the snapshot shares it, and a commit
+//! a persistent ordered set instead: the snapshot shares it, and an event
 //! touches only the sessions it changed, O(log n) each.
 //!
-//! It follows the state machine rather than being part of it: every session
-//! the machine changes is among the commit's rows (that is how it is
-//! persisted), so those rows say everything that moved. A new room
-//! instance, a reconcile or a reload rebuilds it from the state. Debug
-//! builds check it against a rebuild after every commit.
+//! It holds the state's own session rows (shared, not copied). Most people
+//! are standard participants, so only the other kinds get a map of their
+//! own: an open participant costs one slot in `people` and one pointer in
+//! the list.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use imbl::OrdSet;
 use serde::{Serialize, Serializer};
-use uuid::Uuid;
 
 use super::snapshot::ParticipantView;
-use super::state::RoomState;
+use crate::event::ParticipantKind;
 use crate::record::SessionRecord;
 
 /// One open session in the list's order: by join time, then identity, then sid.
 #[derive(Debug, Clone)]
-struct Ranked(Arc<ParticipantView>);
+struct Ranked(Arc<SessionRecord>);
 
 impl Ranked {
     fn key(&self) -> (Option<chrono::DateTime<chrono::Utc>>, &str, Option<&str>) {
@@ -52,12 +51,12 @@ impl Ord for Ranked {
 }
 
 /// The open sessions of a room, oldest first. Cloning it is O(1).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParticipantList(OrdSet<Ranked>);
 
 impl ParticipantList {
-    pub fn iter(&self) -> impl Iterator<Item = &ParticipantView> {
-        self.0.iter().map(|r| r.0.as_ref())
+    pub fn iter(&self) -> impl Iterator<Item = ParticipantView<'_>> {
+        self.0.iter().map(|r| ParticipantView::from(r.0.as_ref()))
     }
 
     pub fn len(&self) -> usize {
@@ -75,53 +74,33 @@ impl Serialize for ParticipantList {
     }
 }
 
-/// An actor's index of its room's current instance.
-#[derive(Debug, Default)]
-pub struct Presence {
-    /// The instance (`rooms.id`) the index describes.
-    instance: Option<Uuid>,
+/// Who is in one room instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Present {
+    /// Identities with an open session, and how many each has open: the
+    /// room's count is its length.
+    people: HashMap<Arc<str>, u32>,
+    /// Open sessions of kinds other than standard, per kind and identity.
+    others: BTreeMap<ParticipantKind, HashMap<Arc<str>, u32>>,
+    /// Identities whose open sessions are all of other kinds: everyone
+    /// else has a standard session.
+    only_others: usize,
     list: ParticipantList,
-    /// Session id to its entry in `list`.
-    entries: HashMap<Uuid, Ranked>,
-    /// Per kind, open sessions per identity.
-    kinds: BTreeMap<String, HashMap<String, u32>>,
 }
 
-impl Presence {
-    /// The index of `state`'s current instance, built from scratch.
-    pub fn of(state: &RoomState) -> Self {
-        let mut presence = Self::default();
-        if let Some(instance) = state.current() {
-            presence.instance = Some(instance.record().id);
-            for session in instance.open_sessions() {
-                presence.open(session);
-            }
+impl Present {
+    /// From scratch, from every open session.
+    pub fn of<'a>(open: impl IntoIterator<Item = &'a Arc<SessionRecord>>) -> Self {
+        let mut present = Self::default();
+        for session in open {
+            present.open(session);
         }
-        presence
+        present
     }
 
-    /// Follows a commit: `changed` are the session rows it wrote.
-    pub fn update<'a>(
-        &mut self,
-        state: &RoomState,
-        changed: impl IntoIterator<Item = &'a SessionRecord>,
-    ) {
-        let current = state.current().map(|c| c.record().id);
-        if current != self.instance {
-            *self = Self::of(state);
-            return;
-        }
-        for session in changed {
-            if let Some(old) = self.entries.remove(&session.id) {
-                self.list.0.remove(&old);
-                self.forget(&old.0);
-            }
-            if session.is_open() && Some(session.room_id) == current {
-                self.open(session);
-            }
-        }
-        #[cfg(debug_assertions)]
-        self.check(state);
+    /// Distinct identities with an open session.
+    pub fn count(&self) -> usize {
+        self.people.len()
     }
 
     pub fn list(&self) -> &ParticipantList {
@@ -130,65 +109,82 @@ impl Presence {
 
     /// Distinct identities with an open session, per participant kind.
     pub fn counts_by_kind(&self) -> BTreeMap<String, usize> {
-        self.kinds
+        let standard = self.people.len() - self.only_others;
+        let mut counts: BTreeMap<String, usize> = self
+            .others
             .iter()
-            .map(|(kind, people)| (kind.clone(), people.len()))
-            .collect()
+            .map(|(kind, people)| (kind.as_str().to_owned(), people.len()))
+            .collect();
+        if standard > 0 {
+            counts.insert(ParticipantKind::Standard.as_str().to_owned(), standard);
+        }
+        counts
     }
 
-    fn open(&mut self, session: &SessionRecord) {
-        let entry = Ranked(Arc::new(ParticipantView::from(session)));
-        *self
-            .kinds
-            .entry(session.kind.as_str().to_owned())
-            .or_default()
-            .entry(session.identity.clone())
-            .or_default() += 1;
-        self.list.0.insert(entry.clone());
-        self.entries.insert(session.id, entry);
+    /// `session` opened.
+    pub fn open(&mut self, session: &Arc<SessionRecord>) {
+        let was = self.only_others_of(&session.identity);
+        *self.people.entry(session.identity.clone()).or_default() += 1;
+        if session.kind != ParticipantKind::Standard {
+            *self
+                .others
+                .entry(session.kind.clone())
+                .or_default()
+                .entry(session.identity.clone())
+                .or_default() += 1;
+        }
+        self.moved(was, &session.identity);
+        self.list.0.insert(Ranked(session.clone()));
     }
 
-    fn forget(&mut self, view: &ParticipantView) {
-        let kind = view.kind.as_str();
-        if let Some(people) = self.kinds.get_mut(kind) {
-            if let Some(n) = people.get_mut(&view.identity) {
-                *n -= 1;
-                if *n == 0 {
-                    people.remove(&view.identity);
-                }
-            }
+    /// `session` (as it was while open) closed.
+    pub fn close(&mut self, session: &Arc<SessionRecord>) {
+        if self.list.0.remove(&Ranked(session.clone())).is_none() {
+            return;
+        }
+        let was = self.only_others_of(&session.identity);
+        let identity: &str = &session.identity;
+        decrement(&mut self.people, identity);
+        if let Some(people) = self.others.get_mut(&session.kind) {
+            decrement(people, identity);
             if people.is_empty() {
-                self.kinds.remove(kind);
+                self.others.remove(&session.kind);
             }
         }
+        self.moved(was, identity);
     }
 
-    /// The index must equal one built from scratch, and agree with the
-    /// state machine's count.
-    #[cfg(debug_assertions)]
-    fn check(&self, state: &RoomState) {
-        let fresh = Self::of(state);
-        let ours: Vec<_> = self.list.iter().collect();
-        let theirs: Vec<_> = fresh.list.iter().collect();
-        assert_eq!(
-            format!("{ours:?}"),
-            format!("{theirs:?}"),
-            "presence list drifted"
-        );
-        assert_eq!(self.kinds, fresh.kinds, "presence counts drifted");
-        if let Some(instance) = state.current() {
-            check_count(self, instance);
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Whether every open session of `identity` is of another kind than
+    /// standard (false when it has none open).
+    fn only_others_of(&self, identity: &str) -> bool {
+        self.people.get(identity).is_some_and(|&open| {
+            let others: u32 = self
+                .others
+                .values()
+                .filter_map(|people| people.get(identity))
+                .sum();
+            others == open
+        })
+    }
+
+    fn moved(&mut self, was: bool, identity: &str) {
+        match (was, self.only_others_of(identity)) {
+            (false, true) => self.only_others += 1,
+            (true, false) => self.only_others -= 1,
+            _ => {}
         }
     }
 }
 
-#[cfg(debug_assertions)]
-fn check_count(presence: &Presence, instance: &super::state::Instance) {
-    let people: std::collections::HashSet<&str> =
-        presence.list.iter().map(|v| v.identity.as_str()).collect();
-    assert_eq!(
-        people.len(),
-        instance.participant_count(),
-        "presence disagrees with the room's count"
-    );
+fn decrement(people: &mut HashMap<Arc<str>, u32>, identity: &str) {
+    if let Some(n) = people.get_mut(identity) {
+        *n -= 1;
+        if *n == 0 {
+            people.remove(identity);
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::presence::{ParticipantList, Presence};
+use super::presence::ParticipantList;
 use super::state::{Instance, RoomState};
 use crate::event::ParticipantKind;
 use crate::record::{RoomRecord, RoomStatus, SessionRecord};
@@ -29,9 +29,9 @@ pub struct RoomView {
 impl RoomView {
     /// The room's count is the record's `current_participants`, which the
     /// state machine keeps equal to the distinct identities present.
-    pub fn of_instance(instance: &Instance, presence: &Presence) -> Self {
+    pub fn of_instance(instance: &Instance) -> Self {
         Self {
-            counts_by_kind: presence.counts_by_kind(),
+            counts_by_kind: instance.counts_by_kind(),
             ..Self::of_record(instance.record())
         }
     }
@@ -73,23 +73,24 @@ pub struct Counters {
     pub stale: u64,
 }
 
-/// One open session, as the participant list shows it.
+/// One open session, as the participant list shows it: a view of the
+/// session's row, made as the list is read.
 #[derive(Debug, Clone, Serialize)]
-pub struct ParticipantView {
-    pub identity: String,
-    pub sid: Option<String>,
-    pub kind: ParticipantKind,
+pub struct ParticipantView<'a> {
+    pub identity: &'a str,
+    pub sid: Option<&'a str>,
+    pub kind: &'a ParticipantKind,
     pub joined_at: Option<DateTime<Utc>>,
     /// Set when the identity is a user's UUID (the seed's convention).
     pub user_id: Option<Uuid>,
 }
 
-impl From<&SessionRecord> for ParticipantView {
-    fn from(s: &SessionRecord) -> Self {
+impl<'a> From<&'a SessionRecord> for ParticipantView<'a> {
+    fn from(s: &'a SessionRecord) -> Self {
         Self {
-            identity: s.identity.clone(),
-            sid: s.sid.clone(),
-            kind: s.kind.clone(),
+            identity: &s.identity,
+            sid: s.sid.as_deref(),
+            kind: &s.kind,
             joined_at: s.joined_at,
             user_id: s.user_id(),
         }
@@ -115,30 +116,24 @@ impl RoomSnapshot {
     /// A room as the database had it, before any actor handled an event:
     /// what recovery publishes, and what another node's room reads as.
     pub fn of_restored(state: &RoomState) -> Self {
-        let presence = Presence::of(state);
-        Self::of(
-            state,
-            &presence,
-            &VecDeque::new(),
-            Counters::default(),
-            Utc::now(),
-        )
+        Self::of(state, &VecDeque::new(), Counters::default(), Utc::now())
     }
 
-    /// `presence` is `state`'s index of who is in (the actor keeps it).
     pub fn of(
         state: &RoomState,
-        presence: &Presence,
         recent: &VecDeque<Arc<LastEvent>>,
         counters: Counters,
         actor_started_at: DateTime<Utc>,
     ) -> Self {
         let current = state.current();
+        let list = current.map(|c| c.present().list());
         Self {
-            room: current.map(|c| RoomView::of_instance(c, presence)),
-            participants: presence.list().clone(),
+            room: current.map(RoomView::of_instance),
+            participants: list.cloned().unwrap_or_default(),
             // The list holds exactly the open ones: no walk over every session.
-            closed_sessions: current.map_or(0, |c| c.session_count() - presence.list().len()),
+            closed_sessions: current
+                .zip(list)
+                .map_or(0, |(c, list)| c.session_count() - list.len()),
             last_event: recent.back().cloned(),
             recent_events: recent.iter().cloned().collect(),
             counters,

@@ -16,7 +16,10 @@
 //! - bodies without sids (the seed's curl test) fall back to identity keys,
 //!   ordered by the event's timestamp.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::presence::Present;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -70,29 +73,33 @@ pub struct Transition {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum SessionKey {
-    Sid(String),
+    Sid(Arc<str>),
     /// For bodies without a participant sid.
-    Identity(String),
+    Identity(Arc<str>),
 }
 
 impl SessionKey {
-    fn of(identity: &str, sid: Option<&str>) -> Self {
+    fn of(identity: &Arc<str>, sid: Option<&Arc<str>>) -> Self {
         match sid {
-            Some(sid) => Self::Sid(sid.to_owned()),
-            None => Self::Identity(identity.to_owned()),
+            Some(sid) => Self::Sid(sid.clone()),
+            None => Self::Identity(identity.clone()),
         }
     }
 }
 
 /// One room instance and every session it has seen (open, closed, tombstones).
+///
+/// A session's row is shared (`Arc`) with the rows handed to the writer,
+/// the index of who is in and the published snapshots, so a live
+/// participant costs one row in memory; changing a row that others still
+/// hold copies it first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     room: RoomRecord,
-    sessions: BTreeMap<SessionKey, SessionRecord>,
-    /// Identities with an open session, and how many each has open: the
-    /// count, kept as sessions open and close (counting from `sessions`
-    /// cost O(people) on every event).
-    people: HashMap<String, u32>,
+    sessions: BTreeMap<SessionKey, Arc<SessionRecord>>,
+    /// Who is in, kept as sessions open and close (counting from
+    /// `sessions` cost O(people) on every event).
+    present: Present,
 }
 
 impl Instance {
@@ -110,27 +117,27 @@ impl Instance {
                 changed_at: None,
             },
             sessions: BTreeMap::new(),
-            people: HashMap::new(),
+            present: Present::default(),
         }
     }
 
     fn restore(room: RoomRecord, sessions: Vec<SessionRecord>) -> Self {
-        let mut map: BTreeMap<SessionKey, SessionRecord> = BTreeMap::new();
+        let mut map: BTreeMap<SessionKey, Arc<SessionRecord>> = BTreeMap::new();
         for session in sessions {
-            let key = SessionKey::of(&session.identity, session.sid.as_deref());
+            let key = SessionKey::of(&session.identity, session.sid.as_ref());
             // Sid-less rows of one identity accumulate over rejoins: the open
             // one, else the latest to close, is the one that decides.
             let keep_old = map.get(&key).is_some_and(|old| {
                 old.is_open() || (!session.is_open() && old.left_at >= session.left_at)
             });
             if !keep_old {
-                map.insert(key, session);
+                map.insert(key, Arc::new(session));
             }
         }
         let mut instance = Self {
             room,
             sessions: map,
-            people: HashMap::new(),
+            present: Present::default(),
         };
         instance.recount();
         instance
@@ -144,7 +151,7 @@ impl Instance {
         self.room.status == RoomStatus::Active
     }
 
-    pub fn open_sessions(&self) -> impl Iterator<Item = &SessionRecord> {
+    pub fn open_sessions(&self) -> impl Iterator<Item = &Arc<SessionRecord>> {
         self.sessions.values().filter(|s| s.is_open())
     }
 
@@ -155,31 +162,42 @@ impl Instance {
 
     /// Sessions that are closed, including tombstones.
     pub fn closed_sessions(&self) -> impl Iterator<Item = &SessionRecord> {
-        self.sessions.values().filter(|s| !s.is_open())
+        self.sessions
+            .values()
+            .map(|s| &**s)
+            .filter(|s| !s.is_open())
     }
 
     /// Distinct identities with at least one open session.
     pub fn participant_count(&self) -> usize {
-        self.people.len()
+        self.present.count()
     }
 
-    /// `people` from the sessions, after changes too wide to follow one
+    /// Who is in.
+    pub fn present(&self) -> &Present {
+        &self.present
+    }
+
+    /// `present` from the sessions, after changes too wide to follow one
     /// by one (a restore, a reconcile).
     fn recount(&mut self) {
-        self.people.clear();
-        for s in self.sessions.values().filter(|s| s.is_open()) {
-            *self.people.entry(s.identity.clone()).or_default() += 1;
-        }
+        self.present = Present::of(self.sessions.values().filter(|s| s.is_open()));
     }
 
     /// Distinct identities with an open session, per participant kind.
     pub fn counts_by_kind(&self) -> BTreeMap<String, usize> {
-        let mut people: BTreeMap<String, HashSet<&str>> = BTreeMap::new();
+        self.present.counts_by_kind()
+    }
+
+    /// The same, counted from every session: what `present` must agree with.
+    #[cfg(debug_assertions)]
+    fn counts_by_kind_from_sessions(&self) -> BTreeMap<String, usize> {
+        let mut people: BTreeMap<String, std::collections::HashSet<&str>> = BTreeMap::new();
         for s in self.open_sessions() {
             people
                 .entry(s.kind.as_str().to_owned())
                 .or_default()
-                .insert(&s.identity);
+                .insert(&*s.identity);
         }
         people.into_iter().map(|(k, v)| (k, v.len())).collect()
     }
@@ -202,25 +220,36 @@ impl Instance {
     }
 
     fn refresh_count(&mut self) {
-        debug_assert_eq!(
-            self.people.len(),
-            self.open_sessions()
-                .map(|s| s.identity.as_str())
-                .collect::<HashSet<_>>()
-                .len(),
-            "the open-identity count drifted from the sessions"
-        );
+        #[cfg(debug_assertions)]
+        {
+            let fresh = Present::of(self.open_sessions());
+            assert_eq!(
+                self.present.count(),
+                self.open_sessions()
+                    .map(|s| &*s.identity)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len(),
+                "the open-identity count drifted from the sessions"
+            );
+            assert_eq!(self.present, fresh, "who is in drifted from the sessions");
+            assert_eq!(
+                self.present.counts_by_kind(),
+                self.counts_by_kind_from_sessions(),
+                "the counts per kind drifted from the sessions"
+            );
+        }
         self.room.current_participants =
             i32::try_from(self.participant_count()).unwrap_or(i32::MAX);
     }
 
     /// Ends the instance and closes every open session at `at`.
     fn end(&mut self, at: DateTime<Utc>, why: EndReason, changes: &mut Changes) {
+        let reason = LeaveReason::RoomEnded(why).as_string();
         for session in self.sessions.values_mut().filter(|s| s.is_open()) {
-            session.close(at, LeaveReason::RoomEnded(why).as_string());
+            Arc::make_mut(session).close(at, reason.clone());
             changes.sessions.push(session.clone());
         }
-        self.people.clear();
+        self.present.clear();
         self.room.status = RoomStatus::Ended;
         self.room.ended_at = Some(at.max(self.room.started_at));
         self.room.end_reason = Some(why.as_str().to_owned());
@@ -234,8 +263,8 @@ impl Instance {
         p: &ParticipantRef,
         joined_at: Option<DateTime<Utc>>,
         left: Option<(DateTime<Utc>, &LeaveReason)>,
-    ) -> SessionRecord {
-        SessionRecord {
+    ) -> Arc<SessionRecord> {
+        Arc::new(SessionRecord {
             id: Uuid::new_v4(),
             room_id: self.room.id,
             identity: p.identity.clone(),
@@ -245,11 +274,11 @@ impl Instance {
             joined_at,
             left_at: left.map(|(at, _)| at),
             leave_reason: left.map(|(_, reason)| reason.as_string()),
-        }
+        })
     }
 
     fn join(&mut self, p: &ParticipantRef, at: DateTime<Utc>, changes: &mut Changes) -> Outcome {
-        let key = SessionKey::of(&p.identity, p.sid.as_deref());
+        let key = SessionKey::of(&p.identity, p.sid.as_ref());
         let joined_at = p.joined_at.unwrap_or(at);
         match (self.sessions.get_mut(&key), &key) {
             // Without sids, a later join of someone present means a leave
@@ -258,7 +287,9 @@ impl Instance {
             (Some(s), SessionKey::Identity(_))
                 if s.is_open() && s.joined_at.is_some_and(|j| j < joined_at) =>
             {
-                s.joined_at = Some(joined_at);
+                self.present.close(s);
+                Arc::make_mut(s).joined_at = Some(joined_at);
+                self.present.open(s);
                 changes.sessions.push(s.clone());
                 return Outcome::Applied;
             }
@@ -276,8 +307,8 @@ impl Instance {
         }
         let session = self.new_session(p, Some(joined_at), None);
         changes.sessions.push(session.clone());
+        self.present.open(&session);
         self.sessions.insert(key, session);
-        opened(&mut self.people, &p.identity);
         Outcome::Applied
     }
 
@@ -288,11 +319,12 @@ impl Instance {
         at: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Outcome {
-        let close = |s: &mut SessionRecord, changes: &mut Changes| {
-            s.close(at, reason.as_string());
+        let close = |s: &mut Arc<SessionRecord>, present: &mut Present, changes: &mut Changes| {
+            present.close(s);
+            Arc::make_mut(s).close(at, reason.as_string());
             changes.sessions.push(s.clone());
         };
-        let key = SessionKey::of(&p.identity, p.sid.as_deref());
+        let key = SessionKey::of(&p.identity, p.sid.as_ref());
         // A sid-less leave is ordered by time: it ends only sessions that
         // began at or before it (a tie goes to the later arrival), so a late
         // copy of an earlier leave cannot end a rejoin.
@@ -305,8 +337,7 @@ impl Instance {
                 .values_mut()
                 .filter(|s| s.is_open() && s.identity == p.identity && began_by(s))
             {
-                close(s, changes);
-                closed(&mut self.people, &p.identity);
+                close(s, &mut self.present, changes);
                 closed_any = true;
             }
             // The leave is also remembered under the identity, as a
@@ -327,8 +358,7 @@ impl Instance {
         }
         match self.sessions.get_mut(&key) {
             Some(s) if s.is_open() => {
-                close(s, changes);
-                closed(&mut self.people, &s.identity);
+                close(s, &mut self.present, changes);
                 return Outcome::Applied;
             }
             Some(_) if matches!(key, SessionKey::Sid(_)) => return Outcome::Ignored,
@@ -341,26 +371,6 @@ impl Instance {
         changes.sessions.push(tombstone.clone());
         self.sessions.insert(key, tombstone);
         Outcome::Applied
-    }
-}
-
-/// An identity's session opened.
-fn opened(people: &mut HashMap<String, u32>, identity: &str) {
-    match people.get_mut(identity) {
-        Some(n) => *n += 1,
-        None => {
-            people.insert(identity.to_owned(), 1);
-        }
-    }
-}
-
-/// An identity's session closed.
-fn closed(people: &mut HashMap<String, u32>, identity: &str) {
-    if let Some(n) = people.get_mut(identity) {
-        *n -= 1;
-        if *n == 0 {
-            people.remove(identity);
-        }
     }
 }
 

@@ -62,7 +62,7 @@ pub struct SupervisorStatus {
 }
 
 pub(super) struct Inner {
-    pub(super) parts: ActorParts,
+    pub(super) parts: Arc<ActorParts>,
     arbiter: ArbiterHandle,
     pub(super) settings: SupervisorSettings,
     recovered: AtomicBool,
@@ -87,7 +87,7 @@ impl Supervisor {
         ownership: Option<Arc<Ownership>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let parts = ActorParts {
+        let parts = Arc::new(ActorParts {
             db,
             writer,
             registry: Registry::default(),
@@ -97,7 +97,7 @@ impl Supervisor {
             metrics,
             feeds: Arc::new(Feeds::default()),
             ownership,
-        };
+        });
         Self {
             inner: Arc::new(Inner {
                 parts,

@@ -39,13 +39,13 @@ fn session_record(m: participants::Model) -> SessionRecord {
     SessionRecord {
         id: m.id,
         room_id: m.room_id,
-        identity: m.identity,
-        sid: m.sid,
+        identity: m.identity.into(),
+        sid: m.sid.map(Into::into),
         kind: ParticipantKind::from_name(&m.kind),
-        name: m.name,
+        name: m.name.map(Into::into),
         joined_at: m.joined_at,
         left_at: m.left_at,
-        leave_reason: m.leave_reason,
+        leave_reason: m.leave_reason.map(Into::into),
     }
 }
 

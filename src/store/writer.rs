@@ -235,7 +235,7 @@ async fn write(
             }));
         } else if stored.contains(row_id) {
             rooms.extend(job.changes.rooms.iter().map(|r| (r.id, r)));
-            sessions.extend(job.changes.sessions.iter().map(|s| (s.id, s)));
+            sessions.extend(job.changes.sessions.iter().map(|s| (s.id, &**s)));
             results.push(Ok(Committed::Stored));
         } else {
             duplicate_ids.extend(job.event.event_id.as_deref());
@@ -502,15 +502,15 @@ async fn upsert_sessions<'a>(
         .map(|s| participants::ActiveModel {
             id: Set(s.id),
             room_id: Set(s.room_id),
-            identity: Set(s.identity.clone()),
+            identity: Set(s.identity.to_string()),
             user_id: Set(s.user_id()),
-            sid: Set(s.sid.clone()),
+            sid: Set(s.sid.as_deref().map(str::to_owned)),
             kind: Set(s.kind.as_str().to_owned()),
-            name: Set(s.name.clone()),
+            name: Set(s.name.as_deref().map(str::to_owned)),
             status: Set(if s.is_open() { "joined" } else { "left" }.to_owned()),
             joined_at: Set(s.joined_at),
             left_at: Set(s.left_at),
-            leave_reason: Set(s.leave_reason.clone()),
+            leave_reason: Set(s.leave_reason.as_deref().map(str::to_owned)),
             created_at: Set(now),
             updated_at: Set(now),
         })

@@ -3,6 +3,7 @@
 //! restarts produce, a room ends where the ordered sequence ends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
@@ -48,8 +49,8 @@ impl Scenario {
         let mut events = vec![(RoomEvent::RoomStarted, t(0), 0usize)];
         for (i, s) in self.sessions.iter().enumerate() {
             let p = ParticipantRef {
-                sid: Some(format!("PA_{i}")),
-                identity: format!("person-{}", s.identity),
+                sid: Some(format!("PA_{i}").into()),
+                identity: format!("person-{}", s.identity).into(),
                 kind: if s.agent {
                     ParticipantKind::Agent
                 } else {
@@ -129,7 +130,7 @@ struct Db {
 }
 
 impl Db {
-    fn commit(&mut self, rooms: Vec<RoomRecord>, sessions: Vec<SessionRecord>) {
+    fn commit(&mut self, rooms: Vec<RoomRecord>, sessions: Vec<Arc<SessionRecord>>) {
         for r in rooms {
             self.inserts += 1;
             let order = self.rooms.get(&r.id).map_or(self.inserts, |(o, _)| *o);
@@ -140,7 +141,7 @@ impl Db {
                 self.rooms.contains_key(&s.room_id),
                 "a session is written with or after its room"
             );
-            self.sessions.insert(s.id, s);
+            self.sessions.insert(s.id, (*s).clone());
         }
     }
 
@@ -189,7 +190,7 @@ fn observe(state: &RoomState) -> Observed {
         open: current
             .map(|c| {
                 c.open_sessions()
-                    .map(|s| (s.sid.clone(), s.identity.clone()))
+                    .map(|s| (s.sid.as_deref().map(str::to_owned), s.identity.to_string()))
                     .collect()
             })
             .unwrap_or_default(),
@@ -303,7 +304,7 @@ fn instance_room(k: usize) -> RoomRef {
 fn instance_events(k: usize, scenario: &Scenario) -> Vec<(RoomRef, RoomEvent, DateTime<Utc>)> {
     let shift = chrono::Duration::seconds(k as i64 * 20_000);
     let rename = |p: &ParticipantRef| ParticipantRef {
-        sid: p.sid.as_ref().map(|sid| format!("{sid}_{k}")),
+        sid: p.sid.as_ref().map(|sid| format!("{sid}_{k}").into()),
         ..p.clone()
     };
     scenario
@@ -380,7 +381,7 @@ fn sid_less_events(
         let at = t(10 * n as i64 + 1);
         let p = ParticipantRef {
             sid: None,
-            identity: format!("person-{who}"),
+            identity: format!("person-{who}").into(),
             kind: ParticipantKind::Standard,
             name: None,
             joined_at: None,
@@ -589,7 +590,7 @@ fn sid_less() -> RoomRef {
 
 fn someone(sid: Option<&str>, who: &str) -> ParticipantRef {
     ParticipantRef {
-        sid: sid.map(str::to_owned),
+        sid: sid.map(Into::into),
         identity: who.into(),
         kind: ParticipantKind::Standard,
         name: None,

@@ -77,7 +77,7 @@ impl Handler<Apply> for RoomActor {
             let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
-        let identity = event.participant().map(|p| p.identity.clone());
+        let identity = event.participant().map(|p| p.identity.to_string());
         let record =
             EventRecord::of_delivery(&delivery, transition.room_id, transition.outcome.as_str());
         let outcome = transition.outcome;

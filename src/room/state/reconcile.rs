@@ -3,6 +3,7 @@
 //! it returns the rows to write and the corrections it made.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -79,11 +80,11 @@ impl RoomState {
     ) -> (Transition, Vec<Correction>) {
         let mut corrections = Vec::new();
         let name = self.name.clone();
-        let correction = |what, session: Option<&SessionRecord>| Correction {
+        let correction = |what, session: Option<&Arc<SessionRecord>>| Correction {
             room: name.clone(),
             what,
-            identity: session.map(|s| s.identity.clone()),
-            sid: session.and_then(|s| s.sid.clone()),
+            identity: session.map(|s| s.identity.to_string()),
+            sid: session.and_then(|s| s.sid.as_deref().map(str::to_owned)),
         };
         let Some(truth) = truth else {
             let Some(instance) = self.current.as_mut().filter(|c| c.is_active()) else {
@@ -130,20 +131,21 @@ impl RoomState {
             .filter_map(|p| p.sid.as_deref())
             .collect();
         let changes = &mut transition.changes;
+        let reconciled = LeaveReason::Reconciled.as_string();
         for session in instance.sessions.values_mut() {
             // Only a reconciliation's own closing is undone: a leave LiveKit
             // sent is final, even while its list still shows the session.
-            let wrongly_closed = session.leave_reason.as_deref()
-                == Some(LeaveReason::Reconciled.as_string().as_str())
+            let wrongly_closed = session.leave_reason.as_deref() == Some(&*reconciled)
                 && session
                     .sid
                     .as_deref()
                     .is_some_and(|sid| listed.contains(sid));
             if wrongly_closed {
-                session.left_at = None;
-                session.leave_reason = None;
+                let reopened = Arc::make_mut(session);
+                reopened.left_at = None;
+                reopened.leave_reason = None;
                 changes.sessions.push(session.clone());
-                corrections.push(correction(CorrectionKind::SessionReopened, Some(session)));
+                corrections.push(correction(CorrectionKind::SessionReopened, Some(&*session)));
                 continue;
             }
             let gone = session.is_open()
@@ -152,9 +154,9 @@ impl RoomState {
                     .as_deref()
                     .is_some_and(|sid| !listed.contains(sid));
             if gone {
-                session.close(at, LeaveReason::Reconciled.as_string());
+                Arc::make_mut(session).close(at, reconciled.clone());
                 changes.sessions.push(session.clone());
-                corrections.push(correction(CorrectionKind::SessionClosed, Some(session)));
+                corrections.push(correction(CorrectionKind::SessionClosed, Some(&*session)));
             }
         }
         for p in &truth.participants {

@@ -156,7 +156,7 @@ pub(super) async fn write(
             sessions.job.push(row);
             sessions.id.push(s.id);
             sessions.room_id.push(s.room_id);
-            sessions.identity.push(&s.identity);
+            sessions.identity.push(&*s.identity);
             sessions.user_id.push(s.user_id());
             sessions.sid.push(s.sid.as_deref());
             sessions.kind.push(s.kind.as_str());
