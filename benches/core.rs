@@ -142,7 +142,9 @@ fn main() {
     });
 
     let events = open as f64;
-    println!("pure core (the state machine and its index of who is in), {ROOMS} rooms x {PEOPLE} joins");
+    println!(
+        "pure core (the state machine and its index of who is in), {ROOMS} rooms x {PEOPLE} joins"
+    );
     println!("live heap per open participant: {per_participant:.0} bytes");
     println!("live heap per idle live room:   {idle:.0} bytes");
     println!(

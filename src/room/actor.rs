@@ -142,12 +142,7 @@ impl RoomActor {
 
     fn publish(&self) {
         if let Some(state) = &self.state {
-            let snapshot = RoomSnapshot::of(
-                state,
-                &self.recent,
-                self.counters,
-                self.started_at,
-            );
+            let snapshot = RoomSnapshot::of(state, &self.recent, self.counters, self.started_at);
             self.parts.snapshots.insert(&self.name, Arc::new(snapshot));
         }
     }
@@ -155,9 +150,9 @@ impl RoomActor {
     /// Tells live subscribers what the last commit changed.
     fn publish_update(&self, event: &str, identity: Option<String>) {
         if let Some(room) = self.state.as_ref().and_then(|s| s.current()) {
-            self.parts.feeds.publish(&self.name, event, identity, || {
-                RoomView::of_instance(room)
-            });
+            self.parts
+                .feeds
+                .publish(&self.name, event, identity, || RoomView::of_instance(room));
         }
     }
 

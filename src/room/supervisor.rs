@@ -20,11 +20,15 @@ use super::registry::Found;
 use super::snapshot::RoomSnapshot;
 use super::state::{Correction, RoomState};
 use crate::metrics::Metrics;
+use crate::record::StoredRoom;
 use crate::shard::{Fence, Ownership};
 use crate::store::{self, StoreError, Writer};
 
-/// Rooms read per query during recovery (bounds its transient memory).
+/// Rooms read per query during recovery (bounds its transient memory: a
+/// page and the next one being read).
 const RECOVERY_PAGE: u64 = 500;
+/// Rooms recovered between looks at the next page's queries.
+const RECOVERY_YIELD: usize = 25;
 
 /// The room's shard is held by another node.
 #[derive(Debug, Clone, Copy)]
@@ -130,31 +134,46 @@ impl Supervisor {
     /// Rebuilds an actor for every active room whose name `keep`s and that
     /// has none (on a cluster: the rooms of shards just taken).
     pub async fn recover_where(&self, keep: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
-        let mut count = 0;
-        let mut after = None;
+        let db = &self.inner.parts.db;
         let horizon = self.inner.parts.lifecycle.horizon();
-        loop {
-            let page =
-                store::load_active_rooms(&self.inner.parts.db, after, RECOVERY_PAGE, horizon)
-                    .await?;
-            let Some((_, last)) = page.last() else { break };
-            after = last.latest.as_ref().map(|(room, _)| room.id);
-            for (name, stored) in page {
-                if !keep(&name) || self.registry().contains(&name) {
-                    continue;
+        let mut count = 0;
+        let mut page = store::load_active_rooms(db, None, RECOVERY_PAGE, horizon).await?;
+        while let Some((_, last)) = page.last() {
+            let after = last.latest.as_ref().map(|(room, _)| room.id);
+            // The next page is read while this one's actors start, so the
+            // database's time and ours overlap (they added up before).
+            let next = store::load_active_rooms(db, after, RECOVERY_PAGE, horizon);
+            let start = async {
+                for (i, (name, stored)) in page.into_iter().enumerate() {
+                    if i % RECOVERY_YIELD == 0 {
+                        // Lets the next page's queries go out and come back.
+                        tokio::task::yield_now().await;
+                    }
+                    if self.recover_one(name, stored, &keep) {
+                        count += 1;
+                    }
                 }
-                let Some(fence) = self.fence(&name) else {
-                    continue;
-                };
-                count += 1;
-                let state = RoomState::restore(name.clone(), stored);
-                let snapshot = RoomSnapshot::of_restored(&state);
-                self.inner.parts.snapshots.insert(&name, Arc::new(snapshot));
-                self.registry()
-                    .start_if_absent(name.clone(), || self.start_actor(name, Some(state), fence));
-            }
+            };
+            page = futures_util::future::join(next, start).await.0?;
         }
         Ok(count)
+    }
+
+    /// Starts the actor of one recovered room, unless `keep` declines it or
+    /// it has one.
+    fn recover_one(&self, name: String, stored: StoredRoom, keep: impl Fn(&str) -> bool) -> bool {
+        if !keep(&name) || self.registry().contains(&name) {
+            return false;
+        }
+        let Some(fence) = self.fence(&name) else {
+            return false;
+        };
+        let state = RoomState::restore(name.clone(), stored);
+        let snapshot = RoomSnapshot::of_restored(&state);
+        self.inner.parts.snapshots.insert(&name, Arc::new(snapshot));
+        self.registry()
+            .start_if_absent(name.clone(), || self.start_actor(name, Some(state), fence));
+        true
     }
 
     /// Whether this node may write `room`: always on a single node; on a

@@ -35,17 +35,63 @@ fn room_record(m: rooms::Model) -> Result<RoomRecord, StoreError> {
     })
 }
 
-fn session_record(m: participants::Model) -> SessionRecord {
+/// The columns of `participants` an actor needs, in `SessionRow`'s order.
+/// Read as a tuple, a row is decoded by position: by name (a whole
+/// `Model`) it was a third of the time recovery took.
+const SESSION_COLUMNS: [participants::Column; 9] = [
+    participants::Column::Id,
+    participants::Column::RoomId,
+    participants::Column::Identity,
+    participants::Column::Sid,
+    participants::Column::Kind,
+    participants::Column::Name,
+    participants::Column::JoinedAt,
+    participants::Column::LeftAt,
+    participants::Column::LeaveReason,
+];
+
+type SessionRow = (
+    Uuid,
+    Uuid,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
+
+/// The kept sessions of the rooms `filter` selects.
+async fn load_sessions(
+    db: &impl ConnectionTrait,
+    filter: Condition,
+    horizon: DateTime<Utc>,
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let rows: Vec<SessionRow> = participants::Entity::find()
+        .select_only()
+        .columns(SESSION_COLUMNS)
+        .filter(filter)
+        .filter(kept_sessions(horizon))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().map(session_record).collect())
+}
+
+fn session_record(
+    (id, room_id, identity, sid, kind, name, joined_at, left_at, leave_reason): SessionRow,
+) -> SessionRecord {
     SessionRecord {
-        id: m.id,
-        room_id: m.room_id,
-        identity: m.identity.into(),
-        sid: m.sid.map(Into::into),
-        kind: ParticipantKind::from_name(&m.kind),
-        name: m.name.map(Into::into),
-        joined_at: m.joined_at,
-        left_at: m.left_at,
-        leave_reason: m.leave_reason.map(Into::into),
+        id,
+        room_id,
+        identity: identity.into(),
+        sid: sid.map(Into::into),
+        kind: ParticipantKind::from_name(&kind),
+        name: name.map(Into::into),
+        joined_at,
+        left_at,
+        leave_reason: leave_reason.map(Into::into),
     }
 }
 
@@ -139,14 +185,12 @@ pub async fn load_room(
     let Some(room) = find_latest_rooms(db, &[name]).await?.pop() else {
         return Ok(StoredRoom::default());
     };
-    let sessions = participants::Entity::find()
-        .filter(participants::Column::RoomId.eq(room.id))
-        .filter(kept_sessions(horizon))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(session_record)
-        .collect();
+    let sessions = load_sessions(
+        db,
+        Condition::all().add(participants::Column::RoomId.eq(room.id)),
+        horizon,
+    )
+    .await?;
     Ok(StoredRoom {
         latest: Some((room, sessions)),
         ended_sids: ended_sids(db, vec![name.to_owned()], horizon)
@@ -182,16 +226,9 @@ pub async fn load_active_rooms(
     let names: Vec<String> = active.iter().map(|r| r.livekit_name.clone()).collect();
 
     let mut sessions: HashMap<Uuid, Vec<SessionRecord>> = HashMap::with_capacity(active.len());
-    for p in participants::Entity::find()
-        .filter(participants::Column::RoomId.is_in(ids))
-        .filter(kept_sessions(horizon))
-        .all(db)
-        .await?
-    {
-        sessions
-            .entry(p.room_id)
-            .or_default()
-            .push(session_record(p));
+    let filter = Condition::all().add(participants::Column::RoomId.is_in(ids));
+    for session in load_sessions(db, filter, horizon).await? {
+        sessions.entry(session.room_id).or_default().push(session);
     }
     let mut ended: HashMap<String, Vec<(String, DateTime<Utc>)>> = HashMap::new();
     for (name, sid) in ended_sids(db, names, horizon).await? {
