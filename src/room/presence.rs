@@ -108,15 +108,15 @@ impl Present {
     }
 
     /// Distinct identities with an open session, per participant kind.
-    pub fn counts_by_kind(&self) -> BTreeMap<String, usize> {
+    pub fn counts_by_kind(&self) -> BTreeMap<ParticipantKind, usize> {
         let standard = self.people.len() - self.only_others;
-        let mut counts: BTreeMap<String, usize> = self
+        let mut counts: BTreeMap<ParticipantKind, usize> = self
             .others
             .iter()
-            .map(|(kind, people)| (kind.as_str().to_owned(), people.len()))
+            .map(|(kind, people)| (kind.clone(), people.len()))
             .collect();
         if standard > 0 {
-            counts.insert(ParticipantKind::Standard.as_str().to_owned(), standard);
+            counts.insert(ParticipantKind::Standard, standard);
         }
         counts
     }

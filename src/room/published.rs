@@ -3,7 +3,7 @@
 //! O(log rooms + page) and never copies or sorts every room.
 
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crossbeam_skiplist::{SkipMap, SkipSet};
 
@@ -15,11 +15,14 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
-/// Lock-free and ordered: one actor publishes per room (on every commit),
-/// while any number of readers page through.
+/// Ordered, and lock-free to find a room: one actor publishes per room (on
+/// every commit), while any number of readers page through.
 #[derive(Default)]
 pub struct Published {
-    all: SkipMap<String, Arc<RoomSnapshot>>,
+    /// A room's entry is made once and its snapshot replaced in place: a
+    /// new skip-list entry per commit cost a node, a copy of the name and
+    /// a search with every event.
+    all: SkipMap<String, Slot>,
     /// Rooms whose snapshot shows a live instance.
     active: SkipSet<String>,
 }
@@ -27,7 +30,14 @@ pub struct Published {
 impl Published {
     pub fn insert(&self, name: &str, snapshot: Arc<RoomSnapshot>) {
         let active = snapshot.room.as_ref().is_some_and(RoomView::is_active);
-        self.all.insert(name.to_owned(), snapshot);
+        // Only the room's own actor (or recovery, before it) publishes or
+        // removes a name, so the entry found cannot be removed under us.
+        match self.all.get(name) {
+            Some(slot) => *slot.value().write() = snapshot,
+            None => {
+                self.all.insert(name.to_owned(), Slot::new(snapshot));
+            }
+        }
         // Most commits leave the room as active as it was: no write then.
         if active && !self.active.contains(name) {
             self.active.insert(name.to_owned());
@@ -42,7 +52,7 @@ impl Published {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<RoomSnapshot>> {
-        self.all.get(name).map(|e| e.value().clone())
+        self.all.get(name).map(|e| e.value().read())
     }
 
     /// Every published snapshot after `after`, in name order.
@@ -51,7 +61,7 @@ impl Published {
             .all
             .range::<str, _>(from(after))
             .take(limit + 1)
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .map(|e| (e.key().clone(), e.value().read()))
             .collect();
         let next = (items.len() > limit).then(|| items[limit - 1].0.clone());
         items.truncate(limit);
@@ -72,6 +82,24 @@ impl Published {
         let next = (items.len() > limit).then(|| items[limit - 1].name.clone());
         items.truncate(limit);
         Page { items, next }
+    }
+}
+
+/// One room's latest snapshot.
+struct Slot(RwLock<Arc<RoomSnapshot>>);
+
+impl Slot {
+    fn new(snapshot: Arc<RoomSnapshot>) -> Self {
+        Self(RwLock::new(snapshot))
+    }
+
+    fn read(&self) -> Arc<RoomSnapshot> {
+        // A panic elsewhere cannot leave a half-written Arc: take it anyway.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Arc<RoomSnapshot>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -129,7 +157,7 @@ mod tests {
         // "b" ended after its name was indexed (the reader's view of the race).
         published
             .all
-            .insert("b".into(), snapshot("b", RoomStatus::Ended));
+            .insert("b".into(), Slot::new(snapshot("b", RoomStatus::Ended)));
         let first = published.active_page(None, 2);
         assert_eq!(names(&first), ["a", "c"]);
         assert_eq!(first.next.as_deref(), Some("c"));

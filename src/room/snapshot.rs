@@ -20,7 +20,7 @@ pub struct RoomView {
     pub sid: Option<String>,
     pub status: RoomStatus,
     pub participant_count: usize,
-    pub counts_by_kind: BTreeMap<String, usize>,
+    pub counts_by_kind: BTreeMap<ParticipantKind, usize>,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub end_reason: Option<String>,

@@ -24,7 +24,7 @@ use super::presence::Present;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{EndReason, LeaveReason, ParticipantRef, RoomEvent, RoomRef};
+use crate::event::{EndReason, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef};
 use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
 mod reconcile;
@@ -185,17 +185,18 @@ impl Instance {
     }
 
     /// Distinct identities with an open session, per participant kind.
-    pub fn counts_by_kind(&self) -> BTreeMap<String, usize> {
+    pub fn counts_by_kind(&self) -> BTreeMap<ParticipantKind, usize> {
         self.present.counts_by_kind()
     }
 
     /// The same, counted from every session: what `present` must agree with.
     #[cfg(debug_assertions)]
-    fn counts_by_kind_from_sessions(&self) -> BTreeMap<String, usize> {
-        let mut people: BTreeMap<String, std::collections::HashSet<&str>> = BTreeMap::new();
+    fn counts_by_kind_from_sessions(&self) -> BTreeMap<ParticipantKind, usize> {
+        let mut people: BTreeMap<ParticipantKind, std::collections::HashSet<&str>> =
+            BTreeMap::new();
         for s in self.open_sessions() {
             people
-                .entry(s.kind.as_str().to_owned())
+                .entry(s.kind.clone())
                 .or_default()
                 .insert(&*s.identity);
         }

@@ -186,7 +186,12 @@ fn observe(state: &RoomState) -> Observed {
     Observed {
         status: current.map(|c| c.record().status),
         count: current.map_or(0, |c| c.participant_count()),
-        by_kind: current.map(|c| c.counts_by_kind()).unwrap_or_default(),
+        by_kind: current
+            .map(|c| c.counts_by_kind())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(kind, n)| (kind.as_str().to_owned(), n))
+            .collect(),
         open: current
             .map(|c| {
                 c.open_sessions()
