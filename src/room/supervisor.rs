@@ -169,10 +169,13 @@ impl Supervisor {
             return false;
         };
         let state = RoomState::restore(name.clone(), stored);
-        let snapshot = RoomSnapshot::of_restored(&state);
-        self.inner.parts.snapshots.insert(&name, Arc::new(snapshot));
-        self.registry()
-            .start_if_absent(name.clone(), || self.start_actor(name, Some(state), fence));
+        // Published only with our actor: one a webhook started meanwhile
+        // has published newer state, which this must not cover.
+        self.registry().start_if_absent(name.clone(), || {
+            let snapshot = RoomSnapshot::of_restored(&state);
+            self.inner.parts.snapshots.insert(&name, Arc::new(snapshot));
+            self.start_actor(name, Some(state), fence)
+        });
         true
     }
 
