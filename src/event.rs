@@ -169,7 +169,9 @@ pub struct Delivery {
     /// LiveKit's event id (`EV_...`): the same on every retry.
     pub id: Option<String>,
     /// The event's name as sent (`participant_joined`, `track_published`, ...).
-    pub event: String,
+    /// Shared by the audit row, the actor's recent events and the live
+    /// update, which each keep it.
+    pub event: Arc<str>,
     /// LiveKit's `createdAt`, when it gave one.
     pub created_at: Option<DateTime<Utc>>,
     pub received_at: DateTime<Utc>,

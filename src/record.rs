@@ -113,7 +113,7 @@ pub struct StoredRoom {
 #[derive(Debug, Clone)]
 pub struct EventRecord {
     pub event_id: Option<String>,
-    pub event: String,
+    pub event: Arc<str>,
     pub room_name: Option<String>,
     pub room_sid: Option<String>,
     pub room_id: Option<Uuid>,

@@ -45,7 +45,7 @@ pub async fn receive(
         Ok(Accepted::Forwarded(_)) => "forwarded",
         Err(err) => err.code(),
     };
-    let event = event.unwrap_or_else(|| "unknown".to_owned());
+    let event = event.unwrap_or_else(|| "unknown".into());
     state
         .metrics
         .webhooks
@@ -117,7 +117,7 @@ async fn accept(
     req: &HttpRequest,
     payload: &mut web::Payload,
     state: &AppState,
-    event: &mut Option<String>,
+    event: &mut Option<std::sync::Arc<str>>,
 ) -> Result<Accepted, ApiError> {
     // The token first, from the header: a request LiveKit did not sign is
     // refused before roomd reads, or holds memory for, any of its body.

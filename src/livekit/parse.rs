@@ -313,7 +313,7 @@ fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, Pars
     };
     Ok(Delivery {
         id: non_empty(f.id),
-        event: f.event,
+        event: f.event.into(),
         created_at: seconds(f.created_at),
         received_at,
         action,

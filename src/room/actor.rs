@@ -366,7 +366,7 @@ enum Next {
 
 /// What a committed change tells live subscribers.
 pub struct LiveUpdate {
-    event: String,
+    event: Arc<str>,
     identity: Option<String>,
 }
 

@@ -36,7 +36,7 @@ pub struct Update {
     #[serde(skip)]
     pub seq: u64,
     /// What happened: the webhook's event name, or `reconcile`.
-    pub event: String,
+    pub event: Arc<str>,
     pub identity: Option<String>,
     pub room: RoomView,
 }
@@ -143,7 +143,7 @@ impl Feeds {
         let update = Arc::new(Update {
             id: feed.id(seq),
             seq,
-            event: event.to_owned(),
+            event: event.into(),
             identity,
             room: room(),
         });

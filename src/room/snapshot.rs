@@ -59,7 +59,7 @@ impl RoomView {
 #[derive(Debug, Clone, Serialize)]
 pub struct LastEvent {
     pub id: Option<String>,
-    pub event: String,
+    pub event: Arc<str>,
     pub outcome: &'static str,
     pub at: DateTime<Utc>,
 }

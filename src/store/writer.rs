@@ -400,7 +400,7 @@ async fn insert_events<'a>(
         .map(|(e, id)| webhook_events::ActiveModel {
             id: Set(*id),
             event_id: Set(e.event_id.clone()),
-            event: Set(e.event.clone()),
+            event: Set(e.event.to_string()),
             room_name: Set(e.room_name.clone()),
             room_sid: Set(e.room_sid.clone()),
             room_id: Set(e.room_id),
