@@ -31,7 +31,10 @@ IDLE_ROOMS=${IDLE_ROOMS:-20000} # live rooms with nobody in, for memory per room
 SEED_ROOMS=${SEED_ROOMS:-10000} # the start run: SEED_ROOMS x SEED_PEOPLE to rebuild
 SEED_PEOPLE=${SEED_PEOPLE:-10}
 PG_ADMIN=${ROOMD_BENCH_POSTGRES_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}
-PG_URL=${ROOMD_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/roomd_bench}
+# The database is on this machine: TLS to it protects nothing and cost
+# roomd ~12 us of CPU per event at peak (docs/PERFORMANCE.md), so it is off
+# here, for roomd and the naive loop alike. Set the URL to measure with it.
+PG_URL=${ROOMD_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/roomd_bench?sslmode=disable}
 PORT_ROOMD=18080
 PORT_CEIL=18090
 WORK=$(mktemp -d)
