@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::feed::Feeds;
 use super::messages::RoomError;
-use super::published::Published;
+use super::published::{Published, Slot};
 use super::registry;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, Transition};
@@ -107,6 +107,8 @@ pub struct RoomActor {
     retire_check: Option<SpawnHandle>,
     /// When history past the horizon was last forgotten.
     forgot_at: Instant,
+    /// This room's entry among the published snapshots, once published.
+    published: Option<Arc<Slot>>,
 }
 
 impl RoomActor {
@@ -130,6 +132,7 @@ impl RoomActor {
             started_at: Utc::now(),
             retire_check: None,
             forgot_at: Instant::now(),
+            published: None,
         }
     }
 
@@ -140,10 +143,12 @@ impl RoomActor {
         self.recent.push_back(Arc::new(event));
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         if let Some(state) = &self.state {
             let snapshot = RoomSnapshot::of(state, &self.recent, self.counters, self.started_at);
-            self.parts.snapshots.insert(&self.name, Arc::new(snapshot));
+            self.parts
+                .snapshots
+                .publish(&self.name, Arc::new(snapshot), &mut self.published);
         }
     }
 
@@ -206,6 +211,7 @@ impl RoomActor {
     fn step_down(&mut self, ctx: &mut Context<Self>) {
         self.unregister(ctx);
         self.parts.snapshots.remove(&self.name);
+        self.published = None;
         self.parts.feeds.close(&self.name);
         self.state = None;
         ctx.stop();
@@ -256,6 +262,7 @@ impl RoomActor {
                     tracing::debug!(room = %act.name, "room actor retires");
                     // The snapshot goes: reads fall back to the database.
                     act.parts.snapshots.remove(&act.name);
+                    act.published = None;
                     act.parts.feeds.close(&act.name);
                     ctx.stop();
                 }

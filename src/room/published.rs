@@ -3,6 +3,7 @@
 //! O(log rooms + page) and never copies or sorts every room.
 
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crossbeam_skiplist::{SkipMap, SkipSet};
@@ -19,30 +20,46 @@ pub struct Page<T> {
 /// every commit), while any number of readers page through.
 #[derive(Default)]
 pub struct Published {
-    /// A room's entry is made once and its snapshot replaced in place: a
-    /// new skip-list entry per commit cost a node, a copy of the name and
-    /// a search with every event.
-    all: SkipMap<String, Slot>,
+    /// A room's entry is made once and its snapshot replaced in place,
+    /// through a handle its actor keeps: a new skip-list entry per commit
+    /// cost a node, a copy of the name and two searches with every event.
+    all: SkipMap<String, Arc<Slot>>,
     /// Rooms whose snapshot shows a live instance.
     active: SkipSet<String>,
 }
 
 impl Published {
     pub fn insert(&self, name: &str, snapshot: Arc<RoomSnapshot>) {
+        self.publish(name, snapshot, &mut None);
+    }
+
+    /// Publishes `snapshot` as `name`'s. `held` is the caller's handle to
+    /// the room's entry, kept between calls so that a publish costs no
+    /// search. Only the room's own actor (or recovery, before it) publishes
+    /// or removes a name, so a held entry is still the one listed.
+    pub fn publish(&self, name: &str, snapshot: Arc<RoomSnapshot>, held: &mut Option<Arc<Slot>>) {
         let active = snapshot.room.as_ref().is_some_and(RoomView::is_active);
-        // Only the room's own actor (or recovery, before it) publishes or
-        // removes a name, so the entry found cannot be removed under us.
-        match self.all.get(name) {
-            Some(slot) => *slot.value().write() = snapshot,
-            None => {
-                self.all.insert(name.to_owned(), Slot::new(snapshot));
-            }
-        }
+        let slot = match held {
+            Some(slot) => slot,
+            None => held.insert(match self.all.get(name) {
+                Some(entry) => entry.value().clone(),
+                None => {
+                    let slot = Arc::new(Slot::new(snapshot.clone()));
+                    self.all.insert(name.to_owned(), slot.clone());
+                    slot
+                }
+            }),
+        };
+        *slot.write() = snapshot;
         // Most commits leave the room as active as it was: no write then.
-        if active && !self.active.contains(name) {
-            self.active.insert(name.to_owned());
-        } else if !active {
-            self.active.remove(name);
+        match (slot.active.swap(active, Ordering::AcqRel), active) {
+            (false, true) => {
+                self.active.insert(name.to_owned());
+            }
+            (true, false) => {
+                self.active.remove(name);
+            }
+            _ => {}
         }
     }
 
@@ -86,20 +103,30 @@ impl Published {
 }
 
 /// One room's latest snapshot.
-struct Slot(RwLock<Arc<RoomSnapshot>>);
+pub struct Slot {
+    snapshot: RwLock<Arc<RoomSnapshot>>,
+    /// Whether the room is in `Published::active`.
+    active: AtomicBool,
+}
 
 impl Slot {
     fn new(snapshot: Arc<RoomSnapshot>) -> Self {
-        Self(RwLock::new(snapshot))
+        Self {
+            snapshot: RwLock::new(snapshot),
+            active: AtomicBool::new(false),
+        }
     }
 
     fn read(&self) -> Arc<RoomSnapshot> {
         // A panic elsewhere cannot leave a half-written Arc: take it anyway.
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Arc<RoomSnapshot>> {
-        self.0.write().unwrap_or_else(|e| e.into_inner())
+        self.snapshot.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -155,9 +182,10 @@ mod tests {
             published.insert(name, snapshot(name, RoomStatus::Active));
         }
         // "b" ended after its name was indexed (the reader's view of the race).
-        published
-            .all
-            .insert("b".into(), Slot::new(snapshot("b", RoomStatus::Ended)));
+        published.all.insert(
+            "b".into(),
+            Arc::new(Slot::new(snapshot("b", RoomStatus::Ended))),
+        );
         let first = published.active_page(None, 2);
         assert_eq!(names(&first), ["a", "c"]);
         assert_eq!(first.next.as_deref(), Some("c"));
