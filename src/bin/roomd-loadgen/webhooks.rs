@@ -155,8 +155,12 @@ async fn deliver(shared: &Shared<'_>, event: &Event, out: &mut Outcome) {
             .await;
         match response {
             Ok(r) => {
-                out.latencies.push(sent.elapsed());
                 let status = r.status().as_u16();
+                // The whole answer, as LiveKit's client reads it: a body
+                // left unread can cost the connection its reuse, and the
+                // next delivery a new connection.
+                let _ = r.bytes().await;
+                out.latencies.push(sent.elapsed());
                 out.statuses.add(status.to_string());
                 match status {
                     200 => {
