@@ -36,8 +36,9 @@ impl RoomStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomRecord {
     pub id: Uuid,
-    pub name: String,
-    pub sid: Option<String>,
+    /// Shared with the room's published view (one copy per room).
+    pub name: Arc<str>,
+    pub sid: Option<Arc<str>>,
     pub status: RoomStatus,
     pub current_participants: i32,
     pub started_at: DateTime<Utc>,
@@ -112,7 +113,7 @@ pub struct StoredRoom {
 /// The audit row of one delivery.
 #[derive(Debug, Clone)]
 pub struct EventRecord {
-    pub event_id: Option<String>,
+    pub event_id: Option<Arc<str>>,
     pub event: Arc<str>,
     pub room_name: Option<String>,
     pub room_sid: Option<String>,

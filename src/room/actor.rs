@@ -41,9 +41,6 @@ const RECENT: usize = 16;
 pub type Registry = Arc<registry::Registry>;
 pub type Snapshots = Arc<Published>;
 
-/// How soon an actor that could not retire (a message was on its way) tries again.
-const RETIRE_RETRY: Duration = Duration::from_secs(1);
-
 /// How often an actor forgets history older than its horizon.
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
@@ -64,6 +61,13 @@ impl Lifecycle {
     /// How much history an actor keeps, as a span of time.
     fn history(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.history_horizon).unwrap_or(chrono::TimeDelta::MAX)
+    }
+
+    /// How often the supervisor looks for actors due to retire: a fraction
+    /// of the shorter wait, so an actor retires at most that much late.
+    pub fn sweep_every(&self) -> Duration {
+        (self.idle_timeout.min(self.retire_after_finish) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(5))
     }
 
     /// The oldest history worth keeping, as of now.
@@ -87,7 +91,8 @@ pub struct ActorParts {
 }
 
 pub struct RoomActor {
-    name: String,
+    /// One copy per room, shared with its registry and published entries.
+    name: Arc<str>,
     /// On a cluster: the shard and epoch this actor's state was loaded
     /// under. Every commit carries it, and the database refuses it once the
     /// shard has moved on.
@@ -104,7 +109,8 @@ pub struct RoomActor {
     last_change: Instant,
     counters: Counters,
     started_at: DateTime<Utc>,
-    retire_check: Option<SpawnHandle>,
+    /// When this actor last told the registry it may retire.
+    retire_at: Option<registry::Deadline>,
     /// When history past the horizon was last forgotten.
     forgot_at: Instant,
     /// This room's entry among the published snapshots, once published.
@@ -115,7 +121,7 @@ impl RoomActor {
     /// `preloaded` is the room's committed state when the caller already read
     /// it (recovery at start); otherwise the actor loads it before its first message.
     pub fn new(
-        name: String,
+        name: Arc<str>,
         preloaded: Option<RoomState>,
         fence: Option<Fence>,
         parts: &Arc<ActorParts>,
@@ -130,7 +136,7 @@ impl RoomActor {
             last_change: Instant::now(),
             counters: Counters::default(),
             started_at: Utc::now(),
-            retire_check: None,
+            retire_at: None,
             forgot_at: Instant::now(),
             published: None,
         }
@@ -235,40 +241,43 @@ impl RoomActor {
         Some(wait.saturating_sub(quiet))
     }
 
+    /// Tells the registry when this actor may retire. The supervisor's
+    /// sweep sends `Retire` once that time has come: one task for every
+    /// room, where a timer per actor cost each idle room 126 bytes and
+    /// every commit a timer cancelled and a new one boxed.
     fn schedule_retirement(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.retire_check.take() {
-            ctx.cancel_future(handle);
+        let at = self
+            .retire_in()
+            .map_or(registry::Deadline::NEVER, registry::Deadline::after);
+        if self.retire_at != Some(at) {
+            self.retire_at = Some(at);
+            self.parts
+                .registry
+                .set_retire_at(&self.name, &ctx.address(), at);
         }
-        let Some(delay) = self.retire_in() else {
+    }
+
+    /// Retires now if the room still may (`Retire`).
+    fn retire(&mut self, ctx: &mut Context<Self>) {
+        if !self.retire_in().is_some_and(|left| left.is_zero()) {
+            // A commit since moved the time (or the room filled up).
+            self.retire_at = None;
+            self.schedule_retirement(ctx);
             return;
-        };
-        self.retire_check = Some(ctx.run_later(delay, |act, ctx| {
-            act.retire_check = None;
-            match act.retire_in() {
-                Some(left) if left.is_zero() => {
-                    // Off the registry first, so the next event starts a fresh
-                    // actor; but not while a delivery holds a mailbox slot:
-                    // its message would be dropped unhandled.
-                    // Nor while a commit is in flight: actix can run this
-                    // timer in the same turn that queued the commit's wait,
-                    // and stopping then drops the commit and its answer.
-                    if ctx.waiting() || !act.parts.registry.retire(&act.name, &ctx.address()) {
-                        act.retire_check = Some(ctx.run_later(RETIRE_RETRY, |act, ctx| {
-                            act.retire_check = None;
-                            act.schedule_retirement(ctx);
-                        }));
-                        return;
-                    }
-                    tracing::debug!(room = %act.name, "room actor retires");
-                    // The snapshot goes: reads fall back to the database.
-                    act.parts.snapshots.remove(&act.name);
-                    act.published = None;
-                    act.parts.feeds.close(&act.name);
-                    ctx.stop();
-                }
-                _ => act.schedule_retirement(ctx),
-            }
-        }));
+        }
+        // Off the registry first, so the next event starts a fresh actor;
+        // but not while a delivery holds a mailbox slot: its message would
+        // be dropped unhandled. The next sweep asks again. (No commit is in
+        // flight: a message is handled only between commits.)
+        if !self.parts.registry.retire(&self.name, &ctx.address()) {
+            return;
+        }
+        tracing::debug!(room = %self.name, "room actor retires");
+        // The snapshot goes: reads fall back to the database.
+        self.parts.snapshots.remove(&self.name);
+        self.published = None;
+        self.parts.feeds.close(&self.name);
+        ctx.stop();
     }
 
     /// Forgets history past the horizon, now and then.

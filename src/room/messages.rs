@@ -136,3 +136,9 @@ pub enum Reconciled {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StepDown;
+
+/// The room's retirement time has come (the supervisor's sweep): the actor
+/// retires if it still may, else says when it may.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;

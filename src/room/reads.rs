@@ -60,7 +60,7 @@ impl Supervisor {
                 store::find_latest_rooms(&self.inner.parts.db, &missing)
                     .await?
                     .into_iter()
-                    .map(|room| (room.name.clone(), room))
+                    .map(|room| (room.name.to_string(), room))
                     .collect();
             for (name, view) in names.iter().zip(&mut views) {
                 if view.is_none() {
@@ -136,7 +136,7 @@ impl Supervisor {
         }
         let rooms = store::active_rooms_page(&self.inner.parts.db, after, limit as u64).await?;
         let next = (rooms.len() == limit)
-            .then(|| rooms.last().map(|r| r.name.clone()))
+            .then(|| rooms.last().map(|r| r.name.to_string()))
             .flatten();
         let items = rooms
             .iter()

@@ -5,8 +5,9 @@
 //! map's entry lock, and an actor loads its state after it is registered
 //! (its first message waits for that).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use dashmap::DashMap;
@@ -16,10 +17,12 @@ use super::actor::RoomActor;
 use super::messages::Claim;
 
 /// A live actor and the messages waiting in its mailbox.
-#[derive(Clone)]
 pub struct RoomEntry {
     pub addr: Addr<RoomActor>,
     pub depth: Arc<AtomicUsize>,
+    /// When the actor may retire (`Deadline`), as the actor last said; a
+    /// new entry is due at once, so its actor is asked and says.
+    retire_at: AtomicU64,
 }
 
 impl RoomEntry {
@@ -27,7 +30,30 @@ impl RoomEntry {
         Self {
             addr,
             depth: Arc::default(),
+            retire_at: AtomicU64::new(0),
         }
+    }
+}
+
+/// A moment as milliseconds since the process began: what a registry
+/// entry keeps of an actor's retirement time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline(u64);
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Deadline {
+    pub const NEVER: Self = Self(u64::MAX);
+
+    pub fn now() -> Self {
+        Self::after(Duration::ZERO)
+    }
+
+    /// Rounded up: a deadline is never seen due before its time.
+    pub fn after(wait: Duration) -> Self {
+        let at = (Instant::now() + wait).saturating_duration_since(*EPOCH);
+        let millis = at.as_nanos().div_ceil(1_000_000);
+        Self(u64::try_from(millis).unwrap_or(u64::MAX - 1))
     }
 }
 
@@ -41,7 +67,8 @@ pub enum Found {
 
 #[derive(Default)]
 pub struct Registry {
-    actors: DashMap<String, RoomEntry>,
+    /// Keyed by the name the room's actor holds (one copy).
+    actors: DashMap<Arc<str>, RoomEntry>,
 }
 
 impl Registry {
@@ -53,7 +80,7 @@ impl Registry {
         &self,
         name: &str,
         capacity: usize,
-        start: impl FnOnce() -> Addr<RoomActor>,
+        start: impl FnOnce(Arc<str>) -> Addr<RoomActor>,
     ) -> (Option<(Addr<RoomActor>, Claim)>, Found) {
         let with_slot =
             |e: &RoomEntry| Claim::take(&e.depth, capacity).map(|slot| (e.addr.clone(), slot));
@@ -62,23 +89,26 @@ impl Registry {
         {
             return (with_slot(&entry), Found::Live);
         }
-        match self.actors.entry(name.to_owned()) {
+        match self.actors.entry(Arc::from(name)) {
             Entry::Occupied(slot) if slot.get().addr.connected() => {
                 (with_slot(slot.get()), Found::Live)
             }
             Entry::Occupied(mut slot) => {
-                slot.insert(RoomEntry::of(start()));
+                slot.insert(RoomEntry::of(start(slot.key().clone())));
                 (with_slot(slot.get()), Found::Restarted)
             }
-            Entry::Vacant(slot) => (
-                with_slot(&slot.insert(RoomEntry::of(start()))),
-                Found::Started,
-            ),
+            Entry::Vacant(slot) => {
+                let actor = start(slot.key().clone());
+                (
+                    with_slot(&slot.insert(RoomEntry::of(actor))),
+                    Found::Started,
+                )
+            }
         }
     }
 
     /// Registers an actor `start`ed for `name` unless one is registered.
-    pub fn start_if_absent(&self, name: String, start: impl FnOnce() -> Addr<RoomActor>) {
+    pub fn start_if_absent(&self, name: Arc<str>, start: impl FnOnce() -> Addr<RoomActor>) {
         if let Entry::Vacant(slot) = self.actors.entry(name) {
             slot.insert(RoomEntry::of(start()));
         }
@@ -95,6 +125,24 @@ impl Registry {
         !waiting
     }
 
+    /// Records when `addr`, if still `name`'s actor, may retire.
+    pub fn set_retire_at(&self, name: &str, addr: &Addr<RoomActor>, at: Deadline) {
+        if let Some(entry) = self.actors.get(name)
+            && entry.addr == *addr
+        {
+            entry.retire_at.store(at.0, Ordering::Relaxed);
+        }
+    }
+
+    /// The actors whose retirement time has come.
+    pub fn due(&self, now: Deadline) -> Vec<Addr<RoomActor>> {
+        self.actors
+            .iter()
+            .filter(|e| e.retire_at.load(Ordering::Relaxed) <= now.0)
+            .map(|e| e.addr.clone())
+            .collect()
+    }
+
     /// Takes `addr` off the registry, if it is still the one registered for `name`.
     pub fn remove(&self, name: &str, addr: &Addr<RoomActor>) {
         self.actors.remove_if(name, |_, entry| entry.addr == *addr);
@@ -105,7 +153,7 @@ impl Registry {
         self.actors
             .iter()
             .filter(|e| select(e.key()))
-            .map(|e| (e.key().clone(), e.value().addr.clone()))
+            .map(|e| (e.key().to_string(), e.value().addr.clone()))
             .collect()
     }
 

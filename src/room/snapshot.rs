@@ -16,8 +16,8 @@ use serde::Serialize;
 /// One room instance as the read API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomView {
-    pub name: String,
-    pub sid: Option<String>,
+    pub name: Arc<str>,
+    pub sid: Option<Arc<str>>,
     pub status: RoomStatus,
     pub participant_count: usize,
     pub counts_by_kind: BTreeMap<ParticipantKind, usize>,
@@ -58,7 +58,7 @@ impl RoomView {
 /// The last event an actor applied, for admins.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastEvent {
-    pub id: Option<String>,
+    pub id: Option<Arc<str>>,
     pub event: Arc<str>,
     pub outcome: &'static str,
     pub at: DateTime<Utc>,

@@ -103,12 +103,12 @@ pub struct Instance {
 }
 
 impl Instance {
-    fn start(room: &RoomRef, at: DateTime<Utc>) -> Self {
+    fn start(name: Arc<str>, room: &RoomRef, at: DateTime<Utc>) -> Self {
         Self {
             room: RoomRecord {
                 id: Uuid::new_v4(),
-                name: room.name.clone(),
-                sid: room.sid.clone(),
+                name,
+                sid: room.sid.as_deref().map(Arc::from),
                 status: RoomStatus::Active,
                 current_participants: 0,
                 started_at: room.created_at.unwrap_or(at),
@@ -207,7 +207,10 @@ impl Instance {
     /// `RoomState::ended_sids` remembers of it.
     fn ended_sid(&self) -> Option<(String, DateTime<Utc>)> {
         let sid = self.room.sid.clone().filter(|_| !self.is_active())?;
-        Some((sid, self.room.ended_at.unwrap_or(self.room.started_at)))
+        Some((
+            sid.to_string(),
+            self.room.ended_at.unwrap_or(self.room.started_at),
+        ))
     }
 
     /// The newest time (LiveKit's clock) the instance's rows hold.
@@ -379,13 +382,14 @@ impl Instance {
 /// sids of the finished ones, with when they ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomState {
-    name: String,
+    /// Shared with the room's actor, registry entry and published entry.
+    name: Arc<str>,
     current: Option<Instance>,
     ended_sids: HashMap<String, DateTime<Utc>>,
 }
 
 impl RoomState {
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
         Self {
             name: name.into(),
             current: None,
@@ -394,7 +398,7 @@ impl RoomState {
     }
 
     /// Rebuilds the state from what the store committed.
-    pub fn restore(name: impl Into<String>, stored: StoredRoom) -> Self {
+    pub fn restore(name: impl Into<Arc<str>>, stored: StoredRoom) -> Self {
         let mut ended_sids: HashMap<String, DateTime<Utc>> =
             stored.ended_sids.into_iter().collect();
         let current = stored.latest.map(|(room, sessions)| {
@@ -483,7 +487,7 @@ impl RoomState {
     fn revive(&mut self) {
         if let Some(cur) = self.current.as_mut() {
             if let Some(sid) = &cur.room.sid {
-                self.ended_sids.remove(sid);
+                self.ended_sids.remove(&**sid);
             }
             cur.room.status = RoomStatus::Active;
             cur.room.ended_at = None;
@@ -515,7 +519,7 @@ impl RoomState {
         let same_instance = match (&mut self.current, &room.sid) {
             (None, _) => false,
             (Some(cur), Some(sid)) => match &cur.room.sid {
-                Some(cur_sid) if cur_sid == sid => true,
+                Some(cur_sid) if **cur_sid == **sid => true,
                 // A sid roomd has not seen: LiveKit never has two live rooms
                 // of one name, so it is either a newer instance or a late
                 // event of an older one. Its creation time tells which, also
@@ -527,7 +531,7 @@ impl RoomState {
                 // First sight of the sid of an instance opened from a
                 // sid-less body, created after that instance began.
                 None if cur.is_active() => {
-                    cur.room.sid = Some(sid.clone());
+                    cur.room.sid = Some(sid.as_str().into());
                     room_changed = true;
                     true
                 }
@@ -581,7 +585,7 @@ impl RoomState {
             }
             self.ended_sids
                 .extend(self.current.as_ref().and_then(Instance::ended_sid));
-            self.current = Some(Instance::start(room, at));
+            self.current = Some(Instance::start(self.name.clone(), room, at));
             room_changed = true;
         }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::actor::{ActorParts, Lifecycle, Registry, RoomActor, Snapshots};
 use super::feed::Feeds;
-use super::messages::{Claim, StepDown};
+use super::messages::{Claim, Retire, StepDown};
 use super::registry::Found;
 use super::snapshot::RoomSnapshot;
 use super::state::{Correction, RoomState};
@@ -102,6 +102,10 @@ impl Supervisor {
             feeds: Arc::new(Feeds::default()),
             ownership,
         });
+        arbiter.spawn(sweep_retirements(
+            Arc::downgrade(&parts.registry),
+            settings.lifecycle.sweep_every(),
+        ));
         Self {
             inner: Arc::new(Inner {
                 parts,
@@ -161,7 +165,7 @@ impl Supervisor {
 
     /// Starts the actor of one recovered room, unless `keep` declines it or
     /// it has one.
-    fn recover_one(&self, name: String, stored: StoredRoom, keep: impl Fn(&str) -> bool) -> bool {
+    fn recover_one(&self, name: Arc<str>, stored: StoredRoom, keep: impl Fn(&str) -> bool) -> bool {
         if !keep(&name) || self.registry().contains(&name) {
             return false;
         }
@@ -210,7 +214,7 @@ impl Supervisor {
 
     fn start_actor(
         &self,
-        name: String,
+        name: Arc<str>,
         preloaded: Option<RoomState>,
         fence: Option<Fence>,
     ) -> Addr<RoomActor> {
@@ -227,11 +231,11 @@ impl Supervisor {
     /// holds (`NotOwner` otherwise).
     pub(super) fn actor(&self, name: &str) -> Result<Option<(Addr<RoomActor>, Claim)>, NotOwner> {
         let fence = self.fence(name).ok_or(NotOwner)?;
-        let (actor, found) = self
-            .registry()
-            .actor(name, self.inner.parts.mailbox_capacity, || {
-                self.start_actor(name.to_owned(), None, fence)
-            });
+        let (actor, found) =
+            self.registry()
+                .actor(name, self.inner.parts.mailbox_capacity, |key| {
+                    self.start_actor(key, None, fence)
+                });
         if let Found::Restarted = found {
             self.inner.parts.metrics.actor_restarts.inc();
             tracing::warn!(room = %name, "room actor died; restarted it from the database");
@@ -286,6 +290,20 @@ impl Supervisor {
                 .lock()
                 .expect("reconcile report lock")
                 .clone(),
+        }
+    }
+}
+
+/// Asks every actor whose retirement time has come to retire, now and then,
+/// until the registry is gone.
+async fn sweep_retirements(registry: std::sync::Weak<super::registry::Registry>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        for actor in registry.due(super::registry::Deadline::now()) {
+            actor.do_send(Retire);
         }
     }
 }

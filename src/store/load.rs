@@ -1,6 +1,7 @@
 //! Reads that rebuild actors: one room on demand, every active room at start.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -24,8 +25,8 @@ fn room_record(m: rooms::Model) -> Result<RoomRecord, StoreError> {
     })?;
     Ok(RoomRecord {
         id: m.id,
-        name: m.livekit_name,
-        sid: m.livekit_sid,
+        name: m.livekit_name.into(),
+        sid: m.livekit_sid.map(Into::into),
         status,
         current_participants: m.current_participants,
         started_at: m.started_at,
@@ -210,7 +211,7 @@ pub async fn load_active_rooms(
     after: Option<Uuid>,
     page: u64,
     horizon: DateTime<Utc>,
-) -> Result<Vec<(String, StoredRoom)>, StoreError> {
+) -> Result<Vec<(Arc<str>, StoredRoom)>, StoreError> {
     let mut query = rooms::Entity::find()
         .filter(rooms::Column::Status.eq(ACTIVE))
         .order_by_asc(rooms::Column::Id)
@@ -241,7 +242,7 @@ pub async fn load_active_rooms(
             let room = room_record(m)?;
             let name = room.name.clone();
             let stored = StoredRoom {
-                ended_sids: ended.remove(&name).unwrap_or_default(),
+                ended_sids: ended.remove(&*name).unwrap_or_default(),
                 latest: Some((room.clone(), sessions.remove(&room.id).unwrap_or_default())),
             };
             Ok((name, stored))

@@ -399,7 +399,7 @@ async fn insert_events<'a>(
     let rows: Vec<webhook_events::ActiveModel> = events
         .map(|(e, id)| webhook_events::ActiveModel {
             id: Set(*id),
-            event_id: Set(e.event_id.clone()),
+            event_id: Set(e.event_id.as_deref().map(str::to_owned)),
             event: Set(e.event.to_string()),
             room_name: Set(e.room_name.clone()),
             room_sid: Set(e.room_sid.clone()),
@@ -458,8 +458,8 @@ async fn upsert_rooms<'a>(
     let rows: Vec<rooms::ActiveModel> = rooms
         .map(|r| rooms::ActiveModel {
             id: Set(r.id),
-            livekit_name: Set(r.name.clone()),
-            livekit_sid: Set(r.sid.clone()),
+            livekit_name: Set(r.name.to_string()),
+            livekit_sid: Set(r.sid.as_deref().map(str::to_owned)),
             status: Set(r.status.as_str().to_owned()),
             current_participants: Set(r.current_participants),
             started_at: Set(r.started_at),

@@ -563,7 +563,7 @@ async fn the_fence_refuses_a_commit_from_an_old_epoch_in_both_lock_orders() {
             let event =
                 EventRecord::of_reconcile("fenced", None, None, chrono::Utc::now(), "applied");
             let event = EventRecord {
-                event_id: Some(id.to_owned()),
+                event_id: Some(id.into()),
                 ..event
             };
             let fence = Fence {

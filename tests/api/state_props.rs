@@ -166,7 +166,7 @@ impl Db {
                 .rooms
                 .values()
                 .filter(|(_, r)| r.status == RoomStatus::Ended)
-                .filter_map(|(_, r)| Some((r.sid.clone()?, r.ended_at?)))
+                .filter_map(|(_, r)| Some((r.sid.as_deref()?.to_owned(), r.ended_at?)))
                 .collect(),
         }
     }

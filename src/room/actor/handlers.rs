@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use super::{LiveUpdate, Next, RoomActor};
 use crate::record::{Committed, EventRecord};
-use crate::room::messages::{Apply, Delivered, Reconcile, Reconciled, RoomError, StepDown};
+use crate::room::messages::{Apply, Delivered, Reconcile, Reconciled, Retire, RoomError, StepDown};
 use crate::room::snapshot::LastEvent;
 use crate::room::state::Outcome;
 
@@ -54,7 +54,7 @@ impl Handler<Apply> for RoomActor {
         let _request = span.enter();
         let Some(state) = &mut self.state else {
             // Only reachable if loading failed; the actor is stopping.
-            let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
+            let _ = reply.send(Err(RoomError::NotLoaded(self.name.to_string())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         let applied = guarded(|| {
@@ -74,7 +74,7 @@ impl Handler<Apply> for RoomActor {
         let Some(transition) = applied else {
             tracing::error!(room = %self.name, event_id = ?delivery.id, event = %delivery.event, "room state machine panicked; restarting the room");
             self.restart(ctx);
-            let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
+            let _ = reply.send(Err(RoomError::Crashed(self.name.to_string())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         let identity = event.participant().map(|p| p.identity.to_string());
@@ -134,7 +134,7 @@ impl Handler<Reconcile> for RoomActor {
         } = msg;
         slot.take();
         let Some(state) = &self.state else {
-            let _ = reply.send(Err(RoomError::NotLoaded(self.name.clone())));
+            let _ = reply.send(Err(RoomError::NotLoaded(self.name.to_string())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         let now = Utc::now();
@@ -149,7 +149,7 @@ impl Handler<Reconcile> for RoomActor {
         let Some(reconciled) = reconciled else {
             tracing::error!(room = %self.name, "room state machine panicked in reconcile; restarting the room");
             self.restart(ctx);
-            let _ = reply.send(Err(RoomError::Crashed(self.name.clone())));
+            let _ = reply.send(Err(RoomError::Crashed(self.name.to_string())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         let Some((next, transition, corrections)) = reconciled else {
@@ -197,5 +197,13 @@ impl Handler<StepDown> for RoomActor {
     fn handle(&mut self, _: StepDown, ctx: &mut Self::Context) {
         tracing::info!(room = %self.name, "the room's shard left this node; its actor steps down");
         self.step_down(ctx);
+    }
+}
+
+impl Handler<Retire> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        self.retire(ctx);
     }
 }

@@ -81,7 +81,7 @@ impl RoomState {
         let mut corrections = Vec::new();
         let name = self.name.clone();
         let correction = |what, session: Option<&Arc<SessionRecord>>| Correction {
-            room: name.clone(),
+            room: name.to_string(),
             what,
             identity: session.map(|s| s.identity.to_string()),
             sid: session.and_then(|s| s.sid.as_deref().map(str::to_owned)),
