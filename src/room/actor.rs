@@ -59,8 +59,11 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// How much history an actor keeps, as a span of time.
+    /// At most a century: a larger horizon keeps everything anyway, and
+    /// subtracting chrono's maximum from a date overflows (panics).
     fn history(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.history_horizon).unwrap_or(chrono::TimeDelta::MAX)
+        let century = chrono::TimeDelta::days(36_525);
+        chrono::Duration::from_std(self.history_horizon).map_or(century, |h| h.min(century))
     }
 
     /// How often the supervisor looks for actors due to retire: a fraction

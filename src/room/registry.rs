@@ -49,11 +49,18 @@ impl Deadline {
         Self::after(Duration::ZERO)
     }
 
-    /// Rounded up: a deadline is never seen due before its time.
+    /// Rounded up: a deadline is never seen due before its time. A wait
+    /// past what a clock can hold (`idle_timeout_secs = 2^64 - 1`, say)
+    /// is never.
     pub fn after(wait: Duration) -> Self {
-        let at = (Instant::now() + wait).saturating_duration_since(*EPOCH);
-        let millis = at.as_nanos().div_ceil(1_000_000);
-        Self(u64::try_from(millis).unwrap_or(u64::MAX - 1))
+        let Some(at) = Instant::now().checked_add(wait) else {
+            return Self::NEVER;
+        };
+        let millis = at
+            .saturating_duration_since(*EPOCH)
+            .as_nanos()
+            .div_ceil(1_000_000);
+        u64::try_from(millis).map_or(Self::NEVER, Self)
     }
 }
 
@@ -182,5 +189,21 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.actors.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_no_clock_can_hold_is_never() {
+        assert_eq!(Deadline::after(Duration::MAX), Deadline::NEVER);
+        assert_eq!(
+            Deadline::after(Duration::from_secs(u64::MAX)),
+            Deadline::NEVER
+        );
+        assert!(Deadline::after(Duration::from_secs(1)) > Deadline::now());
+        assert!(Deadline::after(Duration::from_secs(1)) < Deadline::NEVER);
     }
 }

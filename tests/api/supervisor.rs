@@ -311,6 +311,32 @@ async fn finished_and_idle_rooms_retire_their_actors_and_stay_readable() {
     .await;
 }
 
+// Waits longer than any clock can hold mean "never" (found by the
+// adversary: `idle_timeout_secs = 2^64 - 1` overflowed the retirement
+// deadline, every actor of an empty room panicked, and the room answered
+// 503 for good).
+#[actix_web::test]
+async fn waits_no_clock_can_hold_mean_never() {
+    let db = TestDb::sqlite();
+    let mut settings = common::settings_for(&db);
+    settings.rooms.idle_timeout_secs = u64::MAX;
+    settings.rooms.retire_after_finish_secs = u64::MAX;
+    settings.rooms.history_horizon_secs = u64::MAX;
+    let app = common::spawn_app_with(settings, db.backend).await;
+    app.ok(&webhook::joined("vast", "RM_vast", "PA_a", "ann").body())
+        .await;
+    app.ok(&webhook::left("vast", "RM_vast", "PA_a", "ann").body())
+        .await;
+    app.ok(&webhook::joined("vast", "RM_vast", "PA_b", "bob").body())
+        .await;
+    assert_eq!(app.count("vast").await, 1);
+    app.ok(&webhook::room_finished("vast", "RM_vast").body())
+        .await;
+    assert_eq!(app.room("vast").await["status"], "ended");
+    assert_eq!(app.supervisor.status().restarts, 0, "no actor crashed");
+    app.stop().await;
+}
+
 // An actor retires only when no delivery holds a slot in its mailbox and no
 // commit is in flight, and a message an actor never took goes to the room's
 // next actor. With idle rooms retiring at once, a room that keeps emptying
