@@ -167,7 +167,7 @@ impl RoomEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// LiveKit's event id (`EV_...`): the same on every retry.
-    pub id: Option<Arc<str>>,
+    pub id: Option<String>,
     /// The event's name as sent (`participant_joined`, `track_published`, ...).
     /// Shared by the audit row, the actor's recent events and the live
     /// update, which each keep it.

@@ -113,7 +113,7 @@ pub struct StoredRoom {
 /// The audit row of one delivery.
 #[derive(Debug, Clone)]
 pub struct EventRecord {
-    pub event_id: Option<Arc<str>>,
+    pub event_id: Option<String>,
     pub event: Arc<str>,
     pub room_name: Option<String>,
     pub room_sid: Option<String>,

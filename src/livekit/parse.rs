@@ -312,7 +312,7 @@ fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, Pars
         (None, room) => Action::Record { room, participant },
     };
     Ok(Delivery {
-        id: non_empty(f.id).map(std::sync::Arc::from),
+        id: non_empty(f.id),
         event: f.event.into(),
         created_at: seconds(f.created_at),
         received_at,

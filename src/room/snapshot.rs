@@ -58,7 +58,7 @@ impl RoomView {
 /// The last event an actor applied, for admins.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastEvent {
-    pub id: Option<Arc<str>>,
+    pub id: Option<String>,
     pub event: Arc<str>,
     pub outcome: &'static str,
     pub at: DateTime<Utc>,

@@ -399,7 +399,7 @@ async fn insert_events<'a>(
     let rows: Vec<webhook_events::ActiveModel> = events
         .map(|(e, id)| webhook_events::ActiveModel {
             id: Set(*id),
-            event_id: Set(e.event_id.as_deref().map(str::to_owned)),
+            event_id: Set(e.event_id.clone()),
             event: Set(e.event.to_string()),
             room_name: Set(e.room_name.clone()),
             room_sid: Set(e.room_sid.clone()),
