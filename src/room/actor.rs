@@ -219,11 +219,17 @@ impl RoomActor {
     /// it stays here, and the next event for it is sent on to the owner.
     fn step_down(&mut self, ctx: &mut Context<Self>) {
         self.unregister(ctx);
+        self.withdraw();
+        self.state = None;
+        ctx.stop();
+    }
+
+    /// Takes the room's snapshot and live feed away with this actor: reads
+    /// fall back to the database, or to the room's next actor.
+    fn withdraw(&mut self) {
         self.parts.snapshots.remove(&self.name);
         self.published = None;
         self.parts.feeds.close(&self.name);
-        self.state = None;
-        ctx.stop();
     }
 
     fn unregister(&self, ctx: &Context<Self>) {
@@ -263,7 +269,9 @@ impl RoomActor {
     /// Retires now if the room still may (`Retire`).
     fn retire(&mut self, ctx: &mut Context<Self>) {
         if !self.retire_in().is_some_and(|left| left.is_zero()) {
-            // A commit since moved the time (or the room filled up).
+            // A commit since moved the time (or the room filled up), or the
+            // registry never heard it: its entry was made after the actor
+            // said. Say it again, whether or not it changed.
             self.retire_at = None;
             self.schedule_retirement(ctx);
             return;
@@ -276,10 +284,7 @@ impl RoomActor {
             return;
         }
         tracing::debug!(room = %self.name, "room actor retires");
-        // The snapshot goes: reads fall back to the database.
-        self.parts.snapshots.remove(&self.name);
-        self.published = None;
-        self.parts.feeds.close(&self.name);
+        self.withdraw();
         ctx.stop();
     }
 
