@@ -17,6 +17,7 @@ use super::{AppState, error::ApiError};
 use crate::cluster::{self, Cluster, FORWARDED_HEADER, Forwarded, Route};
 use crate::livekit;
 use crate::room::messages::Delivered;
+use crate::room::{DeliverError, Unavailable};
 
 #[derive(Serialize)]
 struct Ack<'a> {
@@ -140,20 +141,39 @@ async fn accept(
         room_sid = delivery.room().and_then(|r| r.sid.as_deref()).unwrap_or(""),
         identity = delivery.participant().map_or("", |p| &*p.identity),
     );
-    if let (Some(cluster), Some(room)) = (&state.cluster, delivery.room())
-        && let Some(answer) = send_on(cluster, req, &room.name, token, &body)
+    let mut routed_again = false;
+    loop {
+        if let (Some(cluster), Some(room)) = (&state.cluster, delivery.room())
+            && let Some(answer) = send_on(cluster, req, &room.name, token, &body)
+                .instrument(span.clone())
+                .await?
+        {
+            return Ok(Accepted::Forwarded(answer));
+        }
+        match state
+            .supervisor
+            .deliver(&delivery)
             .instrument(span.clone())
-            .await?
-    {
-        return Ok(Accepted::Forwarded(answer));
+            .await
+        {
+            Ok(delivered) => {
+                span.in_scope(|| tracing::info!(outcome = delivered.as_str(), "webhook committed"));
+                return Ok(Accepted::Here(delivered));
+            }
+            // The shard left this node (it is stopping, or gave the shard
+            // to a node that joined) between routing and handing over; no
+            // actor here took the event, so its new owner can have it now
+            // rather than after LiveKit's retry.
+            Err(DeliverError::Unavailable {
+                cause: Unavailable::NotOwner,
+                ..
+            }) if state.cluster.is_some() && !routed_again => {
+                span.in_scope(|| tracing::info!("the room's shard left this node while the webhook was routed here; routing it again"));
+                routed_again = true;
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
-    let delivered = state
-        .supervisor
-        .deliver(delivery)
-        .instrument(span.clone())
-        .await?;
-    span.in_scope(|| tracing::info!(outcome = delivered.as_str(), "webhook committed"));
-    Ok(Accepted::Here(delivered))
 }
 
 /// On a cluster, sends a verified webhook for another node's room on to that

@@ -53,7 +53,7 @@ pub enum Unavailable {
 
 impl Supervisor {
     /// Hands one delivery over and waits until it is committed.
-    pub async fn deliver(&self, delivery: Delivery) -> Result<Delivered, DeliverError> {
+    pub async fn deliver(&self, delivery: &Delivery) -> Result<Delivered, DeliverError> {
         let room_name = delivery.room().map(|r| r.name.clone()).unwrap_or_default();
         let unavailable = |cause: Unavailable| DeliverError::Unavailable {
             room: room_name.clone(),
@@ -154,8 +154,8 @@ impl Supervisor {
 
     /// Events roomd does not act on (tracks, egress, ingress, ...): an audit
     /// row, committed like everything else, and no actor.
-    async fn record_only(&self, delivery: Delivery) -> Result<Delivered, StoreError> {
-        let record = EventRecord::of_delivery(&delivery, None, Outcome::Ignored.as_str());
+    async fn record_only(&self, delivery: &Delivery) -> Result<Delivered, StoreError> {
+        let record = EventRecord::of_delivery(delivery, None, Outcome::Ignored.as_str());
         match self
             .inner
             .parts

@@ -15,5 +15,5 @@ pub mod state;
 pub mod supervisor;
 
 pub use actor::Lifecycle;
-pub use delivery::DeliverError;
+pub use delivery::{DeliverError, Unavailable};
 pub use supervisor::{Supervisor, SupervisorSettings, SupervisorStatus};

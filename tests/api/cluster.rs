@@ -104,6 +104,8 @@ struct Sent {
     exhausted: AtomicUsize,
     /// What each exhausted event met, try by try.
     history: std::sync::Mutex<Vec<String>>,
+    /// Each 5xx answer, with the node that gave it, as it was given.
+    refusals: std::sync::Mutex<Vec<String>>,
 }
 
 /// LiveKit's notifier for one room behind a round-robin balancer: each event
@@ -158,6 +160,8 @@ async fn deliver_room(
                 Some(status) => {
                     assert!(status.is_server_error(), "{status} for {body}");
                     sent.unavailable.fetch_add(1, Ordering::Relaxed);
+                    let answer = met.last().cloned().unwrap_or_default();
+                    sent.refusals.lock().unwrap().push(answer);
                 }
                 None => {}
             }
@@ -350,6 +354,9 @@ async fn three_nodes_lose_one_to_sigkill_gain_one_and_hand_one_over_with_counts_
         for h in sent.history.lock().unwrap().iter() {
             eprintln!("exhausted: {h}");
         }
+        for r in sent.refusals.lock().unwrap().iter() {
+            eprintln!("5xx: {r}");
+        }
         eprintln!(
             "sigkill phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted, {:.1} s",
             sent.tries.load(Ordering::Relaxed),
@@ -393,9 +400,21 @@ async fn three_nodes_lose_one_to_sigkill_gain_one_and_hand_one_over_with_counts_
         for h in sent.history.lock().unwrap().iter() {
             eprintln!("exhausted: {h}");
         }
+        for r in sent.refusals.lock().unwrap().iter() {
+            eprintln!("5xx: {r}");
+        }
         for (name, log) in [("a", &a_log), ("b", &b_log), ("d", &d_log)] {
-            let lines = log.lock().unwrap().join("\n");
-            std::fs::write(format!("/tmp/cluster-{name}.log"), lines).unwrap();
+            let lines = log.lock().unwrap();
+            std::fs::write(format!("/tmp/cluster-{name}.log"), lines.join("\n")).unwrap();
+            if sent.unavailable.load(Ordering::Relaxed) > 0 {
+                // CI keeps only what the test printed.
+                for line in lines
+                    .iter()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                {
+                    eprintln!("{name}: {line}");
+                }
+            }
         }
         eprintln!(
             "sigterm phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted",
