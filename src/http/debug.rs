@@ -58,7 +58,7 @@ pub async fn actor(
 ) -> Result<HttpResponse, ApiError> {
     Reader::of(&req, &state.tokens)?.require_admin()?;
     let name = name.into_inner();
-    match state.supervisor.snapshot(&name) {
+    match state.supervisor.actor_snapshot(&name) {
         Some(snapshot) => Ok(HttpResponse::Ok().json(json!({
             "room": name,
             "mailbox_depth": state.supervisor.mailbox_depth(&name),

@@ -120,6 +120,13 @@ pub struct RoomActor {
     published: Option<Arc<Slot>>,
 }
 
+/// What a withdrawing actor does with its room's published snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Snapshot {
+    Keep,
+    Remove,
+}
+
 impl RoomActor {
     /// `preloaded` is the room's committed state when the caller already read
     /// it (recovery at start); otherwise the actor loads it before its first message.
@@ -219,15 +226,18 @@ impl RoomActor {
     /// it stays here, and the next event for it is sent on to the owner.
     fn step_down(&mut self, ctx: &mut Context<Self>) {
         self.unregister(ctx);
-        self.withdraw();
+        self.withdraw(Snapshot::Remove);
         self.state = None;
         ctx.stop();
     }
 
-    /// Takes the room's snapshot and live feed away with this actor: reads
-    /// fall back to the database, or to the room's next actor.
-    fn withdraw(&mut self) {
-        self.parts.snapshots.remove(&self.name);
+    /// Ends this actor's hold on the room's live feed and its published
+    /// snapshot, and takes the snapshot away unless told to keep it: reads
+    /// then fall back to the database, or to the room's next actor.
+    fn withdraw(&mut self, snapshot: Snapshot) {
+        if snapshot == Snapshot::Remove {
+            self.parts.snapshots.remove(&self.name);
+        }
         self.published = None;
         self.parts.feeds.close(&self.name);
     }
@@ -284,7 +294,21 @@ impl RoomActor {
             return;
         }
         tracing::debug!(room = %self.name, "room actor retires");
-        self.withdraw();
+        // An active room (with nobody in: an occupied one never retires)
+        // keeps its snapshot, so it stays in the room list. Only the room's
+        // actor writes it, so it is what the database holds until the next
+        // event starts one; a node that loses the room's shard removes it
+        // (`Supervisor::step_down`).
+        let active = self
+            .state
+            .as_ref()
+            .and_then(RoomState::current)
+            .is_some_and(|room| room.is_active());
+        self.withdraw(if active {
+            Snapshot::Keep
+        } else {
+            Snapshot::Remove
+        });
         ctx.stop();
     }
 

@@ -75,15 +75,29 @@ impl Published {
         self.active.remove(name);
     }
 
+    /// Removes every room `gone` names: O(rooms), for a node giving up shards.
+    pub fn remove_where(&self, gone: impl Fn(&str) -> bool) {
+        for entry in self.all.iter().filter(|e| gone(e.key())) {
+            self.active.remove(entry.key());
+            entry.remove();
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<RoomSnapshot>> {
         self.all.get(name).map(|e| e.value().read())
     }
 
-    /// Every published snapshot after `after`, in name order.
-    pub fn page(&self, after: Option<&str>, limit: usize) -> Page<(String, Arc<RoomSnapshot>)> {
+    /// The published snapshots after `after` that `keep` names, in name order.
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str) -> bool,
+    ) -> Page<(String, Arc<RoomSnapshot>)> {
         let mut items: Vec<_> = self
             .all
             .range::<str, _>(from(after))
+            .filter(|e| keep(e.key()))
             .take(limit + 1)
             .map(|e| (e.key().to_string(), e.value().read()))
             .collect();

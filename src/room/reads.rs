@@ -22,7 +22,8 @@ pub struct RoomDetail {
 }
 
 impl Supervisor {
-    /// The latest published snapshot of a room with a live actor. On a
+    /// The latest published snapshot of a room with a live actor, or of an
+    /// active one whose actor retired (nothing changed it since). On a
     /// cluster only while this node holds the room under a valid lease: a
     /// node resumed after a pause must not answer from memory that another
     /// node may have moved past.
@@ -115,13 +116,25 @@ impl Supervisor {
         }))
     }
 
-    /// Published snapshots in name order after `after`: a page of actors.
+    /// A page of actors: the snapshots of rooms with a live actor, in name
+    /// order after `after` (an active room keeps its snapshot after its
+    /// actor retired, and is no actor).
     pub fn snapshots(
         &self,
         after: Option<&str>,
         limit: usize,
     ) -> Page<(String, Arc<RoomSnapshot>)> {
-        self.inner.parts.snapshots.page(after, limit)
+        let registry = &self.inner.parts.registry;
+        self.inner
+            .parts
+            .snapshots
+            .page(after, limit, |name| registry.contains(name))
+    }
+
+    /// A room's snapshot while it has a live actor: what admins read of it.
+    pub fn actor_snapshot(&self, name: &str) -> Option<Arc<RoomSnapshot>> {
+        self.snapshot(name)
+            .filter(|_| self.inner.parts.registry.contains(name))
     }
 
     /// Active rooms in name order after `after`: those held by actors here,

@@ -205,6 +205,9 @@ impl Supervisor {
         for (_, addr) in &leaving {
             addr.do_send(StepDown);
         }
+        // Rooms whose actors retired keep their snapshots (active ones do);
+        // once another node may change them, they are not this node's to show.
+        self.inner.parts.snapshots.remove_where(&lost);
         leaving.len()
     }
 

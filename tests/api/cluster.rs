@@ -34,18 +34,21 @@ fn free_port() -> u16 {
 
 /// A node of the cluster, as its own process.
 fn node(db: &TestDb, id: &str) -> Roomd {
+    node_with(db, id, &[])
+}
+
+/// `node`, with more settings.
+fn node_with(db: &TestDb, id: &str, settings: &[(&str, &str)]) -> Roomd {
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
     let url = format!("http://{bind}");
-    Roomd::start_with(
-        &db.url,
-        &bind,
-        &[
-            ("ROOMD__CLUSTER__MODE", "postgres"),
-            ("ROOMD__CLUSTER__NODE_ID", id),
-            ("ROOMD__CLUSTER__ADVERTISE_URL", &url),
-        ],
-    )
+    let mut env = vec![
+        ("ROOMD__CLUSTER__MODE", "postgres"),
+        ("ROOMD__CLUSTER__NODE_ID", id),
+        ("ROOMD__CLUSTER__ADVERTISE_URL", &url),
+    ];
+    env.extend_from_slice(settings);
+    Roomd::start_with(&db.url, &bind, &env)
 }
 
 /// Two nodes that have split the shards; the first, up first, keeps the
@@ -540,6 +543,78 @@ async fn a_node_paused_past_its_lease_writes_nothing_more() {
         assert_exact(&pg, &[&a, &b], &truth).await;
         drop((a, b)); // killed: see `Roomd`'s Drop
         pg.close().await.ok();
+    })
+    .await;
+}
+
+// An active room whose actor retired keeps its snapshot (so it stays
+// listed); a node that loses the room's shard must drop it, or, when the
+// shard comes back, it would show the room as it left it, not as the other
+// node changed it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_comes_back_is_read_as_the_other_node_left_it() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let retire_at_once = [("ROOMD__ROOMS__IDLE_TIMEOUT_SECS", "0")];
+        let a = node_with(db, "ba", &retire_at_once).ready(&client).await;
+        let b = node_with(db, "bb", &retire_at_once).ready(&client).await;
+        until_shards(&a, |s| s == 128).await;
+        until_shards(&b, |s| s == 128).await;
+        // A room on `b` (which holds the upper half, and gets it back after
+        // a pause: `a` hands over its highest shards first), emptied.
+        let (room, shard) = (0..)
+            .map(|i| format!("back{i}"))
+            .map(|name| (roomd::shard::shard_of(&name, 256), name))
+            .find(|(shard, _)| *shard >= 128)
+            .map(|(shard, name)| (name, shard))
+            .unwrap();
+        for body in [
+            webhook::joined(&room, "RM_back", "PA_b1", "b1").body(),
+            webhook::left(&room, "RM_back", "PA_b1", "b1").body(),
+        ] {
+            assert_eq!(b.send(&body).await, StatusCode::OK);
+        }
+        let admin = common::admin_token();
+        let actor_gone = async || {
+            let answer = client
+                .get(format!("{}/v1/debug/actors/{room}", b.base))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap();
+            answer.status() == StatusCode::NOT_FOUND
+        };
+        common::until("the empty room's actor on b retires", actor_gone).await;
+        assert_eq!(
+            b.get(&format!("/v1/rooms/{room}"), None).await["status"],
+            "active"
+        );
+
+        let pid = libc::pid_t::try_from(b.pid()).unwrap();
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        until_shards(&a, |s| s == 256).await;
+        let finished = webhook::room_finished(&room, "RM_back").body();
+        assert_eq!(a.send(&finished).await, StatusCode::OK);
+        let taken = a.get("/v1/debug/cluster", Some(&admin)).await["map"]["shards"][shard as usize]
+            ["epoch"]
+            .as_i64()
+            .unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+        // `b` finds its shards gone, then claims its share again: the
+        // room's shard under a newer epoch than `a`'s.
+        let back = async || {
+            let status = b.get("/v1/debug/cluster", Some(&admin)).await;
+            let row = &status["map"]["shards"][shard as usize];
+            status["owned_shards"] == 128
+                && row["owner"] == "bb"
+                && row["epoch"].as_i64().is_some_and(|e| e > taken)
+        };
+        common::until("the room's shard is back on b", back).await;
+        let view = b.get(&format!("/v1/rooms/{room}"), None).await;
+        assert_eq!(view["status"], "ended", "read from b: {view}");
+        drop((a, b)); // killed: see `Roomd`'s Drop
     })
     .await;
 }

@@ -23,16 +23,6 @@ fn signed(claims: Value) -> String {
     .unwrap()
 }
 
-async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (StatusCode, Value) {
-    let mut request = app.client.get(format!("{}{path}", app.base));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn seed(app: &TestApp) {
     app.ok(&webhook::joined("lobby-a", "RM_la", "PA_a1", "ana").body())
         .await;
@@ -52,7 +42,7 @@ async fn every_read_route_answers(app: &TestApp) {
     seed(app).await;
     let admin = admin_token();
 
-    let (status, list) = get(app, "/v1/rooms", None).await;
+    let (status, list) = app.get("/v1/rooms").await;
     assert_eq!(status, StatusCode::OK, "counts are public by default");
     let names: Vec<&str> = list["rooms"]
         .as_array()
@@ -62,31 +52,24 @@ async fn every_read_route_answers(app: &TestApp) {
         .collect();
     assert_eq!(names, ["lobby-a", "lobby-b"], "live rooms only, by name");
 
-    let (_, page) = get(app, "/v1/rooms?limit=1", None).await;
+    let (_, page) = app.get("/v1/rooms?limit=1").await;
     assert_eq!(page["rooms"].as_array().unwrap().len(), 1);
     assert_eq!(page["next"], "lobby-a");
-    let (_, page2) = get(app, "/v1/rooms?limit=1&after=lobby-a", None).await;
+    let (_, page2) = app.get("/v1/rooms?limit=1&after=lobby-a").await;
     assert_eq!(page2["rooms"][0]["name"], "lobby-b");
     assert!(page2["next"].is_null());
-    let (status, _) = get(app, "/v1/rooms?limit=0", None).await;
+    let (status, _) = app.get("/v1/rooms?limit=0").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    let (_, some) = get(app, "/v1/rooms?names=lobby-b,nowhere,lobby-c", None).await;
-    let counts: Vec<(&str, u64)> = some["rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap(),
-                r["participant_count"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(counts, [("lobby-b", 1), ("lobby-c", 0)]);
+    let (_, some) = app
+        .get_as("/v1/rooms?names=lobby-b,nowhere,lobby-c", None)
+        .await;
+    assert_eq!(common::counts(&some), [("lobby-b", 1), ("lobby-c", 0)]);
     assert_eq!(some["unknown"], serde_json::json!(["nowhere"]));
 
-    let (status, people) = get(app, "/v1/rooms/lobby-a/participants", Some(&admin)).await;
+    let (status, people) = app
+        .get_as("/v1/rooms/lobby-a/participants", Some(&admin))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(people["participant_count"], 2);
     let kinds: Vec<&str> = people["participants"]
@@ -97,7 +80,7 @@ async fn every_read_route_answers(app: &TestApp) {
         .collect();
     assert!(kinds.contains(&"agent") && kinds.contains(&"standard"));
 
-    let (status, debug) = get(app, "/v1/debug/actors", Some(&admin)).await;
+    let (status, debug) = app.get_as("/v1/debug/actors", Some(&admin)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(debug["supervisor"]["recovered"], true);
     assert!(
@@ -107,7 +90,7 @@ async fn every_read_route_answers(app: &TestApp) {
             .iter()
             .any(|a| a["room"] == "lobby-a")
     );
-    let (status, one) = get(app, "/v1/debug/actors/lobby-a", Some(&admin)).await;
+    let (status, one) = app.get_as("/v1/debug/actors/lobby-a", Some(&admin)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one["snapshot"]["counters"]["applied"], 2);
     assert_eq!(one["snapshot"]["last_event"]["event"], "participant_joined");
@@ -118,7 +101,7 @@ async fn every_read_route_answers(app: &TestApp) {
     let recent = one["snapshot"]["recent_events"].as_array().unwrap();
     assert_eq!(recent.len(), 2);
     assert!(recent.iter().all(|e| e["outcome"] == "applied"));
-    let (status, _) = get(app, "/v1/debug/actors/nowhere", Some(&admin)).await;
+    let (status, _) = app.get_as("/v1/debug/actors/nowhere", Some(&admin)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 #[actix_web::test]
@@ -213,7 +196,7 @@ async fn livekit_tokens_decide_who_reads_what(app: &TestApp) {
         ),
     ];
     for (what, path, token, expected) in cases {
-        let (status, body) = get(app, path, token.as_deref()).await;
+        let (status, body) = app.get_as(path, token.as_deref()).await;
         assert_eq!(status, expected, "[{}] {what}: {body}", app.backend);
         if !status.is_success() {
             assert!(body["error"].is_string(), "{what}: JSON error");
@@ -244,33 +227,23 @@ async fn counts_can_be_made_private() {
     let app = common::spawn_app_with(settings, db.backend).await;
     seed(&app).await;
     assert_eq!(
-        get(&app, "/v1/rooms/lobby-a", None).await.0,
+        app.get("/v1/rooms/lobby-a").await.0,
         StatusCode::UNAUTHORIZED
     );
+    assert_eq!(app.get("/v1/rooms").await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        get(&app, "/v1/rooms", None).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        get(
-            &app,
-            "/v1/rooms/lobby-a",
-            Some(&join_token("lobby-b", "ben"))
-        )
-        .await
-        .0,
+        app.get_as("/v1/rooms/lobby-a", Some(&join_token("lobby-b", "ben")))
+            .await
+            .0,
         StatusCode::FORBIDDEN
     );
-    let (status, view) = get(
-        &app,
-        "/v1/rooms/lobby-a",
-        Some(&join_token("lobby-a", "ana")),
-    )
-    .await;
+    let (status, view) = app
+        .get_as("/v1/rooms/lobby-a", Some(&join_token("lobby-a", "ana")))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(view["participant_count"], 2);
     assert_eq!(
-        get(&app, "/v1/rooms", Some(&admin_token())).await.0,
+        app.get_as("/v1/rooms", Some(&admin_token())).await.0,
         StatusCode::OK
     );
     app.stop().await;

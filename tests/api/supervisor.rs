@@ -297,6 +297,28 @@ async fn finished_and_idle_rooms_retire_their_actors_and_stay_readable() {
         assert_eq!(app.room("done").await["status"], "ended");
         assert_eq!(app.room("empty").await["status"], "active");
         assert_eq!(app.count("busy").await, 1);
+        // The empty room is still live: listed with its count, though no
+        // actor holds it (it dropped out of the list once its actor retired).
+        let (_, list) = app.get("/v1/rooms").await;
+        let listed = common::counts(&list);
+        assert_eq!(
+            listed,
+            [("busy", 1), ("empty", 0)],
+            "[{}] {list}",
+            db.backend
+        );
+        // Admins see actors, and the empty room has none.
+        let admin = common::admin_token();
+        let (_, actors) = app.get_as("/v1/debug/actors", Some(&admin)).await;
+        let rooms: Vec<&str> = actors["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["room"].as_str().unwrap())
+            .collect();
+        assert_eq!(rooms, ["busy"], "[{}] {actors}", db.backend);
+        let (status, _) = app.get_as("/v1/debug/actors/empty", Some(&admin)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
 
         // The idle room's next event rebuilds it from the database, tombstone included.
         let late = app

@@ -202,6 +202,21 @@ pub fn sign_with(key: &str, secret: &str, body: &str) -> String {
 }
 
 /// A read token with the admin grant (`roomList`), as `lk token create --list` makes.
+/// Each room of a `{"rooms": [...]}` answer as (name, participant count).
+pub fn counts(answer: &Value) -> Vec<(&str, u64)> {
+    answer["rooms"]
+        .as_array()
+        .expect("a list of rooms")
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["participant_count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 pub fn admin_token() -> String {
     livekit_api::access_token::AccessToken::with_api_key(KEY, SECRET)
         .with_grants(livekit_api::access_token::VideoGrants {
@@ -281,12 +296,16 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request");
+        self.get_as(path, None).await
+    }
+
+    /// `GET path` with `token` as a bearer token, if any.
+    pub async fn get_as(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request");
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
