@@ -382,9 +382,16 @@ impl Cluster {
                 node: self.node.to_string(),
             });
         }
-        self.ownership.renewed(sent + self.ttl());
-
-        let map = self.read_map().await?;
+        // The lease is extended here only once the shards others took are
+        // dropped: a node waking from a pause past its lease would otherwise
+        // serve, for one map read, rooms that moved on without it.
+        let map = match self.read_map().await {
+            Ok(map) => map,
+            Err(err) => {
+                self.ownership.renewed(sent + self.ttl());
+                return Err(err);
+            }
+        };
         let lost: HashSet<u32> = self
             .ownership
             .owned()
@@ -403,6 +410,7 @@ impl Cluster {
             tracing::warn!(node = %self.node, shards = lost.len(), "shards taken over by another node");
             self.step_down(supervisor, &lost);
         }
+        self.ownership.renewed(sent + self.ttl());
         if self.leaving.load(Ordering::Acquire) {
             return Ok(());
         }

@@ -16,8 +16,9 @@ use tokio::sync::Semaphore;
 use super::{AppState, error::ApiError};
 use crate::cluster::{self, Cluster, FORWARDED_HEADER, Forwarded, Route};
 use crate::livekit;
-use crate::room::messages::Delivered;
+use crate::room::messages::{Delivered, RoomError};
 use crate::room::{DeliverError, Unavailable};
+use crate::store::StoreError;
 
 #[derive(Serialize)]
 struct Ack<'a> {
@@ -161,11 +162,14 @@ async fn accept(
                 return Ok(Accepted::Here(delivered));
             }
             // The shard left this node (it is stopping, or gave the shard
-            // to a node that joined) between routing and handing over; no
-            // actor here took the event, so its new owner can have it now
-            // rather than after LiveKit's retry.
+            // to a node that joined) between routing and the commit: no
+            // actor here took the event, or the fence refused its commit,
+            // so nothing of it was written, and its new owner can have it
+            // now rather than after LiveKit's retry.
             Err(DeliverError::Unavailable {
-                cause: Unavailable::NotOwner,
+                cause:
+                    Unavailable::NotOwner
+                    | Unavailable::Room(RoomError::Store(StoreError::Fenced { .. })),
                 ..
             }) if state.cluster.is_some() && !routed_again => {
                 span.in_scope(|| tracing::info!("the room's shard left this node while the webhook was routed here; routing it again"));

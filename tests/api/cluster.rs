@@ -600,6 +600,34 @@ async fn a_room_that_comes_back_is_read_as_the_other_node_left_it() {
             ["epoch"]
             .as_i64()
             .unwrap();
+        // Readers at `b` from before it wakes until its shard is back: not
+        // one may see the room as `b` left it (the adversary saw `b`, just
+        // woken, serve its kept snapshot until its first map read).
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let url = format!("{}/v1/rooms/{room}", b.base);
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut stale = Vec::new();
+                    while !done.load(Ordering::Relaxed) {
+                        let Ok(answer) = client.get(&url).send().await else {
+                            continue;
+                        };
+                        if answer.status() != StatusCode::OK {
+                            continue;
+                        }
+                        let view: serde_json::Value = answer.json().await.unwrap();
+                        if view["status"] != "ended" {
+                            stale.push(view);
+                        }
+                    }
+                    stale
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
         // SAFETY: as above.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
         // `b` finds its shards gone, then claims its share again: the
@@ -612,6 +640,14 @@ async fn a_room_that_comes_back_is_read_as_the_other_node_left_it() {
                 && row["epoch"].as_i64().is_some_and(|e| e > taken)
         };
         common::until("the room's shard is back on b", back).await;
+        done.store(true, Ordering::Relaxed);
+        for reader in readers {
+            let stale = reader.await.unwrap();
+            assert!(
+                stale.is_empty(),
+                "read from b as it left the room: {stale:?}"
+            );
+        }
         let view = b.get(&format!("/v1/rooms/{room}"), None).await;
         assert_eq!(view["status"], "ended", "read from b: {view}");
         drop((a, b)); // killed: see `Roomd`'s Drop
