@@ -28,7 +28,9 @@ use crate::event::{EndReason, LeaveReason, ParticipantKind, ParticipantRef, Room
 use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
 mod reconcile;
+mod sessions;
 pub use reconcile::{Correction, CorrectionKind};
+use sessions::{SessionKey, Sessions};
 
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,22 +73,6 @@ pub struct Transition {
     pub changes: Changes,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum SessionKey {
-    Sid(Arc<str>),
-    /// For bodies without a participant sid.
-    Identity(Arc<str>),
-}
-
-impl SessionKey {
-    fn of(identity: &Arc<str>, sid: Option<&Arc<str>>) -> Self {
-        match sid {
-            Some(sid) => Self::Sid(sid.clone()),
-            None => Self::Identity(identity.clone()),
-        }
-    }
-}
-
 /// One room instance and every session it has seen (open, closed, tombstones).
 ///
 /// A session's row is shared (`Arc`) with the rows handed to the writer,
@@ -96,7 +82,7 @@ impl SessionKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     room: RoomRecord,
-    sessions: BTreeMap<SessionKey, Arc<SessionRecord>>,
+    sessions: Sessions,
     /// Who is in, kept as sessions open and close (counting from
     /// `sessions` cost O(people) on every event).
     present: Present,
@@ -116,22 +102,21 @@ impl Instance {
                 end_reason: None,
                 changed_at: None,
             },
-            sessions: BTreeMap::new(),
+            sessions: Sessions::default(),
             present: Present::default(),
         }
     }
 
     fn restore(room: RoomRecord, sessions: Vec<SessionRecord>) -> Self {
-        let mut map: BTreeMap<SessionKey, Arc<SessionRecord>> = BTreeMap::new();
+        let mut map = Sessions::default();
         for session in sessions {
-            let key = SessionKey::of(&session.identity, session.sid.as_ref());
             // Sid-less rows of one identity accumulate over rejoins: the open
             // one, else the latest to close, is the one that decides.
-            let keep_old = map.get(&key).is_some_and(|old| {
+            let keep_old = map.get(SessionKey::of_row(&session)).is_some_and(|old| {
                 old.is_open() || (!session.is_open() && old.left_at >= session.left_at)
             });
             if !keep_old {
-                map.insert(key, Arc::new(session));
+                map.insert(Arc::new(session));
             }
         }
         let mut instance = Self {
@@ -249,7 +234,12 @@ impl Instance {
     /// Ends the instance and closes every open session at `at`.
     fn end(&mut self, at: DateTime<Utc>, why: EndReason, changes: &mut Changes) {
         let reason = LeaveReason::RoomEnded(why).as_string();
-        for session in self.sessions.values_mut().filter(|s| s.is_open()) {
+        for session in self
+            .sessions
+            .sorted_mut()
+            .into_iter()
+            .filter(|s| s.is_open())
+        {
             Arc::make_mut(session).close(at, reason.clone());
             changes.sessions.push(session.clone());
         }
@@ -282,9 +272,9 @@ impl Instance {
     }
 
     fn join(&mut self, p: &ParticipantRef, at: DateTime<Utc>, changes: &mut Changes) -> Outcome {
-        let key = SessionKey::of(&p.identity, p.sid.as_ref());
+        let key = SessionKey::of(&p.identity, p.sid.as_deref());
         let joined_at = p.joined_at.unwrap_or(at);
-        match (self.sessions.get_mut(&key), &key) {
+        match (self.sessions.get_mut(key), key) {
             // Without sids, a later join of someone present means a leave
             // in between is late or lost: the session now began at this
             // join, so that late leave cannot end it.
@@ -312,7 +302,7 @@ impl Instance {
         let session = self.new_session(p, Some(joined_at), None);
         changes.sessions.push(session.clone());
         self.present.open(&session);
-        self.sessions.insert(key, session);
+        self.sessions.insert(session);
         Outcome::Applied
     }
 
@@ -328,7 +318,7 @@ impl Instance {
             Arc::make_mut(s).close(at, reason.as_string());
             changes.sessions.push(s.clone());
         };
-        let key = SessionKey::of(&p.identity, p.sid.as_ref());
+        let key = SessionKey::of(&p.identity, p.sid.as_deref());
         // A sid-less leave is ordered by time: it ends only sessions that
         // began at or before it (a tie goes to the later arrival), so a late
         // copy of an earlier leave cannot end a rejoin.
@@ -349,7 +339,7 @@ impl Instance {
             // from before it must not reopen, and a redelivery of it must
             // find it and change nothing (found by fuzzing: it used to add a
             // tombstone the second time).
-            let settled = self.sessions.get(&key).is_some_and(|s| {
+            let settled = self.sessions.get(key).is_some_and(|s| {
                 s.left_at.is_some_and(|left| left >= at) || (s.is_open() && !began_by(s))
             });
             if settled {
@@ -360,7 +350,7 @@ impl Instance {
                 };
             }
         }
-        match self.sessions.get_mut(&key) {
+        match self.sessions.get_mut(key) {
             Some(s) if s.is_open() => {
                 close(s, &mut self.present, changes);
                 return Outcome::Applied;
@@ -373,7 +363,7 @@ impl Instance {
         // join cannot open the session when it arrives.
         let tombstone = self.new_session(p, None, Some((at, reason)));
         changes.sessions.push(tombstone.clone());
-        self.sessions.insert(key, tombstone);
+        self.sessions.insert(tombstone);
         Outcome::Applied
     }
 }
@@ -469,7 +459,7 @@ impl RoomState {
             .retain(|sid, ended| *ended >= cutoff || Some(sid.as_str()) == current_sid);
         instance
             .sessions
-            .retain(|_, s| s.left_at.is_none_or(|left| left >= cutoff));
+            .retain(|s| s.left_at.is_none_or(|left| left >= cutoff));
     }
 
     /// An instance that reconciliation ended comes back when LiveKit shows

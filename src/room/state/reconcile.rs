@@ -132,7 +132,7 @@ impl RoomState {
             .collect();
         let changes = &mut transition.changes;
         let reconciled = LeaveReason::Reconciled.as_string();
-        for session in instance.sessions.values_mut() {
+        for session in instance.sessions.sorted_mut() {
             // Only a reconciliation's own closing is undone: a leave LiveKit
             // sent is final, even while its list still shows the session.
             let wrongly_closed = session.leave_reason.as_deref() == Some(&*reconciled)
@@ -160,11 +160,10 @@ impl RoomState {
             }
         }
         for p in &truth.participants {
-            let known = p.sid.as_ref().is_some_and(|sid| {
-                instance
-                    .sessions
-                    .contains_key(&SessionKey::Sid(sid.clone()))
-            });
+            let known = p
+                .sid
+                .as_ref()
+                .is_some_and(|sid| instance.sessions.contains(SessionKey::Sid(sid)));
             if !known && instance.join(p, at, changes) == Outcome::Applied {
                 corrections.push(correction(
                     CorrectionKind::SessionOpened,
