@@ -19,6 +19,10 @@ use super::Cluster;
 /// moment must not bounce it, but one that reaches a node handing its shards
 /// over may go on to the new owner.
 pub const FORWARDED_HEADER: &str = "x-roomd-forwarded";
+
+/// Set on a node's 503 "no node holds this room's shard": the node asked
+/// knows of no owner, so the asker may wait for the map to move itself.
+pub const NO_OWNER_HEADER: &str = "x-roomd-no-owner";
 pub const MAX_HOPS: u8 = 2;
 
 type HopMac = Hmac<Sha256>;
@@ -65,6 +69,8 @@ pub struct Forwarded {
     pub status: u16,
     pub retry_after: Option<String>,
     pub body: Bytes,
+    /// The node asked no longer holds the room and knows no owner.
+    pub no_owner: bool,
 }
 
 impl Cluster {
@@ -150,10 +156,12 @@ impl Cluster {
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
+                let no_owner = response.headers().contains_key(NO_OWNER_HEADER);
                 response.bytes().await.map(|body| Forwarded {
                     status,
                     retry_after,
                     body,
+                    no_owner,
                 })
             }
             Err(err) => Err(err),

@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-pub use forward::{FORWARDED_HEADER, Forwarded, MAX_HOPS, hop_header};
+pub use forward::{FORWARDED_HEADER, Forwarded, MAX_HOPS, NO_OWNER_HEADER, hop_header};
 pub use table::{NodeRow, ShardRow};
 
 use crate::config::ClusterSettings;

@@ -151,6 +151,12 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
+        if matches!(self, Self::NoOwner) {
+            response.insert_header((
+                crate::cluster::NO_OWNER_HEADER,
+                HeaderValue::from_static("1"),
+            ));
+        }
         if matches!(
             self,
             Self::Unauthorized(_) | Self::NeedsToken | Self::BadToken(_)

@@ -200,15 +200,31 @@ async fn send_on(
     let wait = cluster.forward_timeout() / (u32::from(hops) + 1);
     let deadline = Instant::now() + wait;
     let mut failed: Option<String> = None;
+    let mut refused: Option<Forwarded> = None;
     loop {
         let within = deadline.saturating_duration_since(Instant::now());
         match cluster.route_past(room, failed.as_deref(), within).await {
             Route::Here => return Ok(None),
+            // Still the node that said it knows no owner: its answer stands.
+            Route::Owner { node, .. } if refused.is_some() && failed.as_ref() == Some(&node) => {
+                return Ok(refused);
+            }
             Route::Owner { node, url } if hops < cluster::MAX_HOPS => {
                 match cluster
                     .forward_webhook(&url, token, body.clone(), hops)
                     .await
                 {
+                    // The owner gave the room up (it is stopping, or handed
+                    // the shard to a node that joined) and waited its
+                    // shorter share of the bound for the next owner in
+                    // vain: this node waits out the rest of its own.
+                    Ok(answer)
+                        if answer.no_owner && failed.is_none() && Instant::now() < deadline =>
+                    {
+                        tracing::info!(owner = %node, "the room's owner gave it up and knows no other; waiting for its shards to move");
+                        failed = Some(node);
+                        refused = Some(answer);
+                    }
                     Ok(answer) => {
                         tracing::info!(owner = %node, status = answer.status, "webhook forwarded to the room's owner");
                         return Ok(Some(answer));

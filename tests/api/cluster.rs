@@ -71,6 +71,17 @@ fn room_of_first(prefix: &str) -> String {
         .unwrap()
 }
 
+/// A room named `prefix` and a number whose shard the second of
+/// `two_nodes` holds, and that shard.
+fn room_of_second(prefix: &str) -> (String, u32) {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .map(|name| (roomd::shard::shard_of(&name, 256), name))
+        .find(|(shard, _)| *shard >= 128)
+        .map(|(shard, name)| (name, shard))
+        .unwrap()
+}
+
 /// A node that must refuse to start: what it printed.
 fn refused(db: &TestDb, settings: &[(&str, &str)]) -> String {
     let port = free_port();
@@ -562,12 +573,7 @@ async fn a_room_that_comes_back_is_read_as_the_other_node_left_it() {
         until_shards(&b, |s| s == 128).await;
         // A room on `b` (which holds the upper half, and gets it back after
         // a pause: `a` hands over its highest shards first), emptied.
-        let (room, shard) = (0..)
-            .map(|i| format!("back{i}"))
-            .map(|name| (roomd::shard::shard_of(&name, 256), name))
-            .find(|(shard, _)| *shard >= 128)
-            .map(|(shard, name)| (name, shard))
-            .unwrap();
+        let (room, shard) = room_of_second("back");
         for body in [
             webhook::joined(&room, "RM_back", "PA_b1", "b1").body(),
             webhook::left(&room, "RM_back", "PA_b1", "b1").body(),
@@ -651,6 +657,70 @@ async fn a_room_that_comes_back_is_read_as_the_other_node_left_it() {
         let view = b.get(&format!("/v1/rooms/{room}"), None).await;
         assert_eq!(view["status"], "ended", "read from b: {view}");
         drop((a, b)); // killed: see `Roomd`'s Drop
+    })
+    .await;
+}
+
+// A stopping owner that knows no next owner answers a forwarded webhook
+// "no owner" after its shorter share of the wait; the node LiveKit sent it
+// to waits out the rest of its own, and the event lands there (found by
+// the adversary as 503s while a node joined under load: the next owner's
+// load outlasted the old owner's share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_knows_no_successor_costs_no_503() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let a = node(db, "na").ready(&client).await;
+        let b = node_with(db, "nb", &[("ROOMD__CLUSTER__FORWARD_TIMEOUT_MS", "200")])
+            .ready(&client)
+            .await;
+        until_shards(&a, |s| s == 128).await;
+        until_shards(&b, |s| s == 128).await;
+        let (room, shard) = room_of_second("heir");
+        let first = webhook::joined(&room, "RM_h", "PA_h1", "h1")
+            .id("EV_h1")
+            .body();
+        assert_eq!(b.send(&first).await, StatusCode::OK);
+
+        // Hold the room's shard row: `b`, stopping, gives its shards up
+        // first and then waits to release them in the database, knowing no
+        // owner for the room meanwhile.
+        let pg = Database::connect(&db.url).await.unwrap();
+        let lock = pg.begin().await.unwrap();
+        lock.execute_unprepared(&format!(
+            "SELECT shard FROM cluster_shards WHERE shard = {shard} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+        let pid = libc::pid_t::try_from(b.pid()).unwrap();
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        common::until("b gave its shards up", async || {
+            owned_shards(&b).await == Some(0)
+        })
+        .await;
+        let unlock = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            lock.rollback().await.unwrap();
+        });
+        let second = webhook::joined(&room, "RM_h", "PA_h2", "h2")
+            .id("EV_h2")
+            .body();
+        assert_eq!(
+            a.send(&second).await,
+            StatusCode::OK,
+            "sent to a, which asked b, which knew no owner"
+        );
+        unlock.await.unwrap();
+        assert!(
+            a.logs()
+                .iter()
+                .any(|l| l.contains("the room's owner gave it up and knows no other")),
+            "a waited for the shard itself"
+        );
+        assert_exact(&pg, &[&a], &HashMap::from([(room, 2)])).await;
+        drop((a, b)); // killed: see `Roomd`'s Drop
+        pg.close().await.ok();
     })
     .await;
 }
