@@ -38,31 +38,30 @@ impl<'a> SessionKey<'a> {
 /// 16 bytes.
 static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
+fn hash(key: SessionKey<'_>) -> u64 {
+    HASHER.hash_one(key)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     rows: HashTable<Arc<SessionRecord>>,
 }
 
 impl Sessions {
-    fn hash(&self, key: SessionKey<'_>) -> u64 {
-        HASHER.hash_one(key)
-    }
-
     pub fn len(&self) -> usize {
         self.rows.len()
     }
 
     pub fn get(&self, key: SessionKey<'_>) -> Option<&Arc<SessionRecord>> {
         self.rows
-            .find(self.hash(key), |row| SessionKey::of_row(row) == key)
+            .find(hash(key), |row| SessionKey::of_row(row) == key)
     }
 
     /// The row under `key`. A caller may change the row, but not its key
     /// (its sid and identity): the table would no longer find it.
     pub fn get_mut(&mut self, key: SessionKey<'_>) -> Option<&mut Arc<SessionRecord>> {
-        let hash = self.hash(key);
         self.rows
-            .find_mut(hash, |row| SessionKey::of_row(row) == key)
+            .find_mut(hash(key), |row| SessionKey::of_row(row) == key)
     }
 
     pub fn contains(&self, key: SessionKey<'_>) -> bool {
@@ -71,11 +70,10 @@ impl Sessions {
 
     /// Puts `row` under its key, in place of any row there.
     pub fn insert(&mut self, row: Arc<SessionRecord>) {
-        let hash = self.hash(SessionKey::of_row(&row));
         let entry = self.rows.entry(
-            hash,
+            hash(SessionKey::of_row(&row)),
             |old| SessionKey::of_row(old) == SessionKey::of_row(&row),
-            |old| HASHER.hash_one(SessionKey::of_row(old)),
+            |old| hash(SessionKey::of_row(old)),
         );
         match entry {
             hashbrown::hash_table::Entry::Occupied(mut found) => *found.get_mut() = row,
