@@ -414,6 +414,23 @@ impl Cluster {
         if self.leaving.load(Ordering::Acquire) {
             return Ok(());
         }
+        // Shards the database still names this node for but it no longer
+        // serves (it cleared them when its lease lapsed, or lost their
+        // epoch): nobody's claim takes a shard of a live node, so unless this
+        // node lets go of them here, their rooms have no owner for good.
+        let held = self.ownership.owned();
+        let orphaned: Vec<u32> = map
+            .shards
+            .iter()
+            .filter(|row| {
+                row.owner.as_deref() == Some(&*self.node) && !held.contains_key(&row.shard)
+            })
+            .map(|row| row.shard)
+            .collect();
+        if !orphaned.is_empty() {
+            table::release(&self.db, &self.node, &orphaned).await?;
+            tracing::warn!(node = %self.node, shards = orphaned.len(), "released shards recorded as this node's that it no longer served; they are claimed again");
+        }
 
         let live = map.nodes.iter().filter(|n| n.live).count().max(1) as u32;
         let share = self.settings.shards.div_ceil(live) as usize;
@@ -463,11 +480,43 @@ impl Cluster {
             self.ownership.insert(*shard, *epoch);
         }
         let ownership = &self.ownership;
-        let rooms = supervisor
-            .recover_where(|name| shards.contains(&ownership.shard_of(name)))
-            .await?;
+        let recovered = supervisor.recover_where(|name| shards.contains(&ownership.shard_of(name)));
+        let rooms = self.keeping_lease(recovered).await?;
         tracing::info!(node = %self.node, shards = claimed.len(), rooms, elapsed_ms = started.elapsed().as_millis() as u64, "took shards");
         Ok(())
+    }
+
+    /// Runs `work` (loading a share's rooms, which can outlast a lease on a
+    /// large database) while extending the lease every heartbeat, as `run`
+    /// would have: else the node gives up every shard the moment it has
+    /// loaded them. A lease that lapsed all the same is left to `tick`.
+    async fn keeping_lease<T>(&self, work: impl Future<Output = T>) -> T {
+        let heartbeat = Duration::from_millis(self.settings.heartbeat_ms);
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                () = tokio::time::sleep(heartbeat) => {}
+            }
+            let sent = Instant::now();
+            match table::extend(
+                &self.db,
+                &self.node,
+                self.incarnation,
+                self.settings.lease_ttl_ms,
+            )
+            .await
+            {
+                Ok(true) => self.ownership.renewed(sent + self.ttl()),
+                Ok(false) => {
+                    tracing::warn!(node = %self.node, "lease ran out while loading shards");
+                    return work.await;
+                }
+                Err(err) => {
+                    tracing::warn!(node = %self.node, error = %err, "could not extend the lease while loading shards")
+                }
+            }
+        }
     }
 
     fn step_down(&self, supervisor: &Supervisor, shards: &HashSet<u32>) {

@@ -125,6 +125,26 @@ pub async fn renew(
     Ok(Renewed::Superseded)
 }
 
+/// Extends the lease only while it still holds (`false` when it ran out):
+/// a node busy past a heartbeat keeps its shards this way, where one whose
+/// lease lapsed must read the map before it serves again (`renew`), as the
+/// others may have taken them meanwhile.
+pub async fn extend(
+    db: &DatabaseConnection,
+    node: &str,
+    incarnation: Uuid,
+    ttl_ms: u64,
+) -> Result<bool, DbErr> {
+    let extended = db
+        .execute_raw(stmt(
+            "UPDATE cluster_nodes SET lease_until = now() + $3 * interval '1 millisecond' \
+             WHERE node_id = $1 AND incarnation = $2 AND lease_until > now()",
+            [node.into(), incarnation.into(), (ttl_ms as i64).into()],
+        ))
+        .await?;
+    Ok(extended.rows_affected() == 1)
+}
+
 pub async fn end_lease(
     db: &DatabaseConnection,
     node: &str,

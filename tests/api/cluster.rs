@@ -725,6 +725,117 @@ async fn an_owner_that_knows_no_successor_costs_no_503() {
     .await;
 }
 
+/// Lease and heartbeat short enough that a test can outlast them.
+const SHORT_LEASE: [(&str, &str); 2] = [
+    ("ROOMD__CLUSTER__LEASE_TTL_MS", "1000"),
+    ("ROOMD__CLUSTER__HEARTBEAT_MS", "200"),
+];
+
+// A node that takes over shards loads their rooms while it holds the
+// heartbeat. On a large database that load outlasted the lease: the node
+// gave up every shard the moment it had them, while the database still
+// named it their owner (found by the adversary: 86 shards' rooms answered
+// 503 on every node for over ten minutes). The load now keeps the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_takeover_outlasts_its_lease_keeps_the_shards() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let a = node_with(db, "la", &SHORT_LEASE).ready(&client).await;
+        let mut b = node_with(db, "lb", &SHORT_LEASE).ready(&client).await;
+        until_shards(&a, |s| s == 128).await;
+        until_shards(&b, |s| s == 128).await;
+        let (room, _) = room_of_second("long");
+        let first = webhook::joined(&room, "RM_l", "PA_l1", "l1")
+            .id("EV_l1")
+            .body();
+        assert_eq!(b.send(&first).await, StatusCode::OK);
+
+        // The rooms table locked: `a`'s load of `b`'s shards waits on it
+        // for more than twice the lease.
+        let pg = Database::connect(&db.url).await.unwrap();
+        let lock = pg.begin().await.unwrap();
+        lock.execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let pid = libc::pid_t::try_from(b.pid()).unwrap();
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        assert!(
+            b.wait_for_exit(Duration::from_secs(30)).is_some(),
+            "b stopped"
+        );
+        common::until("a began to load b's shards", async || {
+            a.logs().iter().any(|l| l.contains("released shards"))
+                || owned_shards(&a).await.is_some_and(|s| s > 128)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        lock.rollback().await.unwrap();
+
+        assert_eq!(until_shards(&a, |s| s == 256).await, 256);
+        let second = webhook::joined(&room, "RM_l", "PA_l2", "l2")
+            .id("EV_l2")
+            .body();
+        assert_eq!(a.send(&second).await, StatusCode::OK);
+        let logs = a.logs();
+        assert!(
+            logs.iter().any(|l| l.contains("took shards")),
+            "a loaded b's shards"
+        );
+        assert!(
+            !logs.iter().any(|l| l.contains("gave up every shard")),
+            "a kept its lease while it loaded: {logs:#?}"
+        );
+        assert_exact(&pg, &[&a], &HashMap::from([(room, 2)])).await;
+        drop(a);
+        pg.close().await.ok();
+    })
+    .await;
+}
+
+// A node whose lease lapsed (here: a heartbeat held up longer than the
+// lease) gives up every shard in memory, but the database still names it
+// their owner and its next heartbeat renews the lease, so no other node's
+// claim can take them. It must let go of them itself, or their rooms have
+// no owner for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_gave_its_shards_up_on_a_lapsed_lease_takes_them_back() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let a = node_with(db, "ga", &SHORT_LEASE).ready(&client).await;
+        until_shards(&a, |s| s == 256).await;
+        let room = "lapsed";
+        let first = webhook::joined(room, "RM_g", "PA_g1", "g1")
+            .id("EV_g1")
+            .body();
+        assert_eq!(a.send(&first).await, StatusCode::OK);
+
+        // The heartbeat's renewal waits on the locked node table for more
+        // than twice the lease, so `a` finds its lease lapsed after it.
+        let pg = Database::connect(&db.url).await.unwrap();
+        let lock = pg.begin().await.unwrap();
+        lock.execute_unprepared("LOCK TABLE cluster_nodes IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        lock.rollback().await.unwrap();
+        common::until("a gave its shards up", async || {
+            a.logs().iter().any(|l| l.contains("gave up every shard"))
+        })
+        .await;
+
+        assert_eq!(until_shards(&a, |s| s == 256).await, 256);
+        let second = webhook::joined(room, "RM_g", "PA_g2", "g2")
+            .id("EV_g2")
+            .body();
+        assert_eq!(a.send(&second).await, StatusCode::OK);
+        assert_exact(&pg, &[&a], &HashMap::from([(room.to_string(), 2)])).await;
+        drop(a);
+        pg.close().await.ok();
+    })
+    .await;
+}
+
 /// The fence at the SQL level, on two connections, in both orders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_refuses_a_commit_from_an_old_epoch_in_both_lock_orders() {
