@@ -74,18 +74,20 @@ pub struct Forwarded {
 }
 
 impl Cluster {
-    /// Sends a webhook on to the owner at `url`, within
-    /// `cluster.forward_timeout_ms`.
+    /// Sends a webhook on to the owner at `url`, within `within` (what is
+    /// left of the request's bound).
     pub async fn forward_webhook(
         &self,
         url: &str,
         authorization: &str,
         body: Bytes,
         hops: u8,
+        within: Duration,
     ) -> Result<Forwarded, reqwest::Error> {
         let answer = self
             .client
             .post(format!("{}/v1/webhooks/livekit", url.trim_end_matches('/')))
+            .timeout(within)
             .header(reqwest::header::AUTHORIZATION, authorization)
             .header(reqwest::header::CONTENT_TYPE, "application/webhook+json")
             .header(FORWARDED_HEADER, self.hop_header(hops + 1, authorization))

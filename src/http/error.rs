@@ -33,7 +33,11 @@ pub enum ApiError {
     #[error(transparent)]
     Unavailable(Box<dyn std::error::Error + Send + Sync>),
     #[error("no node holds this room's shard right now (a takeover is under way); retry")]
-    NoOwner,
+    NoOwner {
+        /// Answering a node that sent the request on: it may wait longer
+        /// for the shard to move (`NO_OWNER_HEADER`).
+        tell_sender: bool,
+    },
     #[error("room {0:?} not found")]
     RoomNotFound(String),
     #[error("a token is required: Authorization: Bearer <LiveKit token>")]
@@ -83,7 +87,7 @@ impl ApiError {
             | Self::TooManyStreams { .. }
             | Self::TooManyBodies { .. }
             | Self::BodyBeingRead => "busy",
-            Self::Unavailable(_) | Self::NoOwner => "unavailable",
+            Self::Unavailable(_) | Self::NoOwner { .. } => "unavailable",
             Self::RoomNotFound(_) | Self::NoRoute => "not_found",
         }
     }
@@ -107,7 +111,7 @@ impl ApiError {
             | Self::TooManyStreams { .. }
             | Self::TooManyBodies { .. }
             | Self::BodyBeingRead
-            | Self::NoOwner => Some(1),
+            | Self::NoOwner { .. } => Some(1),
             Self::Unavailable(_) => Some(2),
             _ => None,
         }
@@ -129,7 +133,7 @@ impl ResponseError for ApiError {
             | Self::TooManyStreams { .. }
             | Self::TooManyBodies { .. }
             | Self::BodyBeingRead
-            | Self::NoOwner => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::NoOwner { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RoomNotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
         }
     }
@@ -151,7 +155,7 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
         }
-        if matches!(self, Self::NoOwner) {
+        if matches!(self, Self::NoOwner { tell_sender: true }) {
             response.insert_header((
                 crate::cluster::NO_OWNER_HEADER,
                 HeaderValue::from_static("1"),

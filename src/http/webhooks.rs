@@ -142,10 +142,26 @@ async fn accept(
         room_sid = delivery.room().and_then(|r| r.sid.as_deref()).unwrap_or(""),
         identity = delivery.participant().map_or("", |p| &*p.identity),
     );
+    // One bound for all of this request's routing, however often it is
+    // routed again or sent on: a node a request was sent on to gets a
+    // shorter share, so its answer gets back before the sender gives up.
+    let hops = state.cluster.as_ref().map_or(0, |cluster| {
+        cluster.hops(
+            req.headers()
+                .get(FORWARDED_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            token,
+        )
+    });
+    let deadline = state
+        .cluster
+        .as_ref()
+        .map(|cluster| Instant::now() + cluster.forward_timeout() / (u32::from(hops) + 1));
     let mut routed_again = false;
     loop {
-        if let (Some(cluster), Some(room)) = (&state.cluster, delivery.room())
-            && let Some(answer) = send_on(cluster, req, &room.name, token, &body)
+        if let (Some(cluster), Some(room), Some(deadline)) =
+            (&state.cluster, delivery.room(), deadline)
+            && let Some(answer) = send_on(cluster, hops, deadline, &room.name, token, &body)
                 .instrument(span.clone())
                 .await?
         {
@@ -181,24 +197,16 @@ async fn accept(
 }
 
 /// On a cluster, sends a verified webhook for another node's room on to that
-/// node and returns its answer; `None` when this node owns the room.
+/// node (as hop `hops + 1`, by `deadline`) and returns its answer; `None`
+/// when this node owns the room.
 async fn send_on(
     cluster: &Cluster,
-    req: &HttpRequest,
+    hops: u8,
+    deadline: Instant,
     room: &str,
     token: &str,
     body: &web::Bytes,
 ) -> Result<Option<Forwarded>, ApiError> {
-    let hops = cluster.hops(
-        req.headers()
-            .get(FORWARDED_HEADER)
-            .and_then(|v| v.to_str().ok()),
-        token,
-    );
-    // A node a request was sent on to waits less than the sender does, so
-    // its answer gets back before the sender gives up.
-    let wait = cluster.forward_timeout() / (u32::from(hops) + 1);
-    let deadline = Instant::now() + wait;
     let mut failed: Option<String> = None;
     let mut refused: Option<Forwarded> = None;
     loop {
@@ -210,8 +218,9 @@ async fn send_on(
                 return Ok(refused);
             }
             Route::Owner { node, url } if hops < cluster::MAX_HOPS => {
+                let within = deadline.saturating_duration_since(Instant::now());
                 match cluster
-                    .forward_webhook(&url, token, body.clone(), hops)
+                    .forward_webhook(&url, token, body.clone(), hops, within)
                     .await
                 {
                     // The owner gave the room up (it is stopping, or handed
@@ -243,11 +252,15 @@ async fn send_on(
                 // Two nodes' maps disagree for a moment; LiveKit's retry
                 // finds them settled.
                 cluster.no_owner("webhook", "too_many_hops");
-                return Err(ApiError::NoOwner);
+                return Err(ApiError::NoOwner { tell_sender: false });
             }
             Route::Unknown => {
                 cluster.no_owner("webhook", "no_owner");
-                return Err(ApiError::NoOwner);
+                // A node that sent the webhook here may wait longer for
+                // the shard to move; LiveKit only retries.
+                return Err(ApiError::NoOwner {
+                    tell_sender: hops > 0,
+                });
             }
         }
     }
