@@ -72,6 +72,9 @@ pub enum Route {
 /// The shard map as last read from the database.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ShardMap {
+    /// Which read this is: a read that began later holds a newer map.
+    #[serde(skip)]
+    read: u64,
     pub read_at: Option<DateTime<Utc>>,
     pub nodes: Vec<NodeRow>,
     pub shards: Vec<ShardRow>,
@@ -105,6 +108,11 @@ pub struct Cluster {
     settings: ClusterSettings,
     ownership: Arc<Ownership>,
     map: RwLock<Arc<ShardMap>>,
+    /// Reads of the map begun, numbering them.
+    map_reads: AtomicU64,
+    /// Asks for the map to be read again now, apart from the heartbeat
+    /// (which may be busy loading a takeover's rooms for seconds).
+    refresh: Notify,
     /// Bumped whenever the map is read again: requests waiting for an owner
     /// look again.
     map_version: watch::Sender<u64>,
@@ -194,6 +202,8 @@ impl Cluster {
             incarnation,
             settings: settings.clone(),
             map: RwLock::default(),
+            map_reads: AtomicU64::new(0),
+            refresh: Notify::new(),
             map_version: watch::channel(0).0,
             wake: Notify::new(),
             superseded: watch::channel(false).0,
@@ -265,6 +275,7 @@ impl Cluster {
                 return route;
             }
             self.wake.notify_one();
+            self.refresh.notify_one();
             if tokio::time::timeout_at(deadline, version.changed())
                 .await
                 .is_err()
@@ -304,7 +315,23 @@ impl Cluster {
         actix::spawn(async move { cluster.run(supervisor).await });
         let cluster = self.clone();
         actix::spawn(async move { cluster.listen().await });
+        let cluster = self.clone();
+        actix::spawn(async move { cluster.refresh_map().await });
         Ok(())
+    }
+
+    /// Reads the map whenever a request finds its room's owner unsettled or
+    /// a peer's shards moved, so routing does not wait for a heartbeat that
+    /// is loading a takeover's rooms.
+    async fn refresh_map(self: Arc<Self>) {
+        loop {
+            self.refresh.notified().await;
+            if let Err(err) = self.read_map().await {
+                tracing::debug!(node = %self.node, error = %crate::telemetry::chain(&err), "could not read the shard map");
+            }
+            // However many requests wait, at most one read per 50 ms.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn run(self: Arc<Self>, supervisor: Supervisor) {
@@ -337,6 +364,7 @@ impl Cluster {
                     if listener.listen(CHANNEL).await.is_ok() {
                         while listener.recv().await.is_ok() {
                             self.wake.notify_one();
+                            self.refresh.notify_one();
                         }
                     }
                 }
@@ -438,6 +466,8 @@ impl Cluster {
         if held < share {
             let claimed = table::claim(&self.db, &self.node, share - held).await?;
             if !claimed.is_empty() {
+                // The others route these shards' rooms here from now on.
+                table::notify(&self.db, CHANNEL, &self.node).await?;
                 self.take(supervisor, &claimed).await?;
                 self.read_map().await?;
             }
@@ -453,13 +483,23 @@ impl Cluster {
     }
 
     async fn read_map(&self) -> Result<Arc<ShardMap>, ClusterError> {
+        let read = self.map_reads.fetch_add(1, Ordering::Relaxed) + 1;
         let (nodes, shards) = table::read_map(&self.db).await?;
         let map = Arc::new(ShardMap {
+            read,
             read_at: Some(Utc::now()),
             nodes,
             shards,
         });
-        *self.map.write().expect("shard map lock") = map.clone();
+        {
+            // The heartbeat and `refresh_map` read at once: one that began
+            // earlier but came back later must not put an older map back.
+            let mut current = self.map.write().expect("shard map lock");
+            if current.read > read {
+                return Ok(map);
+            }
+            *current = map.clone();
+        }
         self.map_version.send_modify(|v| *v += 1);
         Ok(map)
     }

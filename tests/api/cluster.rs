@@ -836,6 +836,95 @@ async fn a_node_that_gave_its_shards_up_on_a_lapsed_lease_takes_them_back() {
     .await;
 }
 
+/// The shards `node` holds by the database.
+async fn shards_of(pg: &DatabaseConnection, node: &str) -> Vec<u32> {
+    pg.query_all_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT shard FROM cluster_shards WHERE owner = $1 ORDER BY shard",
+        [node.into()],
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<i32>("", "shard").unwrap() as u32)
+    .collect()
+}
+
+// A node whose heartbeat is busy (here: handing shards to a node that
+// joined, held up by a row lock; in the wild: loading a takeover's rooms)
+// still finds where a room went when its owner stops: requests read the map
+// themselves, not at the next heartbeat (found by the adversary: 503s after
+// a full wait while nodes loaded under repeated joins and stops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_busy_in_its_heartbeat_still_routes_to_a_rooms_new_owner() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        // A lease that outlasts the held-up heartbeat.
+        let lease = [("ROOMD__CLUSTER__LEASE_TTL_MS", "30000")];
+        let a = node_with(db, "ba", &lease).ready(&client).await;
+        let mut b = node_with(db, "bb", &lease).ready(&client).await;
+        let c = node_with(db, "bc", &lease).ready(&client).await;
+        for n in [&a, &b, &c] {
+            until_shards(n, |s| (80..=86).contains(&s)).await;
+        }
+        let pg = Database::connect(&db.url).await.unwrap();
+        // `c` hands its highest shards over when `d` joins; one of them
+        // locked holds `c`'s heartbeat in that release.
+        let highest = *shards_of(&pg, "bc").await.last().unwrap();
+        let lock = pg.begin().await.unwrap();
+        lock.execute_unprepared(&format!(
+            "SELECT shard FROM cluster_shards WHERE shard = {highest} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+        let d = node_with(db, "bd", &lease).ready(&client).await;
+        until_shards(&a, |s| s == 64).await;
+        until_shards(&b, |s| s == 64).await;
+        assert_eq!(
+            until_shards(&c, |s| s == 64).await,
+            64,
+            "c gave its excess up"
+        );
+
+        let held_by_b = shards_of(&pg, "bb").await;
+        let room = (0..)
+            .map(|i| format!("moved{i}"))
+            .find(|name| held_by_b.contains(&roomd::shard::shard_of(name, 256)))
+            .unwrap();
+        let first = webhook::joined(&room, "RM_m", "PA_m1", "m1")
+            .id("EV_m1")
+            .body();
+        assert_eq!(b.send(&first).await, StatusCode::OK);
+
+        let pid = libc::pid_t::try_from(b.pid()).unwrap();
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        assert!(
+            b.wait_for_exit(Duration::from_secs(30)).is_some(),
+            "b stopped"
+        );
+        common::until("a and d took b's shards", async || {
+            shards_of(&pg, "bb").await.is_empty()
+                && shards_of(&pg, "ba").await.len() + shards_of(&pg, "bd").await.len()
+                    == 256 - shards_of(&pg, "bc").await.len()
+        })
+        .await;
+
+        // `c`'s map is from before `b` stopped, and its heartbeat is still
+        // held: it sends the event to `b`, finds it gone, and must look up
+        // the new owner itself.
+        let second = webhook::joined(&room, "RM_m", "PA_m2", "m2")
+            .id("EV_m2")
+            .body();
+        assert_eq!(c.send(&second).await, StatusCode::OK);
+        lock.rollback().await.unwrap();
+        assert_exact(&pg, &[&a, &c, &d], &HashMap::from([(room, 2)])).await;
+        drop((a, c, d));
+        pg.close().await.ok();
+    })
+    .await;
+}
+
 /// The fence at the SQL level, on two connections, in both orders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_refuses_a_commit_from_an_old_epoch_in_both_lock_orders() {
