@@ -141,14 +141,15 @@ impl Supervisor {
         let db = &self.inner.parts.db;
         let horizon = self.inner.parts.lifecycle.horizon();
         let mut count = 0;
-        let mut page = store::load_active_rooms(db, None, RECOVERY_PAGE, horizon).await?;
-        while let Some((_, last)) = page.last() {
-            let after = last.latest.as_ref().map(|(room, _)| room.id);
+        let mut page = store::load_active_rooms(db, None, RECOVERY_PAGE, horizon, &keep).await?;
+        loop {
             // The next page is read while this one's actors start, so the
             // database's time and ours overlap (they added up before).
-            let next = store::load_active_rooms(db, after, RECOVERY_PAGE, horizon);
+            let next = page.next.map(|after| {
+                store::load_active_rooms(db, Some(after), RECOVERY_PAGE, horizon, &keep)
+            });
             let start = async {
-                for (i, (name, stored)) in page.into_iter().enumerate() {
+                for (i, (name, stored)) in page.rooms.into_iter().enumerate() {
                     if i % RECOVERY_YIELD == 0 {
                         // Lets the next page's queries go out and come back.
                         tokio::task::yield_now().await;
@@ -158,9 +159,14 @@ impl Supervisor {
                     }
                 }
             };
-            page = futures_util::future::join(next, start).await.0?;
+            match next {
+                Some(next) => page = futures_util::future::join(next, start).await.0?,
+                None => {
+                    start.await;
+                    return Ok(count);
+                }
+            }
         }
-        Ok(count)
     }
 
     /// Starts the actor of one recovered room, unless `keep` declines it or

@@ -202,16 +202,26 @@ pub async fn load_room(
     })
 }
 
+/// A page of the active rooms, and where the next one starts (`None` after
+/// the last).
+pub struct ActivePage {
+    pub rooms: Vec<(Arc<str>, StoredRoom)>,
+    pub next: Option<Uuid>,
+}
+
 /// One page of the rooms that are active in the database, in id order after
 /// `after`, with what their actors need: three queries per page. Recovery
 /// reads page by page so that its transient memory stays bounded by the page,
-/// not by the number of rooms.
+/// not by the number of rooms. Only the rooms `keep` picks are loaded past
+/// their names: a node taking a few shards over reads the sessions of those
+/// shards' rooms, not of every room.
 pub async fn load_active_rooms(
     db: &impl ConnectionTrait,
     after: Option<Uuid>,
     page: u64,
     horizon: DateTime<Utc>,
-) -> Result<Vec<(Arc<str>, StoredRoom)>, StoreError> {
+    keep: impl Fn(&str) -> bool,
+) -> Result<ActivePage, StoreError> {
     let mut query = rooms::Entity::find()
         .filter(rooms::Column::Status.eq(ACTIVE))
         .order_by_asc(rooms::Column::Id)
@@ -219,9 +229,17 @@ pub async fn load_active_rooms(
     if let Some(after) = after {
         query = query.filter(rooms::Column::Id.gt(after));
     }
-    let active = query.all(db).await?;
+    let mut active = query.all(db).await?;
+    let next = match active.last() {
+        Some(last) if active.len() as u64 == page => Some(last.id),
+        _ => None,
+    };
+    active.retain(|r| keep(&r.livekit_name));
     if active.is_empty() {
-        return Ok(Vec::new());
+        return Ok(ActivePage {
+            rooms: Vec::new(),
+            next,
+        });
     }
     let ids: Vec<Uuid> = active.iter().map(|r| r.id).collect();
     let names: Vec<String> = active.iter().map(|r| r.livekit_name.clone()).collect();
@@ -236,7 +254,7 @@ pub async fn load_active_rooms(
         ended.entry(name).or_default().push(sid);
     }
 
-    active
+    let rooms = active
         .into_iter()
         .map(|m| {
             let room = room_record(m)?;
@@ -247,7 +265,8 @@ pub async fn load_active_rooms(
             };
             Ok((name, stored))
         })
-        .collect()
+        .collect::<Result<_, StoreError>>()?;
+    Ok(ActivePage { rooms, next })
 }
 
 /// Names of every room the database holds as active.

@@ -13,7 +13,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 
 pub use load::{
-    active_room_names, active_rooms_page, find_latest_rooms, load_active_rooms, load_room,
+    ActivePage, active_room_names, active_rooms_page, find_latest_rooms, load_active_rooms,
+    load_room,
 };
 pub use retention::delete_audit_before;
 pub use writer::{FenceOwner, Writer};

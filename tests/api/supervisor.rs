@@ -408,6 +408,78 @@ async fn waits_no_clock_can_hold_mean_never() {
     app.stop().await;
 }
 
+// Recovery reads the active rooms page by page (500 a page), and a node
+// taking some shards over loads only their rooms' sessions: every picked
+// room across the pages comes back with its people, and no other does.
+#[actix_web::test]
+async fn recovery_pages_through_the_rooms_and_loads_only_those_picked() {
+    use roomd::store::entity::{participants, rooms};
+    use sea_orm::{ActiveValue::Set, EntityTrait};
+    common::on_every_database(async |db| {
+        let app = common::spawn_unrecovered(common::settings_for(db), db.backend).await;
+        let now = chrono::Utc::now();
+        let (mut room_rows, mut people_rows) = (Vec::new(), Vec::new());
+        for r in 0..1_201 {
+            let id = uuid::Uuid::new_v4();
+            room_rows.push(rooms::ActiveModel {
+                id: Set(id),
+                livekit_name: Set(format!("paged-{r}")),
+                livekit_sid: Set(Some(format!("RM_paged{r}"))),
+                status: Set("active".into()),
+                current_participants: Set(2),
+                started_at: Set(now),
+                ended_at: Set(None),
+                end_reason: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+                changed_at: Set(Some(now)),
+            });
+            for p in 0..2 {
+                people_rows.push(participants::ActiveModel {
+                    id: Set(uuid::Uuid::new_v4()),
+                    room_id: Set(id),
+                    identity: Set(format!("user-{p}")),
+                    user_id: Set(None),
+                    sid: Set(Some(format!("PA_paged{r}x{p}"))),
+                    kind: Set("standard".into()),
+                    name: Set(None),
+                    status: Set("joined".into()),
+                    joined_at: Set(Some(now)),
+                    left_at: Set(None),
+                    leave_reason: Set(None),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                });
+            }
+        }
+        for chunk in room_rows.chunks(200) {
+            rooms::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&app.db)
+                .await
+                .unwrap();
+        }
+        for chunk in people_rows.chunks(200) {
+            participants::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&app.db)
+                .await
+                .unwrap();
+        }
+
+        let picked = |name: &str| name.ends_with('7');
+        let recovered = app.supervisor.recover_where(picked).await.unwrap();
+        assert_eq!(recovered, 120, "paged-7, -17, ... -1197");
+        let actors = app.supervisor.snapshots(None, 10_000).items;
+        assert_eq!(actors.len(), 120);
+        for (name, snapshot) in &actors {
+            assert!(picked(name), "{name} was not picked");
+            let count = snapshot.room.as_ref().map(|r| r.participant_count);
+            assert_eq!(count, Some(2), "{name}");
+        }
+        app.stop().await;
+    })
+    .await;
+}
+
 // An actor retires only when no delivery holds a slot in its mailbox and no
 // commit is in flight, and a message an actor never took goes to the room's
 // next actor. With idle rooms retiring at once, a room that keeps emptying
