@@ -13,7 +13,7 @@ use actix_web::middleware::{Condition, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::cluster::Cluster;
-use crate::config::{ClusterMode, Settings};
+use crate::config::{ClusterMode, DatabaseSettings, Settings};
 use crate::http::{self, AppState, BodyReader};
 
 use crate::livekit::{RoomService, Tokens, WebhookVerifier};
@@ -88,7 +88,17 @@ impl Application {
             ClusterMode::Off => None,
             ClusterMode::Postgres => Some(
                 Cluster::join(
-                    db.clone(),
+                    // Its own connections: loads and reads stuck behind a
+                    // lock must not keep the lease from being renewed (all
+                    // nodes gave up every shard at once when they did).
+                    store::connect(
+                        &DatabaseSettings {
+                            max_connections: CLUSTER_CONNECTIONS,
+                            ..settings.database.clone()
+                        },
+                        settings.writer.transaction_timeout_ms,
+                    )
+                    .await?,
                     &settings.cluster,
                     &settings.livekit.api_secret,
                     metrics.clone(),
@@ -275,6 +285,9 @@ impl Application {
         // Bounded: a connection that stopped answering must not hold the
         // process (closing waits for every connection).
         let _ = tokio::time::timeout(Duration::from_secs(5), self.db.close()).await;
+        if let Some(cluster) = &self.cluster {
+            cluster.close().await;
+        }
         if self.cluster.as_ref().is_some_and(|c| c.is_superseded()) {
             return Err(std::io::Error::other(
                 "stopped: another process registered under this cluster.node_id",
@@ -318,6 +331,10 @@ fn raise_open_file_limit() {
 
 /// How often the audit retention job runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(300);
+
+/// The cluster's own pool: the heartbeat, the map reads requests ask for,
+/// and the `LISTEN` connection.
+const CLUSTER_CONNECTIONS: u32 = 4;
 
 /// Deletes audit rows older than `keep` now and every few minutes.
 fn spawn_audit_retention(db: sea_orm::DatabaseConnection, metrics: Arc<Metrics>, keep: Duration) {

@@ -121,6 +121,11 @@ pub struct Cluster {
     /// Set when another process took this node's id: this one must go.
     superseded: watch::Sender<bool>,
     leaving: AtomicBool,
+    /// Wakes a takeover's load, which a node that leaves abandons.
+    leave_started: Notify,
+    /// Set on shutdown: `listen` lets its connection go while the runtime
+    /// still runs (dropped later, sqlx's listener panics).
+    closed: watch::Sender<bool>,
     /// Held by a heartbeat and by `leave`, so no renewal lands after the
     /// lease was ended.
     ticking: tokio::sync::Mutex<()>,
@@ -208,6 +213,8 @@ impl Cluster {
             wake: Notify::new(),
             superseded: watch::channel(false).0,
             leaving: AtomicBool::new(false),
+            leave_started: Notify::new(),
+            closed: watch::channel(false).0,
             ticking: tokio::sync::Mutex::new(()),
             forwards: AtomicU64::new(0),
             client,
@@ -362,7 +369,12 @@ impl Cluster {
             match PgListener::connect_with(pool).await {
                 Ok(mut listener) => {
                     if listener.listen(CHANNEL).await.is_ok() {
-                        while listener.recv().await.is_ok() {
+                        let mut closed = self.closed.subscribe();
+                        loop {
+                            tokio::select! {
+                                got = listener.recv() => if got.is_err() { break },
+                                _ = closed.wait_for(|c| *c) => return,
+                            }
                             self.wake.notify_one();
                             self.refresh.notify_one();
                         }
@@ -468,7 +480,7 @@ impl Cluster {
             if !claimed.is_empty() {
                 // The others route these shards' rooms here from now on.
                 table::notify(&self.db, CHANNEL, &self.node).await?;
-                self.take(supervisor, &claimed).await?;
+                self.take(supervisor, claimed).await?;
                 self.read_map().await?;
             }
         } else if held > share {
@@ -504,14 +516,38 @@ impl Cluster {
         Ok(map)
     }
 
-    /// Starts serving shards just claimed: their rooms are loaded from what
+    /// Starts serving shards just claimed, then loads their rooms from what
     /// every earlier owner committed (the claim waited for their commits).
+    /// Loading can take seconds on a large database; meanwhile the node
+    /// keeps its lease, and claims the shards others release (a joining
+    /// node's share comes from several nodes, each at its own heartbeat),
+    /// serving them at once and loading them next, so none waits for this
+    /// load with no owner. It stops loading when the node leaves or its
+    /// lease ran out (the shards may be others' by then).
     async fn take(
         &self,
         supervisor: &Supervisor,
-        claimed: &[(u32, i64)],
+        mut claimed: Vec<(u32, i64)>,
     ) -> Result<(), ClusterError> {
-        let started = Instant::now();
+        while !claimed.is_empty() {
+            let started = Instant::now();
+            let shards = self.serve(supervisor, &claimed);
+            let ownership = &self.ownership;
+            let recovered =
+                supervisor.recover_where(|name| shards.contains(&ownership.shard_of(name)));
+            let mut more = Vec::new();
+            let Some(rooms) = self.loading(supervisor, recovered, &mut more).await else {
+                return Ok(());
+            };
+            let rooms = rooms?;
+            tracing::info!(node = %self.node, shards = claimed.len(), rooms, elapsed_ms = started.elapsed().as_millis() as u64, "took shards");
+            claimed = more;
+        }
+        Ok(())
+    }
+
+    /// This node serves `claimed` from now on; their rooms are not loaded yet.
+    fn serve(&self, supervisor: &Supervisor, claimed: &[(u32, i64)]) -> HashSet<u32> {
         let shards: HashSet<u32> = claimed.iter().map(|(s, _)| *s).collect();
         // Actors left from an earlier hold of these shards know nothing of
         // what the owners in between wrote.
@@ -519,44 +555,76 @@ impl Cluster {
         for (shard, epoch) in claimed {
             self.ownership.insert(*shard, *epoch);
         }
-        let ownership = &self.ownership;
-        let recovered = supervisor.recover_where(|name| shards.contains(&ownership.shard_of(name)));
-        let rooms = self.keeping_lease(recovered).await?;
-        tracing::info!(node = %self.node, shards = claimed.len(), rooms, elapsed_ms = started.elapsed().as_millis() as u64, "took shards");
-        Ok(())
+        shards
     }
 
-    /// Runs `work` (loading a share's rooms, which can outlast a lease on a
-    /// large database) while extending the lease every heartbeat, as `run`
-    /// would have: else the node gives up every shard the moment it has
-    /// loaded them. A lease that lapsed all the same is left to `tick`.
-    async fn keeping_lease<T>(&self, work: impl Future<Output = T>) -> T {
+    /// Runs `work` (loading shards' rooms) while doing what `run` would:
+    /// extending the lease every heartbeat, and, when woken (a peer released
+    /// shards, a request found no owner), claiming up to the fair share into
+    /// `more`. `None`: gave the work up, as the node is leaving or its lease
+    /// ran out.
+    async fn loading<T>(
+        &self,
+        supervisor: &Supervisor,
+        work: impl Future<Output = T>,
+        more: &mut Vec<(u32, i64)>,
+    ) -> Option<T> {
         let heartbeat = Duration::from_millis(self.settings.heartbeat_ms);
         let mut work = std::pin::pin!(work);
+        let mut renew_at = tokio::time::Instant::now() + heartbeat;
         loop {
             tokio::select! {
-                done = &mut work => return done,
-                () = tokio::time::sleep(heartbeat) => {}
+                done = &mut work => return Some(done),
+                () = tokio::time::sleep_until(renew_at) => {
+                    renew_at += heartbeat;
+                    let sent = Instant::now();
+                    let ttl = self.settings.lease_ttl_ms;
+                    match table::extend(&self.db, &self.node, self.incarnation, ttl).await {
+                        Ok(true) => self.ownership.renewed(sent + self.ttl()),
+                        Ok(false) => {
+                            tracing::warn!(node = %self.node, "lease ran out while loading shards; stopped loading them");
+                            return None;
+                        }
+                        Err(err) => {
+                            tracing::warn!(node = %self.node, error = %err, "could not extend the lease while loading shards")
+                        }
+                    }
+                }
+                () = self.wake.notified() => {}
+                () = self.leave_started.notified() => {}
             }
-            let sent = Instant::now();
-            match table::extend(
-                &self.db,
-                &self.node,
-                self.incarnation,
-                self.settings.lease_ttl_ms,
-            )
-            .await
-            {
-                Ok(true) => self.ownership.renewed(sent + self.ttl()),
-                Ok(false) => {
-                    tracing::warn!(node = %self.node, "lease ran out while loading shards");
-                    return work.await;
-                }
-                Err(err) => {
-                    tracing::warn!(node = %self.node, error = %err, "could not extend the lease while loading shards")
-                }
+            if self.leaving.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Err(err) = self.claim_more(supervisor, more).await {
+                tracing::warn!(node = %self.node, error = %crate::telemetry::chain(&err), "could not claim shards while loading others");
             }
         }
+    }
+
+    /// Claims up to the fair share by the latest map and serves the shards
+    /// at once; their rooms are loaded after the load under way.
+    async fn claim_more(
+        &self,
+        supervisor: &Supervisor,
+        more: &mut Vec<(u32, i64)>,
+    ) -> Result<(), ClusterError> {
+        let map = self.map.read().expect("shard map lock").clone();
+        let live = map.nodes.iter().filter(|n| n.live).count().max(1) as u32;
+        let share = self.settings.shards.div_ceil(live) as usize;
+        let held = self.ownership.len();
+        if held >= share {
+            return Ok(());
+        }
+        let claimed = table::claim(&self.db, &self.node, share - held).await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        table::notify(&self.db, CHANNEL, &self.node).await?;
+        self.serve(supervisor, &claimed);
+        tracing::info!(node = %self.node, shards = claimed.len(), "claimed shards released while loading others; serving them now, loading them next");
+        more.extend(claimed);
+        Ok(())
     }
 
     fn step_down(&self, supervisor: &Supervisor, shards: &HashSet<u32>) {
@@ -592,6 +660,7 @@ impl Cluster {
     pub async fn leave(&self, supervisor: &Supervisor) {
         const DRAIN: Duration = Duration::from_secs(2);
         self.leaving.store(true, Ordering::Release);
+        self.leave_started.notify_one();
         let owned: HashSet<u32> = self.ownership.clear().into_iter().collect();
         let drained = Instant::now();
         while supervisor.in_flight() > 0 && drained.elapsed() < DRAIN {
@@ -613,6 +682,15 @@ impl Cluster {
             }
         }
         let _ = table::notify(&self.db, CHANNEL, &self.node).await;
+    }
+
+    /// On shutdown, after `leave`: lets the `LISTEN` connection go and
+    /// closes the cluster's pool (bounded, as a connection that stopped
+    /// answering must not hold the process).
+    pub async fn close(&self) {
+        self.closed.send_replace(true);
+        tokio::task::yield_now().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.db.clone().close()).await;
     }
 
     /// Counts a forward for `/v1/debug/cluster` and the metrics.

@@ -761,8 +761,9 @@ async fn a_node_whose_takeover_outlasts_its_lease_keeps_the_shards() {
         // SAFETY: signals our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         assert!(
-            b.wait_for_exit(Duration::from_secs(30)).is_some(),
-            "b stopped"
+            b.wait_for_exit(Duration::from_secs(30))
+                .is_some_and(|status| status.success()),
+            "b stopped cleanly"
         );
         common::until("a began to load b's shards", async || {
             a.logs().iter().any(|l| l.contains("released shards"))
@@ -900,8 +901,9 @@ async fn a_node_busy_in_its_heartbeat_still_routes_to_a_rooms_new_owner() {
         // SAFETY: signals our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         assert!(
-            b.wait_for_exit(Duration::from_secs(30)).is_some(),
-            "b stopped"
+            b.wait_for_exit(Duration::from_secs(30))
+                .is_some_and(|status| status.success()),
+            "b stopped cleanly"
         );
         common::until("a and d took b's shards", async || {
             shards_of(&pg, "bb").await.is_empty()
@@ -920,6 +922,132 @@ async fn a_node_busy_in_its_heartbeat_still_routes_to_a_rooms_new_owner() {
         lock.rollback().await.unwrap();
         assert_exact(&pg, &[&a, &c, &d], &HashMap::from([(room, 2)])).await;
         drop((a, c, d));
+        pg.close().await.ok();
+    })
+    .await;
+}
+
+// A joining node's share is released by the others each at its own
+// heartbeat. It claimed the first release and loaded those rooms holding its
+// heartbeat, so shards released after that claim had no owner until the load
+// ended (found by the adversary: 22-64 shards ownerless for 4-9 s per join on
+// 10,000-18,000 rooms, 108-992 503s). It now claims them while it loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_claims_its_whole_share_while_it_loads_the_first_part() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let (a, b) = two_nodes(db, "ja", "jb").await;
+        let (room, shard) = room_of_second("joined");
+        assert!(shard >= 214, "a shard b hands over: {shard}");
+        let first = webhook::joined(&room, "RM_j", "PA_j1", "j1")
+            .id("EV_j1")
+            .body();
+        assert_eq!(b.send(&first).await, StatusCode::OK);
+
+        // The rooms table locked holds the joining node's load; b's
+        // highest shard locked holds b's hand-over until a's is claimed.
+        let pg = Database::connect(&db.url).await.unwrap();
+        let rooms_lock = pg.begin().await.unwrap();
+        rooms_lock
+            .execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let row_lock = pg.begin().await.unwrap();
+        row_lock
+            .execute_unprepared("SELECT shard FROM cluster_shards WHERE shard = 255 FOR UPDATE")
+            .await
+            .unwrap();
+        // Its load waits on the lock, not cut short by a statement timeout.
+        let c = node_with(
+            db,
+            "jc",
+            &[("ROOMD__WRITER__TRANSACTION_TIMEOUT_MS", "60000")],
+        )
+        .ready(&client)
+        .await;
+        until_shards(&a, |s| s == 86).await;
+        assert!(
+            until_shards(&c, |s| s >= 40).await >= 40,
+            "c claimed a's part"
+        );
+        row_lock.rollback().await.unwrap();
+        let held = until_shards(&c, |s| s >= 80).await;
+        assert!(held >= 80, "c claimed b's part while loading a's: {held}");
+
+        rooms_lock.rollback().await.unwrap();
+        let second = webhook::joined(&room, "RM_j", "PA_j2", "j2")
+            .id("EV_j2")
+            .body();
+        assert_eq!(a.send(&second).await, StatusCode::OK);
+        assert!(
+            c.logs()
+                .iter()
+                .any(|l| l.contains("claimed shards released while loading others")),
+            "c claimed while loading"
+        );
+        assert_exact(&pg, &[&a, &b, &c], &HashMap::from([(room, 2)])).await;
+        drop((a, b, c));
+        pg.close().await.ok();
+    })
+    .await;
+}
+
+// Loads stuck behind a lock (here: the rooms table, under cold rooms'
+// first events) held every connection of the pool the lease was renewed
+// from, so every node's lease lapsed at once and each gave up and reloaded
+// every shard (found by the adversary). The cluster has its own pool now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_stuck_behind_a_lock_do_not_cost_the_lease() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let mut settings = SHORT_LEASE.to_vec();
+        settings.push(("ROOMD__DATABASE__MAX_CONNECTIONS", "2"));
+        let a = node_with(db, "sa", &settings).ready(&client).await;
+        until_shards(&a, |s| s == 256).await;
+
+        let pg = Database::connect(&db.url).await.unwrap();
+        let lock = pg.begin().await.unwrap();
+        lock.execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        // Four cold rooms: their loads wait on the lock, on both connections.
+        let sends: Vec<_> = (0..4)
+            .map(|i| {
+                let base = a.base.clone();
+                let body = webhook::joined(&format!("stuck{i}"), "RM_s", "PA_s", "s")
+                    .id(&format!("EV_s{i}"))
+                    .body();
+                tokio::spawn(async move {
+                    reqwest::Client::new()
+                        .post(format!("{base}/v1/webhooks/livekit"))
+                        .header("Authorization", sign_with(KEY, SECRET, &body))
+                        .body(body)
+                        .send()
+                        .await
+                        .map_or(StatusCode::BAD_GATEWAY, |r| r.status())
+                })
+            })
+            .collect();
+        // Past twice the lease.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        lock.rollback().await.unwrap();
+        let mut truth = HashMap::new();
+        for (i, send) in sends.into_iter().enumerate() {
+            if send.await.unwrap() == StatusCode::OK {
+                truth.insert(format!("stuck{i}"), 1);
+            }
+        }
+        let logs = a.logs();
+        assert!(
+            !logs.iter().any(|l| l.contains("gave up every shard")),
+            "the lease held while loads waited: {:#?}",
+            logs.iter()
+                .filter(|l| l.contains("WARN"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(owned_shards(&a).await, Some(256));
+        assert_exact(&pg, &[&a], &truth).await;
+        drop(a);
         pg.close().await.ok();
     })
     .await;
