@@ -121,6 +121,8 @@ pub struct Cluster {
     /// Set when another process took this node's id: this one must go.
     superseded: watch::Sender<bool>,
     leaving: AtomicBool,
+    /// Shards served whose rooms' load failed: loaded again next heartbeat.
+    unloaded: std::sync::Mutex<HashSet<u32>>,
     /// Wakes a takeover's load, which a node that leaves abandons.
     leave_started: Notify,
     /// Set on shutdown: `listen` lets its connection go while the runtime
@@ -214,6 +216,7 @@ impl Cluster {
             superseded: watch::channel(false).0,
             leaving: AtomicBool::new(false),
             leave_started: Notify::new(),
+            unloaded: std::sync::Mutex::default(),
             closed: watch::channel(false).0,
             ticking: tokio::sync::Mutex::new(()),
             forwards: AtomicU64::new(0),
@@ -472,6 +475,17 @@ impl Cluster {
             tracing::warn!(node = %self.node, shards = orphaned.len(), "released shards recorded as this node's that it no longer served; they are claimed again");
         }
 
+        let unloaded: HashSet<u32> = {
+            let mut unloaded = self.unloaded.lock().expect("unloaded lock");
+            let held = self.ownership.owned();
+            unloaded.retain(|shard| held.contains_key(shard));
+            std::mem::take(&mut *unloaded)
+        };
+        if !unloaded.is_empty() {
+            tracing::info!(node = %self.node, shards = unloaded.len(), "loading again the rooms of shards whose load failed");
+            self.load(supervisor, unloaded).await?;
+        }
+
         let live = map.nodes.iter().filter(|n| n.live).count().max(1) as u32;
         let share = self.settings.shards.div_ceil(live) as usize;
         let held = self.ownership.len();
@@ -527,21 +541,41 @@ impl Cluster {
     async fn take(
         &self,
         supervisor: &Supervisor,
-        mut claimed: Vec<(u32, i64)>,
+        claimed: Vec<(u32, i64)>,
     ) -> Result<(), ClusterError> {
-        while !claimed.is_empty() {
+        let shards = self.serve(supervisor, &claimed);
+        self.load(supervisor, shards).await
+    }
+
+    /// Loads the rooms of `shards`, which this node serves, and of those it
+    /// claims meanwhile. A load that fails (the database stalled past the
+    /// statement timeout) leaves them served, as rooms load on their first
+    /// event too, and is tried again at the next heartbeat.
+    async fn load(
+        &self,
+        supervisor: &Supervisor,
+        mut shards: HashSet<u32>,
+    ) -> Result<(), ClusterError> {
+        while !shards.is_empty() {
             let started = Instant::now();
-            let shards = self.serve(supervisor, &claimed);
             let ownership = &self.ownership;
             let recovered =
                 supervisor.recover_where(|name| shards.contains(&ownership.shard_of(name)));
             let mut more = Vec::new();
-            let Some(rooms) = self.loading(supervisor, recovered, &mut more).await else {
-                return Ok(());
-            };
-            let rooms = rooms?;
-            tracing::info!(node = %self.node, shards = claimed.len(), rooms, elapsed_ms = started.elapsed().as_millis() as u64, "took shards");
-            claimed = more;
+            let loaded = self.loading(supervisor, recovered, &mut more).await;
+            let next: HashSet<u32> = more.iter().map(|(s, _)| *s).collect();
+            match loaded {
+                None => return Ok(()),
+                Some(Err(err)) => {
+                    let mut unloaded = self.unloaded.lock().expect("unloaded lock");
+                    unloaded.extend(shards.iter().chain(&next));
+                    return Err(err.into());
+                }
+                Some(Ok(rooms)) => {
+                    tracing::info!(node = %self.node, shards = shards.len(), rooms, elapsed_ms = started.elapsed().as_millis() as u64, "took shards");
+                }
+            }
+            shards = next;
         }
         Ok(())
     }

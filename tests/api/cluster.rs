@@ -1053,6 +1053,69 @@ async fn loads_stuck_behind_a_lock_do_not_cost_the_lease() {
     .await;
 }
 
+// A takeover's load that failed (the database stalled past the statement
+// timeout) left the shards served with none of their rooms loaded, for good:
+// a room got its actor only with its next event (found by the adversary:
+// 64 shards, 6,456 rooms without an actor 30 s after the stall). The load
+// is tried again at the next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_whose_load_failed_loads_again() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let a = node(db, "fa").ready(&client).await;
+        until_shards(&a, |s| s == 256).await;
+        let (room, shard) = room_of_second("reload");
+        assert!(shard >= 128);
+        let first = webhook::joined(&room, "RM_r", "PA_r1", "r1")
+            .id("EV_r1")
+            .body();
+        assert_eq!(a.send(&first).await, StatusCode::OK);
+
+        // a's hand-over to b held until the rooms table is locked; b's
+        // statements time out after 1 s, so its load of them fails.
+        let pg = Database::connect(&db.url).await.unwrap();
+        let row_lock = pg.begin().await.unwrap();
+        row_lock
+            .execute_unprepared("SELECT shard FROM cluster_shards WHERE shard = 255 FOR UPDATE")
+            .await
+            .unwrap();
+        let b = node_with(
+            db,
+            "fb",
+            &[("ROOMD__WRITER__TRANSACTION_TIMEOUT_MS", "1000")],
+        )
+        .ready(&client)
+        .await;
+        let rooms_lock = pg.begin().await.unwrap();
+        rooms_lock
+            .execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        row_lock.rollback().await.unwrap();
+        common::until("b's load failed", async || {
+            b.logs().iter().any(|l| l.contains("statement timeout"))
+        })
+        .await;
+        rooms_lock.rollback().await.unwrap();
+
+        // No event for the room: only a load gives it an actor on b.
+        let admin = common::admin_token();
+        common::until("b loaded the room", async || {
+            client
+                .get(format!("{}/v1/debug/actors/{room}", b.base))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+        assert_exact(&pg, &[&a, &b], &HashMap::from([(room, 1)])).await;
+        drop((a, b));
+        pg.close().await.ok();
+    })
+    .await;
+}
+
 /// The fence at the SQL level, on two connections, in both orders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_refuses_a_commit_from_an_old_epoch_in_both_lock_orders() {
