@@ -252,12 +252,15 @@ async fn send_on(
                 // Two nodes' maps disagree for a moment; LiveKit's retry
                 // finds them settled.
                 cluster.no_owner("webhook", "too_many_hops");
-                return Err(ApiError::NoOwner { tell_sender: false });
+                return Err(ApiError::NoOwner {
+                    tell_sender: hops > 0,
+                });
             }
             Route::Unknown => {
                 cluster.no_owner("webhook", "no_owner");
                 // A node that sent the webhook here may wait longer for
-                // the shard to move; LiveKit only retries.
+                // the shard to move (so may one whose request made too many
+                // hops above); LiveKit only retries, and never sees it.
                 return Err(ApiError::NoOwner {
                     tell_sender: hops > 0,
                 });
