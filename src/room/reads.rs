@@ -2,7 +2,7 @@
 //! (never through a mailbox), else from the database for rooms no actor
 //! holds. Each answer comes from one snapshot.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::feed::{Feeds, Subscription};
@@ -11,8 +11,10 @@ use super::published::Page;
 use super::snapshot::{RoomSnapshot, RoomView};
 use super::state::RoomState;
 use super::supervisor::Supervisor;
-use crate::record::RoomRecord;
+use crate::event::ParticipantKind;
+use crate::record::{RoomRecord, RoomStatus};
 use crate::store::{self, StoreError};
+use uuid::Uuid;
 
 /// A room and who is in it, as one snapshot had them.
 #[derive(Debug, Clone)]
@@ -63,9 +65,12 @@ impl Supervisor {
                     .into_iter()
                     .map(|room| (room.name.to_string(), room))
                     .collect();
+            let mut counts = self.counts_by_kind(stored.values()).await?;
             for (name, view) in names.iter().zip(&mut views) {
                 if view.is_none() {
-                    *view = stored.remove(*name).as_ref().map(RoomView::of_record);
+                    *view = stored
+                        .remove(*name)
+                        .map(|room| RoomView::of_record(&room).with_counts(&mut counts, &room));
                 }
             }
         }
@@ -151,15 +156,31 @@ impl Supervisor {
         let next = (rooms.len() == limit)
             .then(|| rooms.last().map(|r| r.name.to_string()))
             .flatten();
+        let views: Vec<Option<RoomView>> = rooms
+            .iter()
+            .map(|room| self.snapshot(&room.name).and_then(|s| s.room.clone()))
+            .collect();
+        let unread = rooms.iter().zip(&views).filter(|(_, v)| v.is_none());
+        let mut counts = self.counts_by_kind(unread.map(|(room, _)| room)).await?;
         let items = rooms
             .iter()
-            .map(|room| {
-                self.snapshot(&room.name)
-                    .and_then(|s| s.room.clone())
-                    .unwrap_or_else(|| RoomView::of_record(room))
+            .zip(views)
+            .map(|(room, view)| {
+                view.unwrap_or_else(|| RoomView::of_record(room).with_counts(&mut counts, room))
             })
             .collect();
         Ok(Page { items, next })
+    }
+
+    /// Counts by kind of active rooms read from the database: one query.
+    async fn counts_by_kind<'a>(
+        &self,
+        rooms: impl Iterator<Item = &'a RoomRecord>,
+    ) -> Result<HashMap<Uuid, BTreeMap<ParticipantKind, usize>>, StoreError> {
+        let active = rooms
+            .filter(|r| r.status == RoomStatus::Active)
+            .map(|r| r.id);
+        store::open_counts_by_kind(&self.inner.parts.db, active.collect()).await
     }
 
     /// Names of the rooms the database holds as active (with or without an actor).

@@ -1,7 +1,7 @@
 //! Immutable pictures of a room, published by its actor after each commit.
 //! Reads take the latest one without going through the actor's mailbox.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -38,6 +38,18 @@ impl RoomView {
 
     pub fn is_active(&self) -> bool {
         self.status == RoomStatus::Active
+    }
+
+    /// `self` with the counts by kind read for `room`, if any were.
+    pub fn with_counts(
+        mut self,
+        counts: &mut HashMap<Uuid, BTreeMap<ParticipantKind, usize>>,
+        room: &RoomRecord,
+    ) -> Self {
+        if let Some(by_kind) = counts.remove(&room.id) {
+            self.counts_by_kind = by_kind;
+        }
+        self
     }
 
     /// A view of a room that has no live actor (read back from the database).

@@ -1,6 +1,6 @@
 //! Reads that rebuild actors: one room on demand, every active room at start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -267,6 +267,43 @@ pub async fn load_active_rooms(
         })
         .collect::<Result<_, StoreError>>()?;
     Ok(ActivePage { rooms, next })
+}
+
+/// Distinct identities with an open session, per kind, in each of `rooms`
+/// (the counts an actor keeps, for a room read from the database).
+pub async fn open_counts_by_kind(
+    db: &impl ConnectionTrait,
+    rooms: Vec<Uuid>,
+) -> Result<HashMap<Uuid, BTreeMap<ParticipantKind, usize>>, StoreError> {
+    let mut counts: HashMap<Uuid, BTreeMap<ParticipantKind, usize>> = HashMap::new();
+    if rooms.is_empty() {
+        return Ok(counts);
+    }
+    let rows: Vec<(Uuid, String, i64)> = participants::Entity::find()
+        .select_only()
+        .column(participants::Column::RoomId)
+        .column(participants::Column::Kind)
+        .column_as(
+            sea_orm::sea_query::ExprTrait::count_distinct(sea_orm::sea_query::Expr::col(
+                participants::Column::Identity,
+            )),
+            "people",
+        )
+        .filter(participants::Column::RoomId.is_in(rooms))
+        .filter(participants::Column::LeftAt.is_null())
+        .group_by(participants::Column::RoomId)
+        .group_by(participants::Column::Kind)
+        .into_tuple()
+        .all(db)
+        .await?;
+    for (room, kind, people) in rows {
+        *counts
+            .entry(room)
+            .or_default()
+            .entry(ParticipantKind::from_name(&kind))
+            .or_default() += usize::try_from(people).unwrap_or(0);
+    }
+    Ok(counts)
 }
 
 /// Names of every room the database holds as active.

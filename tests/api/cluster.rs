@@ -1259,6 +1259,17 @@ async fn a_node_answers_reads_of_another_nodes_room() {
             .await;
         assert_eq!(list["participant_count"], 1, "{list}");
         assert_eq!(list["participants"][0]["identity"], "ann", "{list}");
+        // Counts by kind as the owner has them, from every read at `b` (they
+        // were empty from the database: found by the adversary).
+        let view = b.get(&format!("/v1/rooms/{room}"), None).await;
+        assert_eq!(view["counts_by_kind"]["standard"], 1, "{view}");
+        let views = b.get(&format!("/v1/rooms?names={room}"), None).await;
+        assert_eq!(
+            views["rooms"][0]["counts_by_kind"]["standard"], 1,
+            "{views}"
+        );
+        let live = b.get("/v1/rooms", None).await;
+        assert_eq!(live["rooms"][0]["counts_by_kind"]["standard"], 1, "{live}");
 
         // A read a node already sent on is answered where it lands, never sent
         // on again (two maps that disagree must not bounce it).
