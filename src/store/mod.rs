@@ -5,6 +5,7 @@
 pub mod entity;
 mod load;
 mod retention;
+pub mod rows;
 mod writer;
 
 use std::time::Duration;

@@ -686,12 +686,11 @@ async fn an_owner_that_knows_no_successor_costs_no_503() {
         // first and then waits to release them in the database, knowing no
         // owner for the room meanwhile.
         let pg = Database::connect(&db.url).await.unwrap();
-        let lock = pg.begin().await.unwrap();
-        lock.execute_unprepared(&format!(
-            "SELECT shard FROM cluster_shards WHERE shard = {shard} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
+        let lock = locked(
+            &pg,
+            &format!("SELECT shard FROM cluster_shards WHERE shard = {shard} FOR UPDATE"),
+        )
+        .await;
         let pid = libc::pid_t::try_from(b.pid()).unwrap();
         // SAFETY: signals our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -753,10 +752,7 @@ async fn a_node_whose_takeover_outlasts_its_lease_keeps_the_shards() {
         // The rooms table locked: `a`'s load of `b`'s shards waits on it
         // for more than twice the lease.
         let pg = Database::connect(&db.url).await.unwrap();
-        let lock = pg.begin().await.unwrap();
-        lock.execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
+        let lock = locked(&pg, "LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE").await;
         let pid = libc::pid_t::try_from(b.pid()).unwrap();
         // SAFETY: signals our own child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -814,10 +810,7 @@ async fn a_node_that_gave_its_shards_up_on_a_lapsed_lease_takes_them_back() {
         // The heartbeat's renewal waits on the locked node table for more
         // than twice the lease, so `a` finds its lease lapsed after it.
         let pg = Database::connect(&db.url).await.unwrap();
-        let lock = pg.begin().await.unwrap();
-        lock.execute_unprepared("LOCK TABLE cluster_nodes IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
+        let lock = locked(&pg, "LOCK TABLE cluster_nodes IN ACCESS EXCLUSIVE MODE").await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         lock.rollback().await.unwrap();
         common::until("a gave its shards up", async || {
@@ -835,6 +828,13 @@ async fn a_node_that_gave_its_shards_up_on_a_lapsed_lease_takes_them_back() {
         pg.close().await.ok();
     })
     .await;
+}
+
+/// A transaction holding the lock that `sql` takes, until it is rolled back.
+async fn locked(pg: &DatabaseConnection, sql: &str) -> sea_orm::DatabaseTransaction {
+    let txn = pg.begin().await.unwrap();
+    txn.execute_unprepared(sql).await.unwrap();
+    txn
 }
 
 /// The shards `node` holds by the database.
@@ -872,12 +872,11 @@ async fn a_node_busy_in_its_heartbeat_still_routes_to_a_rooms_new_owner() {
         // `c` hands its highest shards over when `d` joins; one of them
         // locked holds `c`'s heartbeat in that release.
         let highest = *shards_of(&pg, "bc").await.last().unwrap();
-        let lock = pg.begin().await.unwrap();
-        lock.execute_unprepared(&format!(
-            "SELECT shard FROM cluster_shards WHERE shard = {highest} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
+        let lock = locked(
+            &pg,
+            &format!("SELECT shard FROM cluster_shards WHERE shard = {highest} FOR UPDATE"),
+        )
+        .await;
         let d = node_with(db, "bd", &lease).ready(&client).await;
         until_shards(&a, |s| s == 64).await;
         until_shards(&b, |s| s == 64).await;
@@ -947,16 +946,12 @@ async fn a_joining_node_claims_its_whole_share_while_it_loads_the_first_part() {
         // The rooms table locked holds the joining node's load; b's
         // highest shard locked holds b's hand-over until a's is claimed.
         let pg = Database::connect(&db.url).await.unwrap();
-        let rooms_lock = pg.begin().await.unwrap();
-        rooms_lock
-            .execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
-        let row_lock = pg.begin().await.unwrap();
-        row_lock
-            .execute_unprepared("SELECT shard FROM cluster_shards WHERE shard = 255 FOR UPDATE")
-            .await
-            .unwrap();
+        let rooms_lock = locked(&pg, "LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE").await;
+        let row_lock = locked(
+            &pg,
+            "SELECT shard FROM cluster_shards WHERE shard = 255 FOR UPDATE",
+        )
+        .await;
         // Its load waits on the lock, not cut short by a statement timeout.
         let c = node_with(
             db,
@@ -1006,10 +1001,7 @@ async fn loads_stuck_behind_a_lock_do_not_cost_the_lease() {
         until_shards(&a, |s| s == 256).await;
 
         let pg = Database::connect(&db.url).await.unwrap();
-        let lock = pg.begin().await.unwrap();
-        lock.execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
+        let lock = locked(&pg, "LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE").await;
         // Four cold rooms: their loads wait on the lock, on both connections.
         let sends: Vec<_> = (0..4)
             .map(|i| {
@@ -1074,11 +1066,11 @@ async fn a_takeover_whose_load_failed_loads_again() {
         // a's hand-over to b held until the rooms table is locked; b's
         // statements time out after 1 s, so its load of them fails.
         let pg = Database::connect(&db.url).await.unwrap();
-        let row_lock = pg.begin().await.unwrap();
-        row_lock
-            .execute_unprepared("SELECT shard FROM cluster_shards WHERE shard = 255 FOR UPDATE")
-            .await
-            .unwrap();
+        let row_lock = locked(
+            &pg,
+            "SELECT shard FROM cluster_shards WHERE shard = 255 FOR UPDATE",
+        )
+        .await;
         let b = node_with(
             db,
             "fb",
@@ -1086,11 +1078,7 @@ async fn a_takeover_whose_load_failed_loads_again() {
         )
         .ready(&client)
         .await;
-        let rooms_lock = pg.begin().await.unwrap();
-        rooms_lock
-            .execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
+        let rooms_lock = locked(&pg, "LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE").await;
         row_lock.rollback().await.unwrap();
         common::until("b's load failed", async || {
             b.logs().iter().any(|l| l.contains("statement timeout"))

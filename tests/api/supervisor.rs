@@ -414,42 +414,25 @@ async fn waits_no_clock_can_hold_mean_never() {
 #[actix_web::test]
 async fn recovery_pages_through_the_rooms_and_loads_only_those_picked() {
     use roomd::store::entity::{participants, rooms};
-    use sea_orm::{ActiveValue::Set, EntityTrait};
+    use roomd::store::rows;
+    use sea_orm::EntityTrait;
     common::on_every_database(async |db| {
         let app = common::spawn_unrecovered(common::settings_for(db), db.backend).await;
         let now = chrono::Utc::now();
         let (mut room_rows, mut people_rows) = (Vec::new(), Vec::new());
         for r in 0..1_201 {
             let id = uuid::Uuid::new_v4();
-            room_rows.push(rooms::ActiveModel {
-                id: Set(id),
-                livekit_name: Set(format!("paged-{r}")),
-                livekit_sid: Set(Some(format!("RM_paged{r}"))),
-                status: Set("active".into()),
-                current_participants: Set(2),
-                started_at: Set(now),
-                ended_at: Set(None),
-                end_reason: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-                changed_at: Set(Some(now)),
-            });
+            let (name, sid) = (format!("paged-{r}"), Some(format!("RM_paged{r}")));
+            room_rows.push(rows::active_room(id, name, sid, 2, now));
             for p in 0..2 {
-                people_rows.push(participants::ActiveModel {
-                    id: Set(uuid::Uuid::new_v4()),
-                    room_id: Set(id),
-                    identity: Set(format!("user-{p}")),
-                    user_id: Set(None),
-                    sid: Set(Some(format!("PA_paged{r}x{p}"))),
-                    kind: Set("standard".into()),
-                    name: Set(None),
-                    status: Set("joined".into()),
-                    joined_at: Set(Some(now)),
-                    left_at: Set(None),
-                    leave_reason: Set(None),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                });
+                let (identity, sid) = (format!("user-{p}"), format!("PA_paged{r}x{p}"));
+                people_rows.push(rows::open_participant(
+                    uuid::Uuid::new_v4(),
+                    id,
+                    identity,
+                    sid,
+                    now,
+                ));
             }
         }
         for chunk in room_rows.chunks(200) {

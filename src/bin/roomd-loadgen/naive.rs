@@ -101,7 +101,7 @@ impl NaiveRoom {
         .await?;
         let delta = match kind {
             "room_started" => {
-                rooms::Entity::insert(crate::seed::active_room(
+                rooms::Entity::insert(roomd::store::rows::active_room(
                     room_id,
                     name.to_owned(),
                     None,
@@ -115,7 +115,7 @@ impl NaiveRoom {
             "participant_joined" => {
                 let id = Uuid::new_v4();
                 self.sessions.insert(sid.to_owned(), id);
-                participants::Entity::insert(crate::seed::open_participant(
+                participants::Entity::insert(roomd::store::rows::open_participant(
                     id,
                     room_id,
                     identity.to_owned(),

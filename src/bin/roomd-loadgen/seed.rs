@@ -4,9 +4,10 @@
 
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use roomd::store::entity::{participants, rooms};
-use sea_orm::{ActiveValue::Set, ConnectOptions, Database, EntityTrait, TransactionTrait};
+use roomd::store::rows::{active_room, open_participant};
+use sea_orm::{ConnectOptions, Database, EntityTrait, TransactionTrait};
 use uuid::Uuid;
 
 /// Rows per multi-row insert (13 columns: well inside both backends' limits).
@@ -64,54 +65,6 @@ pub async fn run(url: &str, run: &str, room_count: usize, people: usize) -> anyh
     );
     db.close().await?;
     Ok(())
-}
-
-/// A live room's row, as roomd writes one.
-pub fn active_room(
-    id: Uuid,
-    name: String,
-    sid: Option<String>,
-    participants: i32,
-    now: DateTime<Utc>,
-) -> rooms::ActiveModel {
-    rooms::ActiveModel {
-        id: Set(id),
-        livekit_name: Set(name),
-        livekit_sid: Set(sid),
-        status: Set("active".into()),
-        current_participants: Set(participants),
-        started_at: Set(now),
-        ended_at: Set(None),
-        end_reason: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-        changed_at: Set(Some(now)),
-    }
-}
-
-/// A standard participant's open session row, as roomd writes one.
-pub fn open_participant(
-    id: Uuid,
-    room_id: Uuid,
-    identity: String,
-    sid: String,
-    now: DateTime<Utc>,
-) -> participants::ActiveModel {
-    participants::ActiveModel {
-        id: Set(id),
-        room_id: Set(room_id),
-        identity: Set(identity),
-        user_id: Set(None),
-        sid: Set(Some(sid)),
-        kind: Set("standard".into()),
-        name: Set(None),
-        status: Set("joined".into()),
-        joined_at: Set(Some(now)),
-        left_at: Set(None),
-        leave_reason: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    }
 }
 
 async fn flush_rooms(
