@@ -486,8 +486,7 @@ impl Cluster {
             self.load(supervisor, unloaded).await?;
         }
 
-        let live = map.nodes.iter().filter(|n| n.live).count().max(1) as u32;
-        let share = self.settings.shards.div_ceil(live) as usize;
+        let share = self.share(&map);
         let held = self.ownership.len();
         if held < share {
             let claimed = table::claim(&self.db, &self.node, share - held).await?;
@@ -506,6 +505,12 @@ impl Cluster {
         }
         self.metrics.owned_shards.set(self.ownership.len() as i64);
         Ok(())
+    }
+
+    /// This node's fair share of the shards, by the live nodes in `map`.
+    fn share(&self, map: &ShardMap) -> usize {
+        let live = map.nodes.iter().filter(|n| n.live).count().max(1) as u32;
+        self.settings.shards.div_ceil(live) as usize
     }
 
     async fn read_map(&self) -> Result<Arc<ShardMap>, ClusterError> {
@@ -643,9 +648,7 @@ impl Cluster {
         supervisor: &Supervisor,
         more: &mut Vec<(u32, i64)>,
     ) -> Result<(), ClusterError> {
-        let map = self.map.read().expect("shard map lock").clone();
-        let live = map.nodes.iter().filter(|n| n.live).count().max(1) as u32;
-        let share = self.settings.shards.div_ceil(live) as usize;
+        let share = self.share(&self.map.read().expect("shard map lock"));
         let held = self.ownership.len();
         if held >= share {
             return Ok(());
