@@ -32,6 +32,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Person `n` of `tag` joining `room`: sid `PA_{tag}{n}`, identity
+/// `{tag}{n}`, event `EV_{tag}{n}`, in instance `RM_{tag}`.
+fn join_of(room: &str, tag: &str, n: u32) -> String {
+    let who = format!("{tag}{n}");
+    webhook::joined(room, &format!("RM_{tag}"), &format!("PA_{who}"), &who)
+        .id(&format!("EV_{who}"))
+        .body()
+}
+
 /// A node of the cluster, as its own process.
 fn node(db: &TestDb, id: &str) -> Roomd {
     node_with(db, id, &[])
@@ -462,9 +471,7 @@ async fn a_node_paused_past_its_lease_writes_nothing_more() {
         let pg = Database::connect(&db.url).await.unwrap();
         // A room on `a`, with someone in.
         let room = room_of_first("paused");
-        let first = webhook::joined(&room, "RM_p", "PA_p1", "p1")
-            .id("EV_p1")
-            .body();
+        let first = join_of(&room, "p", 1);
         assert_eq!(a.send(&first).await, StatusCode::OK);
 
         let pid = libc::pid_t::try_from(a.pid()).unwrap();
@@ -473,9 +480,7 @@ async fn a_node_paused_past_its_lease_writes_nothing_more() {
         // `b` takes every shard once `a`'s lease runs out.
         let held = until_shards(&b, |s| s == 256).await;
         assert_eq!(held, 256);
-        let second = webhook::joined(&room, "RM_p", "PA_p2", "p2")
-            .id("EV_p2")
-            .body();
+        let second = join_of(&room, "p", 2);
         assert_eq!(b.send(&second).await, StatusCode::OK);
 
         // Reads queued at `a` while it is paused are answered after it wakes,
@@ -494,9 +499,7 @@ async fn a_node_paused_past_its_lease_writes_nothing_more() {
             .collect();
 
         // `a` wakes with a request it took before it knew: it must not commit.
-        let third = webhook::joined(&room, "RM_p", "PA_p3", "p3")
-            .id("EV_p3")
-            .body();
+        let third = join_of(&room, "p", 3);
         let sending = {
             let base = a.base.clone();
             let token = sign_with(KEY, SECRET, &third);
@@ -677,9 +680,7 @@ async fn an_owner_that_knows_no_successor_costs_no_503() {
         until_shards(&a, |s| s == 128).await;
         until_shards(&b, |s| s == 128).await;
         let (room, shard) = room_of_second("heir");
-        let first = webhook::joined(&room, "RM_h", "PA_h1", "h1")
-            .id("EV_h1")
-            .body();
+        let first = join_of(&room, "h", 1);
         assert_eq!(b.send(&first).await, StatusCode::OK);
 
         // Hold the room's shard row: `b`, stopping, gives its shards up
@@ -702,9 +703,7 @@ async fn an_owner_that_knows_no_successor_costs_no_503() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             lock.rollback().await.unwrap();
         });
-        let second = webhook::joined(&room, "RM_h", "PA_h2", "h2")
-            .id("EV_h2")
-            .body();
+        let second = join_of(&room, "h", 2);
         assert_eq!(
             a.send(&second).await,
             StatusCode::OK,
@@ -744,9 +743,7 @@ async fn a_node_whose_takeover_outlasts_its_lease_keeps_the_shards() {
         until_shards(&a, |s| s == 128).await;
         until_shards(&b, |s| s == 128).await;
         let (room, _) = room_of_second("long");
-        let first = webhook::joined(&room, "RM_l", "PA_l1", "l1")
-            .id("EV_l1")
-            .body();
+        let first = join_of(&room, "l", 1);
         assert_eq!(b.send(&first).await, StatusCode::OK);
 
         // The rooms table locked: `a`'s load of `b`'s shards waits on it
@@ -770,9 +767,7 @@ async fn a_node_whose_takeover_outlasts_its_lease_keeps_the_shards() {
         lock.rollback().await.unwrap();
 
         assert_eq!(until_shards(&a, |s| s == 256).await, 256);
-        let second = webhook::joined(&room, "RM_l", "PA_l2", "l2")
-            .id("EV_l2")
-            .body();
+        let second = join_of(&room, "l", 2);
         assert_eq!(a.send(&second).await, StatusCode::OK);
         let logs = a.logs();
         assert!(
@@ -802,9 +797,7 @@ async fn a_node_that_gave_its_shards_up_on_a_lapsed_lease_takes_them_back() {
         let a = node_with(db, "ga", &SHORT_LEASE).ready(&client).await;
         until_shards(&a, |s| s == 256).await;
         let room = "lapsed";
-        let first = webhook::joined(room, "RM_g", "PA_g1", "g1")
-            .id("EV_g1")
-            .body();
+        let first = join_of(room, "g", 1);
         assert_eq!(a.send(&first).await, StatusCode::OK);
 
         // The heartbeat's renewal waits on the locked node table for more
@@ -819,9 +812,7 @@ async fn a_node_that_gave_its_shards_up_on_a_lapsed_lease_takes_them_back() {
         .await;
 
         assert_eq!(until_shards(&a, |s| s == 256).await, 256);
-        let second = webhook::joined(room, "RM_g", "PA_g2", "g2")
-            .id("EV_g2")
-            .body();
+        let second = join_of(room, "g", 2);
         assert_eq!(a.send(&second).await, StatusCode::OK);
         assert_exact(&pg, &[&a], &HashMap::from([(room.to_string(), 2)])).await;
         drop(a);
@@ -891,9 +882,7 @@ async fn a_node_busy_in_its_heartbeat_still_routes_to_a_rooms_new_owner() {
             .map(|i| format!("moved{i}"))
             .find(|name| held_by_b.contains(&roomd::shard::shard_of(name, 256)))
             .unwrap();
-        let first = webhook::joined(&room, "RM_m", "PA_m1", "m1")
-            .id("EV_m1")
-            .body();
+        let first = join_of(&room, "m", 1);
         assert_eq!(b.send(&first).await, StatusCode::OK);
 
         let pid = libc::pid_t::try_from(b.pid()).unwrap();
@@ -914,9 +903,7 @@ async fn a_node_busy_in_its_heartbeat_still_routes_to_a_rooms_new_owner() {
         // `c`'s map is from before `b` stopped, and its heartbeat is still
         // held: it sends the event to `b`, finds it gone, and must look up
         // the new owner itself.
-        let second = webhook::joined(&room, "RM_m", "PA_m2", "m2")
-            .id("EV_m2")
-            .body();
+        let second = join_of(&room, "m", 2);
         assert_eq!(c.send(&second).await, StatusCode::OK);
         lock.rollback().await.unwrap();
         assert_exact(&pg, &[&a, &c, &d], &HashMap::from([(room, 2)])).await;
@@ -938,9 +925,7 @@ async fn a_joining_node_claims_its_whole_share_while_it_loads_the_first_part() {
         let (a, b) = two_nodes(db, "ja", "jb").await;
         let (room, shard) = room_of_second("joined");
         assert!(shard >= 214, "a shard b hands over: {shard}");
-        let first = webhook::joined(&room, "RM_j", "PA_j1", "j1")
-            .id("EV_j1")
-            .body();
+        let first = join_of(&room, "j", 1);
         assert_eq!(b.send(&first).await, StatusCode::OK);
 
         // The rooms table locked holds the joining node's load; b's
@@ -970,9 +955,7 @@ async fn a_joining_node_claims_its_whole_share_while_it_loads_the_first_part() {
         assert!(held >= 80, "c claimed b's part while loading a's: {held}");
 
         rooms_lock.rollback().await.unwrap();
-        let second = webhook::joined(&room, "RM_j", "PA_j2", "j2")
-            .id("EV_j2")
-            .body();
+        let second = join_of(&room, "j", 2);
         assert_eq!(a.send(&second).await, StatusCode::OK);
         assert!(
             c.logs()
@@ -1058,9 +1041,7 @@ async fn a_takeover_whose_load_failed_loads_again() {
         until_shards(&a, |s| s == 256).await;
         let (room, shard) = room_of_second("reload");
         assert!(shard >= 128);
-        let first = webhook::joined(&room, "RM_r", "PA_r1", "r1")
-            .id("EV_r1")
-            .body();
+        let first = join_of(&room, "r", 1);
         assert_eq!(a.send(&first).await, StatusCode::OK);
 
         // a's hand-over to b held until the rooms table is locked; b's
