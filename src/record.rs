@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{Delivery, ParticipantKind};
+use crate::event::{Delivery, ParticipantKind, Sid};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,14 +51,14 @@ pub struct RoomRecord {
 
 /// One row of `participants`: one session (or a tombstone for a leave that
 /// came before its join). A live room holds one per session it has seen, so
-/// its strings are shared (`Arc<str>`): the event's, the room's indexes' and
-/// the rows handed to the writer are one copy.
+/// its heap strings are shared (`Arc<str>`): the event's, the room's indexes'
+/// and the rows handed to the writer are one copy. Its room's id is not kept
+/// here but beside the row in [`Changes`]: every row of a room would repeat it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub id: Uuid,
-    pub room_id: Uuid,
     pub identity: Arc<str>,
-    pub sid: Option<Arc<str>>,
+    pub sid: Option<Sid>,
     pub kind: ParticipantKind,
     pub name: Option<Arc<str>>,
     pub joined_at: Option<DateTime<Utc>>,
@@ -89,11 +89,26 @@ impl SessionRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
     pub rooms: Vec<RoomRecord>,
+    pub sessions: Vec<SessionChange>,
+}
+
+/// A session row to upsert and the `rooms.id` it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionChange {
+    pub room_id: Uuid,
     /// Shared with the room's state: handing a row to the writer copies no strings.
-    pub sessions: Vec<Arc<SessionRecord>>,
+    pub row: Arc<SessionRecord>,
 }
 
 impl Changes {
+    /// `row`, of the room instance `room_id`, is to be written.
+    pub fn session(&mut self, room_id: Uuid, row: &Arc<SessionRecord>) {
+        self.sessions.push(SessionChange {
+            room_id,
+            row: row.clone(),
+        });
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rooms.is_empty() && self.sessions.is_empty()
     }

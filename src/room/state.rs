@@ -234,6 +234,7 @@ impl Instance {
     /// Ends the instance and closes every open session at `at`.
     fn end(&mut self, at: DateTime<Utc>, why: EndReason, changes: &mut Changes) {
         let reason = LeaveReason::RoomEnded(why).as_string();
+        let room_id = self.room.id;
         for session in self
             .sessions
             .sorted_mut()
@@ -241,7 +242,7 @@ impl Instance {
             .filter(|s| s.is_open())
         {
             Arc::make_mut(session).close(at, reason.clone());
-            changes.sessions.push(session.clone());
+            changes.session(room_id, session);
         }
         self.present.clear();
         self.room.status = RoomStatus::Ended;
@@ -260,7 +261,6 @@ impl Instance {
     ) -> Arc<SessionRecord> {
         Arc::new(SessionRecord {
             id: Uuid::new_v4(),
-            room_id: self.room.id,
             identity: p.identity.clone(),
             sid: p.sid.clone(),
             kind: p.kind.clone(),
@@ -284,7 +284,7 @@ impl Instance {
                 self.present.close(s);
                 Arc::make_mut(s).joined_at = Some(joined_at);
                 self.present.open(s);
-                changes.sessions.push(s.clone());
+                changes.session(self.room.id, s);
                 return Outcome::Applied;
             }
             (Some(s), _) if s.is_open() => return Outcome::Ignored,
@@ -300,7 +300,7 @@ impl Instance {
             _ => {}
         }
         let session = self.new_session(p, Some(joined_at), None);
-        changes.sessions.push(session.clone());
+        changes.session(self.room.id, &session);
         self.present.open(&session);
         self.sessions.insert(session);
         Outcome::Applied
@@ -313,10 +313,11 @@ impl Instance {
         at: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Outcome {
+        let room_id = self.room.id;
         let close = |s: &mut Arc<SessionRecord>, present: &mut Present, changes: &mut Changes| {
             present.close(s);
             Arc::make_mut(s).close(at, reason.as_string());
-            changes.sessions.push(s.clone());
+            changes.session(room_id, s);
         };
         let key = SessionKey::of(&p.identity, p.sid.as_deref());
         // A sid-less leave is ordered by time: it ends only sessions that
@@ -362,7 +363,7 @@ impl Instance {
         // The leave came first (or its join was dropped): remember it, so the
         // join cannot open the session when it arrives.
         let tombstone = self.new_session(p, None, Some((at, reason)));
-        changes.sessions.push(tombstone.clone());
+        changes.session(self.room.id, &tombstone);
         self.sessions.insert(tombstone);
         Outcome::Applied
     }

@@ -63,12 +63,12 @@ type SessionRow = (
     Option<String>,
 );
 
-/// The kept sessions of the rooms `filter` selects.
+/// The kept sessions of the rooms `filter` selects, each with its room's id.
 async fn load_sessions(
     db: &impl ConnectionTrait,
     filter: Condition,
     horizon: DateTime<Utc>,
-) -> Result<Vec<SessionRecord>, StoreError> {
+) -> Result<Vec<(Uuid, SessionRecord)>, StoreError> {
     let rows: Vec<SessionRow> = participants::Entity::find()
         .select_only()
         .columns(SESSION_COLUMNS)
@@ -80,12 +80,12 @@ async fn load_sessions(
     Ok(rows.into_iter().map(session_record).collect())
 }
 
+/// A session row and the `rooms.id` it belongs to.
 fn session_record(
     (id, room_id, identity, sid, kind, name, joined_at, left_at, leave_reason): SessionRow,
-) -> SessionRecord {
-    SessionRecord {
+) -> (Uuid, SessionRecord) {
+    let row = SessionRecord {
         id,
-        room_id,
         identity: identity.into(),
         sid: sid.map(Into::into),
         kind: ParticipantKind::from_name(&kind),
@@ -93,7 +93,8 @@ fn session_record(
         joined_at,
         left_at,
         leave_reason: leave_reason.map(Into::into),
-    }
+    };
+    (room_id, row)
 }
 
 /// The instance now or last live under each of `names`: the active one if
@@ -191,7 +192,10 @@ pub async fn load_room(
         Condition::all().add(participants::Column::RoomId.eq(room.id)),
         horizon,
     )
-    .await?;
+    .await?
+    .into_iter()
+    .map(|(_, session)| session)
+    .collect();
     Ok(StoredRoom {
         latest: Some((room, sessions)),
         ended_sids: ended_sids(db, vec![name.to_owned()], horizon)
@@ -246,8 +250,8 @@ pub async fn load_active_rooms(
 
     let mut sessions: HashMap<Uuid, Vec<SessionRecord>> = HashMap::with_capacity(active.len());
     let filter = Condition::all().add(participants::Column::RoomId.is_in(ids));
-    for session in load_sessions(db, filter, horizon).await? {
-        sessions.entry(session.room_id).or_default().push(session);
+    for (room_id, session) in load_sessions(db, filter, horizon).await? {
+        sessions.entry(room_id).or_default().push(session);
     }
     let mut ended: HashMap<String, Vec<(String, DateTime<Utc>)>> = HashMap::new();
     for (name, sid) in ended_sids(db, names, horizon).await? {

@@ -32,7 +32,7 @@ use super::StoreError;
 use super::entity::{participants, rooms, webhook_events};
 use crate::config::WriterSettings;
 use crate::metrics::Metrics;
-use crate::record::{Changes, Committed, EventRecord, RoomRecord, SessionRecord};
+use crate::record::{Changes, Committed, EventRecord, RoomRecord, SessionChange};
 use crate::shard::Fence;
 
 mod pg;
@@ -226,7 +226,7 @@ async fn write(
     // Keyed by id so that a row changed by two events of one batch is written
     // once, with its last value (a multi-row upsert may not touch a row twice).
     let mut rooms: HashMap<Uuid, &RoomRecord> = HashMap::new();
-    let mut sessions: HashMap<Uuid, &SessionRecord> = HashMap::new();
+    let mut sessions: HashMap<Uuid, &SessionChange> = HashMap::new();
     for (job, row_id) in jobs.iter().zip(&row_ids) {
         if let Some(fence) = job.fence.filter(|_| fenced(job)) {
             results.push(Err(StoreError::Fenced {
@@ -235,7 +235,7 @@ async fn write(
             }));
         } else if stored.contains(row_id) {
             rooms.extend(job.changes.rooms.iter().map(|r| (r.id, r)));
-            sessions.extend(job.changes.sessions.iter().map(|s| (s.id, &**s)));
+            sessions.extend(job.changes.sessions.iter().map(|s| (s.row.id, s)));
             results.push(Ok(Committed::Stored));
         } else {
             duplicate_ids.extend(job.event.event_id.as_deref());
@@ -495,25 +495,27 @@ async fn upsert_rooms<'a>(
 
 async fn upsert_sessions<'a>(
     db: &impl ConnectionTrait,
-    sessions: impl Iterator<Item = &'a SessionRecord>,
+    sessions: impl Iterator<Item = &'a SessionChange>,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     let rows: Vec<participants::ActiveModel> = sessions
-        .map(|s| participants::ActiveModel {
-            id: Set(s.id),
-            room_id: Set(s.room_id),
-            identity: Set(s.identity.to_string()),
-            user_id: Set(s.user_id()),
-            sid: Set(s.sid.as_deref().map(str::to_owned)),
-            kind: Set(s.kind.as_str().to_owned()),
-            name: Set(s.name.as_deref().map(str::to_owned)),
-            status: Set(if s.is_open() { "joined" } else { "left" }.to_owned()),
-            joined_at: Set(s.joined_at),
-            left_at: Set(s.left_at),
-            leave_reason: Set(s.leave_reason.as_deref().map(str::to_owned)),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
+        .map(
+            |SessionChange { room_id, row: s }| participants::ActiveModel {
+                id: Set(s.id),
+                room_id: Set(*room_id),
+                identity: Set(s.identity.to_string()),
+                user_id: Set(s.user_id()),
+                sid: Set(s.sid.as_deref().map(str::to_owned)),
+                kind: Set(s.kind.as_str().to_owned()),
+                name: Set(s.name.as_deref().map(str::to_owned)),
+                status: Set(if s.is_open() { "joined" } else { "left" }.to_owned()),
+                joined_at: Set(s.joined_at),
+                left_at: Set(s.left_at),
+                leave_reason: Set(s.leave_reason.as_deref().map(str::to_owned)),
+                created_at: Set(now),
+                updated_at: Set(now),
+            },
+        )
         .collect();
     use participants::Column as C;
     for chunk in rows.chunks(UPSERT_CHUNK) {

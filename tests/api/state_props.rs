@@ -3,12 +3,11 @@
 //! restarts produce, a room ends where the ordered sequence ends.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use roomd::event::{LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef};
-use roomd::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+use roomd::record::{RoomRecord, RoomStatus, SessionChange, SessionRecord, StoredRoom};
 use roomd::room::state::RoomState;
 use uuid::Uuid;
 
@@ -125,23 +124,24 @@ fn schedule(n: usize) -> impl Strategy<Value = (Vec<usize>, BTreeSet<usize>)> {
 #[derive(Default)]
 struct Db {
     rooms: HashMap<Uuid, (usize, RoomRecord)>,
-    sessions: HashMap<Uuid, SessionRecord>,
+    /// Each session with its room's id.
+    sessions: HashMap<Uuid, (Uuid, SessionRecord)>,
     inserts: usize,
 }
 
 impl Db {
-    fn commit(&mut self, rooms: Vec<RoomRecord>, sessions: Vec<Arc<SessionRecord>>) {
+    fn commit(&mut self, rooms: Vec<RoomRecord>, sessions: Vec<SessionChange>) {
         for r in rooms {
             self.inserts += 1;
             let order = self.rooms.get(&r.id).map_or(self.inserts, |(o, _)| *o);
             self.rooms.insert(r.id, (order, r));
         }
-        for s in sessions {
+        for SessionChange { room_id, row } in sessions {
             assert!(
-                self.rooms.contains_key(&s.room_id),
+                self.rooms.contains_key(&room_id),
                 "a session is written with or after its room"
             );
-            self.sessions.insert(s.id, (*s).clone());
+            self.sessions.insert(row.id, (room_id, (*row).clone()));
         }
     }
 
@@ -157,8 +157,8 @@ impl Db {
                 let sessions = self
                     .sessions
                     .values()
-                    .filter(|s| s.room_id == r.id)
-                    .cloned()
+                    .filter(|(room_id, _)| *room_id == r.id)
+                    .map(|(_, s)| s.clone())
                     .collect();
                 (r.clone(), sessions)
             }),

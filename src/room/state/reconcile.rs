@@ -97,7 +97,7 @@ impl RoomState {
                 changes
                     .sessions
                     .iter()
-                    .map(|s| correction(CorrectionKind::SessionClosed, Some(s))),
+                    .map(|s| correction(CorrectionKind::SessionClosed, Some(&s.row))),
             );
             changes.rooms.push(instance.room.clone());
             self.ended_sids.extend(instance.ended_sid());
@@ -132,6 +132,7 @@ impl RoomState {
             .collect();
         let changes = &mut transition.changes;
         let reconciled = LeaveReason::Reconciled.as_string();
+        let room_id = instance.room.id;
         for session in instance.sessions.sorted_mut() {
             // Only a reconciliation's own closing is undone: a leave LiveKit
             // sent is final, even while its list still shows the session.
@@ -144,7 +145,7 @@ impl RoomState {
                 let reopened = Arc::make_mut(session);
                 reopened.left_at = None;
                 reopened.leave_reason = None;
-                changes.sessions.push(session.clone());
+                changes.session(room_id, session);
                 corrections.push(correction(CorrectionKind::SessionReopened, Some(&*session)));
                 continue;
             }
@@ -155,7 +156,7 @@ impl RoomState {
                     .is_some_and(|sid| !listed.contains(sid));
             if gone {
                 Arc::make_mut(session).close(at, reconciled.clone());
-                changes.sessions.push(session.clone());
+                changes.session(room_id, session);
                 corrections.push(correction(CorrectionKind::SessionClosed, Some(&*session)));
             }
         }
@@ -167,7 +168,7 @@ impl RoomState {
             if !known && instance.join(p, at, changes) == Outcome::Applied {
                 corrections.push(correction(
                     CorrectionKind::SessionOpened,
-                    changes.sessions.last(),
+                    changes.sessions.last().map(|c| &c.row),
                 ));
             }
         }

@@ -25,6 +25,7 @@ use sea_orm::sqlx::{self, PgConnection, Row};
 use uuid::Uuid;
 
 use super::Job;
+use crate::record::SessionChange;
 use crate::shard::Fence;
 
 /// Whether the batch can go as one statement (see the module comment).
@@ -37,7 +38,7 @@ pub(super) fn fits(jobs: &[Job]) -> bool {
             .as_deref()
             .is_none_or(|id| event_ids.insert(id))
             && job.changes.rooms.iter().all(|r| rows.insert(r.id))
-            && job.changes.sessions.iter().all(|s| rows.insert(s.id))
+            && job.changes.sessions.iter().all(|s| rows.insert(s.row.id))
     })
 }
 
@@ -152,10 +153,10 @@ pub(super) async fn write(
             rooms.end_reason.push(r.end_reason.as_deref());
             rooms.changed_at.push(r.changed_at);
         }
-        for s in &job.changes.sessions {
+        for SessionChange { room_id, row: s } in &job.changes.sessions {
             sessions.job.push(row);
             sessions.id.push(s.id);
-            sessions.room_id.push(s.room_id);
+            sessions.room_id.push(*room_id);
             sessions.identity.push(&*s.identity);
             sessions.user_id.push(s.user_id());
             sessions.sid.push(s.sid.as_deref());
