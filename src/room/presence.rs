@@ -80,8 +80,11 @@ pub struct Present {
     /// Identities with an open session, and how many each has open: the
     /// room's count is its length.
     people: HashMap<Arc<str>, u32>,
-    /// Open sessions of kinds other than standard, per kind and identity.
-    others: BTreeMap<ParticipantKind, HashMap<Arc<str>, u32>>,
+    /// Open sessions of kinds other than standard, per identity, sorted
+    /// by kind. Not a map: a room has one or two such kinds, and a
+    /// `BTreeMap`'s first node cost each room that had any 808 bytes
+    /// (heaptrack).
+    others: Vec<(ParticipantKind, HashMap<Arc<str>, u32>)>,
     /// Identities whose open sessions are all of other kinds: everyone
     /// else has a standard session.
     only_others: usize,
@@ -126,10 +129,15 @@ impl Present {
         let was = self.only_others_of(&session.identity);
         *self.people.entry(session.identity.clone()).or_default() += 1;
         if session.kind != ParticipantKind::Standard {
-            *self
-                .others
-                .entry(session.kind.clone())
-                .or_default()
+            let i = self.kind_at(&session.kind).unwrap_or_else(|i| {
+                // Room for this kind only: a vector's first growth makes four.
+                self.others.reserve_exact(1);
+                self.others
+                    .insert(i, (session.kind.clone(), HashMap::new()));
+                i
+            });
+            *self.others[i]
+                .1
                 .entry(session.identity.clone())
                 .or_default() += 1;
         }
@@ -145,10 +153,10 @@ impl Present {
         let was = self.only_others_of(&session.identity);
         let identity: &str = &session.identity;
         decrement(&mut self.people, identity);
-        if let Some(people) = self.others.get_mut(&session.kind) {
-            decrement(people, identity);
-            if people.is_empty() {
-                self.others.remove(&session.kind);
+        if let Ok(i) = self.kind_at(&session.kind) {
+            decrement(&mut self.others[i].1, identity);
+            if self.others[i].1.is_empty() {
+                self.others.remove(i);
             }
         }
         self.moved(was, identity);
@@ -164,11 +172,16 @@ impl Present {
         self.people.get(identity).is_some_and(|&open| {
             let others: u32 = self
                 .others
-                .values()
-                .filter_map(|people| people.get(identity))
+                .iter()
+                .filter_map(|(_, people)| people.get(identity))
                 .sum();
             others == open
         })
+    }
+
+    /// Where `kind` is in `others`, or where it would go.
+    fn kind_at(&self, kind: &ParticipantKind) -> Result<usize, usize> {
+        self.others.binary_search_by(|(k, _)| k.cmp(kind))
     }
 
     fn moved(&mut self, was: bool, identity: &str) {

@@ -70,7 +70,9 @@ impl RoomView {
 /// The last event an actor applied, for admins.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastEvent {
-    pub id: Option<String>,
+    /// LiveKit's are 15 bytes (`EV_` and 12 more): kept inline, where a
+    /// heap string cost each of a room's recent events 32 bytes more.
+    pub id: Option<compact_str::CompactString>,
     pub event: Arc<str>,
     pub outcome: &'static str,
     pub at: DateTime<Utc>,

@@ -111,7 +111,7 @@ impl Handler<Apply> for RoomActor {
             if let Ok(delivered) = &result {
                 tracing::debug!(room = %act.name, event_id = ?delivery.id, event = %delivery.event, outcome = delivered.as_str(), "event committed");
                 act.remember(LastEvent {
-                    id: delivery.id.clone(),
+                    id: delivery.id.as_deref().map(Into::into),
                     event: delivery.event.clone(),
                     outcome: delivered.as_str(),
                     at: delivery.received_at,
