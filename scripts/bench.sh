@@ -4,6 +4,7 @@
 #   scripts/bench.sh                 # everything, 3 repetitions, medians (~15 min)
 #   scripts/bench.sh --quick         # the same rows with fewer events (~2 min)
 #   REPS=1 ROOMS=500 scripts/bench.sh
+#   BENCH_BIN=/tmp/old scripts/bench.sh  # another build's roomd, roomd-loadgen, roomd-ceiling
 #
 # Needs PostgreSQL (ROOMD_BENCH_POSTGRES_URL, default the local trust-auth
 # server) and psql to make a scratch database. Everything runs on this
@@ -48,8 +49,14 @@ fail() { # the step, its reason and the tail of what it printed
 }
 trap 'fail "command exited $? (line $LINENO)"' ERR
 
-cargo build --release --locked --bins >&2
-BIN=target/release
+# BENCH_BIN runs binaries built elsewhere (an older commit's, to compare
+# two builds in one session) instead of building this checkout.
+if [[ -n "${BENCH_BIN:-}" ]]; then
+  BIN=$BENCH_BIN
+else
+  cargo build --release --locked --bins >&2
+  BIN=target/release
+fi
 LOAD="--rooms $ROOMS --participants $PARTICIPANTS --churn $CHURN --concurrency $CONC"
 
 fresh_pg() {
