@@ -4,10 +4,38 @@
 //! [`Delivery`]; nothing past that edge sees protobuf types or strings for
 //! states and kinds.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+/// A short text that many session rows share: a leave reason, a kind this
+/// build does not know. One pointer wide, where an `Arc<str>` is two: a
+/// session's row holds two, and with those 16 bytes it came down an
+/// allocator size class (160 to 144 bytes a row). Made by [`label`], so
+/// that each text is allocated once.
+pub type Label = Arc<String>;
+
+/// Distinct texts [`label`] keeps. LiveKit's leave reasons and kinds are a
+/// few dozen; a body may carry any string, so past this many a text is
+/// allocated for each use instead of growing the table.
+const MAX_LABELS: usize = 256;
+
+static LABELS: LazyLock<Mutex<HashMap<String, Label>>> = LazyLock::new(Default::default);
+
+/// `text` as a [`Label`], the one allocation of it that rows share.
+pub fn label(text: &str) -> Label {
+    let mut labels = LABELS.lock().expect("labels lock");
+    if let Some(shared) = labels.get(text) {
+        return shared.clone();
+    }
+    let made = Arc::new(text.to_owned());
+    if labels.len() < MAX_LABELS {
+        labels.insert(text.to_owned(), made.clone());
+    }
+    made
+}
 
 /// What kind of participant a session belongs to, as LiveKit classifies it.
 /// `Other` keeps a kind this build does not know (a newer LiveKit server), so
@@ -21,7 +49,7 @@ pub enum ParticipantKind {
     Agent,
     Connector,
     Bridge,
-    Other(Arc<str>),
+    Other(Label),
 }
 
 impl ParticipantKind {
@@ -35,7 +63,7 @@ impl ParticipantKind {
             "AGENT" => Self::Agent,
             "CONNECTOR" => Self::Connector,
             "BRIDGE" => Self::Bridge,
-            _ => Self::Other(name.to_ascii_lowercase().into()),
+            _ => Self::Other(label(&name.to_ascii_lowercase())),
         }
     }
 
@@ -49,7 +77,7 @@ impl ParticipantKind {
             4 => Self::Agent,
             7 => Self::Connector,
             8 => Self::Bridge,
-            other => Self::Other(format!("kind_{other}").into()),
+            other => Self::Other(label(&format!("kind_{other}"))),
         }
     }
 
@@ -139,13 +167,13 @@ pub enum LeaveReason {
 }
 
 impl LeaveReason {
-    pub fn as_string(&self) -> Arc<str> {
+    pub fn as_string(&self) -> Label {
         match self {
-            Self::Left(Some(reason)) => reason.to_ascii_lowercase().into(),
-            Self::Left(None) => "participant_left".into(),
-            Self::ConnectionAborted => "connection_aborted".into(),
-            Self::RoomEnded(why) => why.as_str().into(),
-            Self::Reconciled => EndReason::Reconciled.as_str().into(),
+            Self::Left(Some(reason)) => label(&reason.to_ascii_lowercase()),
+            Self::Left(None) => label("participant_left"),
+            Self::ConnectionAborted => label("connection_aborted"),
+            Self::RoomEnded(why) => label(why.as_str()),
+            Self::Reconciled => label(EndReason::Reconciled.as_str()),
         }
     }
 }
@@ -223,4 +251,25 @@ pub struct RoomTruth {
     pub room: RoomRef,
     /// The participants LiveKit lists as ACTIVE.
     pub participants: Vec<ParticipantRef>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_is_allocated_once_and_the_table_stops_growing() {
+        let left = LeaveReason::Left(Some("CLIENT_INITIATED".into()));
+        assert!(Arc::ptr_eq(&left.as_string(), &left.as_string()));
+        assert_eq!(*left.as_string(), "client_initiated");
+        // Texts past the bound are still right, only no longer shared.
+        for n in 0..MAX_LABELS {
+            label(&format!("made-up reason {n}"));
+        }
+        let late = label("one text too many");
+        assert_eq!(*late, "one text too many");
+        assert!(LABELS.lock().unwrap().len() <= MAX_LABELS);
+        assert!(!Arc::ptr_eq(&late, &label("one text too many")));
+        assert!(Arc::ptr_eq(&left.as_string(), &left.as_string()));
+    }
 }

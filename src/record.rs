@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{Delivery, ParticipantKind, Sid};
+use crate::event::{Delivery, Label, ParticipantKind, Sid};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,7 +63,7 @@ pub struct SessionRecord {
     pub name: Option<Arc<str>>,
     pub joined_at: Option<DateTime<Utc>>,
     pub left_at: Option<DateTime<Utc>>,
-    pub leave_reason: Option<Arc<str>>,
+    pub leave_reason: Option<Label>,
 }
 
 impl SessionRecord {
@@ -74,7 +74,7 @@ impl SessionRecord {
     /// Closes the session at `at`, never before it began: LiveKit's times
     /// have whole seconds in places (`createdAt`) and milliseconds in others
     /// (`joinedAtMs`), so a leave can carry a time just before its join.
-    pub fn close(&mut self, at: DateTime<Utc>, reason: Arc<str>) {
+    pub fn close(&mut self, at: DateTime<Utc>, reason: Label) {
         self.left_at = Some(self.joined_at.map_or(at, |joined| joined.max(at)));
         self.leave_reason = Some(reason);
     }

@@ -378,7 +378,10 @@ mod tests {
         else {
             panic!("{:?}", delivery.action);
         };
-        assert_eq!(p.kind, ParticipantKind::Other("hologram".into()));
+        assert_eq!(
+            p.kind,
+            ParticipantKind::Other(crate::event::label("hologram"))
+        );
         assert_eq!(
             p.joined_at,
             DateTime::from_timestamp_millis(1_700_000_000_250)

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::entity::{participants, rooms};
-use crate::event::ParticipantKind;
+use crate::event::{ParticipantKind, label};
 use crate::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
 /// `rooms.status` as the writer stores it.
@@ -92,7 +92,7 @@ fn session_record(
         name: name.map(Into::into),
         joined_at,
         left_at,
-        leave_reason: leave_reason.map(Into::into),
+        leave_reason: leave_reason.as_deref().map(label),
     };
     (room_id, row)
 }

@@ -511,7 +511,7 @@ async fn upsert_sessions<'a>(
                 status: Set(if s.is_open() { "joined" } else { "left" }.to_owned()),
                 joined_at: Set(s.joined_at),
                 left_at: Set(s.left_at),
-                leave_reason: Set(s.leave_reason.as_deref().map(str::to_owned)),
+                leave_reason: Set(s.leave_reason.as_deref().cloned()),
                 created_at: Set(now),
                 updated_at: Set(now),
             },

@@ -167,7 +167,9 @@ pub(super) async fn write(
                 .push(if s.is_open() { "joined" } else { "left" });
             sessions.joined_at.push(s.joined_at);
             sessions.left_at.push(s.left_at);
-            sessions.leave_reason.push(s.leave_reason.as_deref());
+            sessions
+                .leave_reason
+                .push(s.leave_reason.as_deref().map(String::as_str));
         }
     }
     // Sorted, so that two batches lock their shards in one order.
