@@ -43,7 +43,7 @@ pub struct RoomRecord {
     pub current_participants: i32,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
-    pub end_reason: Option<String>,
+    pub end_reason: Option<Label>,
     /// When roomd last applied a change to this room (roomd's clock, not
     /// LiveKit's): reconciliation must not act on a list fetched before it.
     pub changed_at: Option<DateTime<Utc>>,

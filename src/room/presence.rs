@@ -13,12 +13,13 @@
 //! own: an open participant costs one slot in `people` and one pointer in
 //! the list.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use imbl::OrdSet;
 use serde::{Serialize, Serializer};
 
+use super::seed::HashMap;
 use super::snapshot::ParticipantView;
 use crate::event::ParticipantKind;
 use crate::record::SessionRecord;
@@ -133,7 +134,7 @@ impl Present {
                 // Room for this kind only: a vector's first growth makes four.
                 self.others.reserve_exact(1);
                 self.others
-                    .insert(i, (session.kind.clone(), HashMap::new()));
+                    .insert(i, (session.kind.clone(), HashMap::default()));
                 i
             });
             *self.others[i]

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::presence::ParticipantList;
 use super::state::{Instance, RoomState};
-use crate::event::ParticipantKind;
+use crate::event::{Label, ParticipantKind};
 use crate::record::{RoomRecord, RoomStatus, SessionRecord};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -23,7 +23,7 @@ pub struct RoomView {
     pub counts_by_kind: BTreeMap<ParticipantKind, usize>,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
-    pub end_reason: Option<String>,
+    pub end_reason: Option<Label>,
 }
 
 impl RoomView {

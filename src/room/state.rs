@@ -16,15 +16,18 @@
 //! - bodies without sids (the seed's curl test) fall back to identity keys,
 //!   ordered by the event's timestamp.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::presence::Present;
+use super::seed::HashMap;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{EndReason, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef};
+use crate::event::{
+    EndReason, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef, label,
+};
 use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
 mod reconcile;
@@ -247,7 +250,7 @@ impl Instance {
         self.present.clear();
         self.room.status = RoomStatus::Ended;
         self.room.ended_at = Some(at.max(self.room.started_at));
-        self.room.end_reason = Some(why.as_str().to_owned());
+        self.room.end_reason = Some(label(why.as_str()));
         self.room.current_participants = 0;
     }
 
@@ -384,7 +387,7 @@ impl RoomState {
         Self {
             name: name.into(),
             current: None,
-            ended_sids: HashMap::new(),
+            ended_sids: HashMap::default(),
         }
     }
 
@@ -469,7 +472,8 @@ impl RoomState {
     fn revives(&self, sid: &str, event: &RoomEvent, at: DateTime<Utc>) -> bool {
         self.current.as_ref().is_some_and(|cur| {
             cur.room.sid.as_deref() == Some(sid)
-                && cur.room.end_reason.as_deref() == Some(EndReason::Reconciled.as_str())
+                && cur.room.end_reason.as_deref().map(String::as_str)
+                    == Some(EndReason::Reconciled.as_str())
                 && !matches!(event, RoomEvent::RoomFinished)
                 && cur.room.ended_at.is_some_and(|ended| at > ended)
         })

@@ -31,7 +31,7 @@ fn room_record(m: rooms::Model) -> Result<RoomRecord, StoreError> {
         current_participants: m.current_participants,
         started_at: m.started_at,
         ended_at: m.ended_at,
-        end_reason: m.end_reason,
+        end_reason: m.end_reason.as_deref().map(label),
         changed_at: m.changed_at,
     })
 }

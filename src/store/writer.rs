@@ -464,7 +464,7 @@ async fn upsert_rooms<'a>(
             current_participants: Set(r.current_participants),
             started_at: Set(r.started_at),
             ended_at: Set(r.ended_at),
-            end_reason: Set(r.end_reason.clone()),
+            end_reason: Set(r.end_reason.as_deref().cloned()),
             created_at: Set(now),
             updated_at: Set(now),
             changed_at: Set(r.changed_at),

@@ -6,8 +6,7 @@
 //! B-tree nodes about two thirds full: 52 bytes per open participant by
 //! heaptrack (1,000 rooms x 100); the table saved 59 of them in RSS.
 
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 
@@ -34,12 +33,8 @@ impl<'a> SessionKey<'a> {
     }
 }
 
-/// One seed for every room's table: a seed per room cost every live room
-/// 16 bytes.
-static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
-
 fn hash(key: SessionKey<'_>) -> u64 {
-    HASHER.hash_one(key)
+    crate::room::seed::hash(key)
 }
 
 #[derive(Debug, Clone, Default)]

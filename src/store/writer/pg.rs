@@ -150,7 +150,9 @@ pub(super) async fn write(
             rooms.current.push(r.current_participants);
             rooms.started_at.push(r.started_at);
             rooms.ended_at.push(r.ended_at);
-            rooms.end_reason.push(r.end_reason.as_deref());
+            rooms
+                .end_reason
+                .push(r.end_reason.as_deref().map(String::as_str));
             rooms.changed_at.push(r.changed_at);
         }
         for SessionChange { room_id, row: s } in &job.changes.sessions {
