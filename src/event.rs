@@ -4,10 +4,11 @@
 //! [`Delivery`]; nothing past that edge sees protobuf types or strings for
 //! states and kinds.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
+use hashbrown::HashTable;
 use serde::Serialize;
 
 /// A short text that many session rows share: a leave reason, a kind this
@@ -22,17 +23,30 @@ pub type Label = Arc<String>;
 /// allocated for each use instead of growing the table.
 const MAX_LABELS: usize = 256;
 
-static LABELS: LazyLock<Mutex<HashMap<String, Label>>> = LazyLock::new(Default::default);
+/// Longest text [`label`] keeps. LiveKit's are under 32 bytes; a signed body
+/// may carry a reason of most of a megabyte, and the table keeps what it
+/// holds for the life of the process (the adversary held 460 MB with 256
+/// such leaves). A longer text is allocated for each use and goes with its
+/// rows.
+const MAX_LABEL_LEN: usize = 64;
+
+/// The kept texts, one copy each, found by the text's hash.
+static LABELS: LazyLock<Mutex<HashTable<Label>>> = LazyLock::new(Default::default);
+static LABEL_SEED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 /// `text` as a [`Label`], the one allocation of it that rows share.
 pub fn label(text: &str) -> Label {
+    if text.len() > MAX_LABEL_LEN {
+        return Arc::new(text.to_owned());
+    }
+    let hash = |text: &str| LABEL_SEED.hash_one(text);
     let mut labels = LABELS.lock().expect("labels lock");
-    if let Some(shared) = labels.get(text) {
+    if let Some(shared) = labels.find(hash(text), |kept| kept.as_str() == text) {
         return shared.clone();
     }
     let made = Arc::new(text.to_owned());
     if labels.len() < MAX_LABELS {
-        labels.insert(text.to_owned(), made.clone());
+        labels.insert_unique(hash(text), made.clone(), |kept| hash(kept));
     }
     made
 }
@@ -258,18 +272,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_label_is_allocated_once_and_the_table_stops_growing() {
+    fn a_label_is_allocated_once_and_the_table_stays_small() {
         let left = LeaveReason::Left(Some("CLIENT_INITIATED".into()));
         assert!(Arc::ptr_eq(&left.as_string(), &left.as_string()));
         assert_eq!(*left.as_string(), "client_initiated");
+        // A long text is right but not kept: the table would hold it for good.
+        let long = "r".repeat(MAX_LABEL_LEN + 1);
+        assert_eq!(*label(&long), long);
+        assert!(!Arc::ptr_eq(&label(&long), &label(&long)));
         // Texts past the bound are still right, only no longer shared.
         for n in 0..MAX_LABELS {
             label(&format!("made-up reason {n}"));
         }
         let late = label("one text too many");
         assert_eq!(*late, "one text too many");
-        assert!(LABELS.lock().unwrap().len() <= MAX_LABELS);
         assert!(!Arc::ptr_eq(&late, &label("one text too many")));
+        let kept = LABELS.lock().unwrap();
+        assert!(kept.len() <= MAX_LABELS);
+        assert!(kept.iter().all(|text| text.len() <= MAX_LABEL_LEN));
+        drop(kept);
         assert!(Arc::ptr_eq(&left.as_string(), &left.as_string()));
     }
 }
