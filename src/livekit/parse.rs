@@ -215,7 +215,8 @@ fn from_json(value: &Value) -> Result<Fields, ParseError> {
         let disconnect_reason = enum_name(p, "disconnectReason", "participant.disconnectReason")?
             .and_then(|v| match v {
                 Value::Number(n) => disconnect_reason_name(n.as_i64().unwrap_or(0) as i32),
-                Value::String(s) if s != "UNKNOWN_REASON" => Some(s),
+                // An empty name is no reason, as LiveKit's 0 is (`participant_left`).
+                Value::String(s) if !s.is_empty() && s != "UNKNOWN_REASON" => Some(s),
                 _ => None,
             });
         fields.participant = Some(ParticipantFields {
@@ -386,6 +387,25 @@ mod tests {
             p.joined_at,
             DateTime::from_timestamp_millis(1_700_000_000_250)
         );
+    }
+
+    #[test]
+    fn an_empty_disconnect_reason_is_no_reason() {
+        for reason in [r#""""#, r#""UNKNOWN_REASON""#, "0"] {
+            let body = format!(
+                r#"{{"event":"participant_left","id":"EV_3","room":{{"name":"demo","sid":"RM_1"}},
+                    "participant":{{"sid":"PA_1","identity":"alice","disconnectReason":{reason}}}}}"#
+            );
+            let delivery = parse(body.as_bytes(), now()).unwrap();
+            let Action::Apply {
+                event: RoomEvent::ParticipantLeft(_, why),
+                ..
+            } = &delivery.action
+            else {
+                panic!("{:?}", delivery.action);
+            };
+            assert_eq!(why, &LeaveReason::Left(None), "disconnectReason {reason}");
+        }
     }
 
     #[test]
