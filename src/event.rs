@@ -4,12 +4,13 @@
 //! [`Delivery`]; nothing past that edge sees protobuf types or strings for
 //! states and kinds.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashTable;
 use serde::Serialize;
+
+use crate::seed;
 
 /// A short text that many session rows share: a leave reason, a kind this
 /// build does not know. One pointer wide, where an `Arc<str>` is two: a
@@ -32,14 +33,13 @@ const MAX_LABEL_LEN: usize = 64;
 
 /// The kept texts, one copy each, found by the text's hash.
 static LABELS: LazyLock<Mutex<HashTable<Label>>> = LazyLock::new(Default::default);
-static LABEL_SEED: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 /// `text` as a [`Label`], the one allocation of it that rows share.
 pub fn label(text: &str) -> Label {
     if text.len() > MAX_LABEL_LEN {
         return Arc::new(text.to_owned());
     }
-    let hash = |text: &str| LABEL_SEED.hash_one(text);
+    let hash = |text: &str| seed::hash(text);
     let mut labels = LABELS.lock().expect("labels lock");
     if let Some(shared) = labels.find(hash(text), |kept| kept.as_str() == text) {
         return shared.clone();

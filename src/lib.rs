@@ -6,9 +6,10 @@
 //! snapshots the actors publish after each commit.
 //!
 //! Imports run one way too, leaves first:
-//! - `event` (what LiveKit told us) and `shard` (which rooms this node may
-//!   write) import nothing of roomd's, and `record` (the rows kept, the
-//!   persistence contract) only `event`;
+//! - `seed` (the process's hash seed) and `shard` (which rooms this node
+//!   may write) import nothing of roomd's, `event` (what LiveKit told us)
+//!   only `seed`, and `record` (the rows kept, the persistence contract)
+//!   only `event`;
 //! - `livekit` imports `event`; `store` imports `record` and `event`;
 //! - `room` imports `event`, `record` and `store`, never `livekit`;
 //! - `reconcile` joins `livekit` to `room`; `cluster` (leases, the shard map,
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod record;
 pub mod room;
+pub mod seed;
 pub mod shard;
 pub mod store;
 pub mod telemetry;

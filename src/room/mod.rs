@@ -10,7 +10,6 @@ pub mod presence;
 pub mod published;
 pub mod reads;
 pub mod registry;
-mod seed;
 pub mod snapshot;
 pub mod state;
 pub mod supervisor;

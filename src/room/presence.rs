@@ -19,10 +19,10 @@ use std::sync::Arc;
 use imbl::OrdSet;
 use serde::{Serialize, Serializer};
 
-use super::seed::HashMap;
 use super::snapshot::ParticipantView;
 use crate::event::ParticipantKind;
 use crate::record::SessionRecord;
+use crate::seed::HashMap;
 
 /// One open session in the list's order: by join time, then identity, then sid.
 #[derive(Debug, Clone)]

@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::presence::Present;
-use super::seed::HashMap;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -29,6 +28,7 @@ use crate::event::{
     EndReason, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef, label,
 };
 use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+use crate::seed::HashMap;
 
 mod reconcile;
 mod sessions;

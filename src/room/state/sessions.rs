@@ -34,7 +34,7 @@ impl<'a> SessionKey<'a> {
 }
 
 fn hash(key: SessionKey<'_>) -> u64 {
-    crate::room::seed::hash(key)
+    crate::seed::hash(key)
 }
 
 #[derive(Debug, Clone, Default)]

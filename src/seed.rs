@@ -1,4 +1,5 @@
-//! One hash seed for every room's tables. A `HashMap` with the standard
+//! One hash seed for the process's small tables: every room's, and the
+//! shared labels (`event::label`). A `HashMap` with the standard
 //! `RandomState` carries its own 16-byte seed, and a live room holds
 //! several maps: thousands of idle rooms paid for seeds they never needed
 //! apart. The one seed is still random per process.
