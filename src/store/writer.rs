@@ -275,8 +275,8 @@ impl Task {
                     .map_err(sqlx_error)?
             }
         };
-        // Both statements on the kept connection, under one deadline: a
-        // pool connection abandoned mid-statement goes back to sqlx's ping,
+        // The statement on the kept connection, under one deadline: a pool
+        // connection abandoned mid-statement goes back to sqlx's ping,
         // which can hang for good and take the pool's slot with it (the
         // adversary's row lock on a redelivered event used the pool up).
         let work = async {
@@ -293,18 +293,6 @@ impl Task {
                     _ => Ok(Committed::Duplicate),
                 })
                 .collect();
-            // A second round trip only for a batch with redeliveries, which
-            // are rare; a crash between the two loses an audit count, not a
-            // change.
-            let duplicates: Vec<&str> = jobs
-                .iter()
-                .zip(&results)
-                .filter(|(_, r)| matches!(r, Ok(Committed::Duplicate)))
-                .filter_map(|(job, _)| job.event.event_id.as_deref())
-                .collect();
-            if !duplicates.is_empty() {
-                pg::count_redeliveries(&mut conn, &duplicates).await?;
-            }
             Ok::<_, sea_orm::sqlx::Error>(results)
         };
         match tokio::time::timeout_at(deadline, work).await {

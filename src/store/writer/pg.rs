@@ -13,10 +13,15 @@
 //! twice are not visible to each other: `fits` sends a batch that has two
 //! events with one `event_id`, or two changes of one row, down the
 //! transactional path instead. The actors never produce one (a room hands
-//! over its next event after the last committed). For the same reason a
-//! redelivery is counted by a statement of its own, after this one: a copy
-//! that another connection committed while this statement ran is invisible
-//! to it (found by the adversary: 38 of 40 copies counted).
+//! over its next event after the last committed).
+//!
+//! A redelivery is counted by the audit insert's `ON CONFLICT DO UPDATE`,
+//! which locks and updates the row's latest version even when another
+//! connection committed it after this statement's snapshot was taken. A
+//! separate `UPDATE` did not see such a copy (found by the adversary: 38 of
+//! 40 copies counted), so it ran as a second statement: a second round trip
+//! for every redelivery, which halved the rate of a storm of LiveKit's
+//! retries.
 
 use std::collections::HashSet;
 
@@ -42,8 +47,9 @@ pub(super) fn fits(jobs: &[Job]) -> bool {
     })
 }
 
-/// What the statement did: the audit rows it inserted (an event missing
-/// here was a redelivery, or fenced) and the fences it found held.
+/// What the statement did: the audit rows it inserted (an event whose row
+/// id is missing here was a redelivery, or fenced; a redelivery's original
+/// row id, which it counted, is here too) and the fences it found held.
 pub(super) struct Outcome {
     pub stored: HashSet<Uuid>,
     pub held: HashSet<Fence>,
@@ -77,7 +83,7 @@ ins AS (
   SELECT id, event_id, event, room_name, room_sid, room_id, participant_identity,
     participant_sid, created_at, received_at, outcome, 1
   FROM admitted
-  ON CONFLICT (event_id) DO NOTHING
+  ON CONFLICT (event_id) DO UPDATE SET deliveries = webhook_events.deliveries + 1
   RETURNING id
 ),
 room_rows AS (
@@ -232,21 +238,6 @@ pub(super) async fn write(
             })
             .collect(),
     })
-}
-
-/// Counts one more delivery of each of `event_ids` (a batch that fits holds
-/// each id once).
-pub(super) async fn count_redeliveries(
-    conn: &mut PgConnection,
-    event_ids: &[&str],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE webhook_events SET deliveries = deliveries + 1 WHERE event_id = ANY($1::text[])",
-    )
-    .bind(event_ids)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// The batch's audit rows, column by column.
