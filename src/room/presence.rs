@@ -9,20 +9,20 @@
 //! touches only the sessions it changed, O(log n) each.
 //!
 //! It holds the state's own session rows (shared, not copied). Most people
-//! are standard participants, so only the other kinds get a map of their
+//! are standard participants, so only the other kinds get a tally of their
 //! own: an open participant costs one slot in `people` and one pointer in
 //! the list.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use imbl::OrdSet;
 use serde::{Serialize, Serializer};
 
 use super::snapshot::ParticipantView;
 use crate::event::ParticipantKind;
 use crate::record::SessionRecord;
-use crate::seed::HashMap;
 
 /// One open session in the list's order: by join time, then identity, then sid.
 #[derive(Debug, Clone)]
@@ -80,17 +80,80 @@ impl Serialize for ParticipantList {
 pub struct Present {
     /// Identities with an open session, and how many each has open: the
     /// room's count is its length.
-    people: HashMap<Arc<str>, u32>,
+    people: Tally,
     /// Open sessions of kinds other than standard, per identity, sorted
     /// by kind. Not a map: a room has one or two such kinds, and a
     /// `BTreeMap`'s first node cost each room that had any 808 bytes
     /// (heaptrack).
-    others: Vec<(ParticipantKind, HashMap<Arc<str>, u32>)>,
+    others: Vec<(ParticipantKind, Tally)>,
     /// Identities whose open sessions are all of other kinds: everyone
     /// else has a standard session.
     only_others: usize,
     list: ParticipantList,
 }
+
+/// Identities and how many open sessions each has. An entry keeps one of
+/// the identity's session rows for its key, so a slot is 16 bytes where a
+/// map keyed by a copy of the identity's `Arc<str>` took 24. The row it
+/// keeps may have closed since (another of the identity's sessions is
+/// still open): at most one such row per open identity stays allocated.
+#[derive(Debug, Clone, Default)]
+struct Tally(HashTable<(Arc<SessionRecord>, u32)>);
+
+impl Tally {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn get(&self, identity: &str) -> Option<u32> {
+        self.0
+            .find(hash(identity), |(row, _)| *row.identity == *identity)
+            .map(|&(_, open)| open)
+    }
+
+    fn add(&mut self, session: &Arc<SessionRecord>) {
+        let identity: &str = &session.identity;
+        let entry = self.0.entry(
+            hash(identity),
+            |(row, _)| *row.identity == *identity,
+            |(row, _)| hash(&row.identity),
+        );
+        entry.or_insert_with(|| (session.clone(), 0)).get_mut().1 += 1;
+    }
+
+    fn remove(&mut self, identity: &str) {
+        if let Ok(mut found) = self
+            .0
+            .find_entry(hash(identity), |(row, _)| *row.identity == *identity)
+        {
+            found.get_mut().1 -= 1;
+            if found.get().1 == 0 {
+                found.remove();
+            }
+        }
+    }
+}
+
+fn hash(identity: &str) -> u64 {
+    crate::seed::hash(identity)
+}
+
+/// The same identities with the same counts, whatever rows key them.
+impl PartialEq for Tally {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .0
+                .iter()
+                .all(|(row, open)| other.get(&row.identity) == Some(*open))
+    }
+}
+
+impl Eq for Tally {}
 
 impl Present {
     /// From scratch, from every open session.
@@ -128,19 +191,16 @@ impl Present {
     /// `session` opened.
     pub fn open(&mut self, session: &Arc<SessionRecord>) {
         let was = self.only_others_of(&session.identity);
-        *self.people.entry(session.identity.clone()).or_default() += 1;
+        self.people.add(session);
         if session.kind != ParticipantKind::Standard {
             let i = self.kind_at(&session.kind).unwrap_or_else(|i| {
                 // Room for this kind only: a vector's first growth makes four.
                 self.others.reserve_exact(1);
                 self.others
-                    .insert(i, (session.kind.clone(), HashMap::default()));
+                    .insert(i, (session.kind.clone(), Tally::default()));
                 i
             });
-            *self.others[i]
-                .1
-                .entry(session.identity.clone())
-                .or_default() += 1;
+            self.others[i].1.add(session);
         }
         self.moved(was, &session.identity);
         self.list.0.insert(Ranked(session.clone()));
@@ -153,9 +213,9 @@ impl Present {
         }
         let was = self.only_others_of(&session.identity);
         let identity: &str = &session.identity;
-        decrement(&mut self.people, identity);
+        self.people.remove(identity);
         if let Ok(i) = self.kind_at(&session.kind) {
-            decrement(&mut self.others[i].1, identity);
+            self.others[i].1.remove(identity);
             if self.others[i].1.is_empty() {
                 self.others.remove(i);
             }
@@ -170,7 +230,7 @@ impl Present {
     /// Whether every open session of `identity` is of another kind than
     /// standard (false when it has none open).
     fn only_others_of(&self, identity: &str) -> bool {
-        self.people.get(identity).is_some_and(|&open| {
+        self.people.get(identity).is_some_and(|open| {
             let others: u32 = self
                 .others
                 .iter()
@@ -190,15 +250,6 @@ impl Present {
             (false, true) => self.only_others += 1,
             (true, false) => self.only_others -= 1,
             _ => {}
-        }
-    }
-}
-
-fn decrement(people: &mut HashMap<Arc<str>, u32>, identity: &str) {
-    if let Some(n) = people.get_mut(identity) {
-        *n -= 1;
-        if *n == 0 {
-            people.remove(identity);
         }
     }
 }
