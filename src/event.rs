@@ -183,6 +183,15 @@ pub enum LeaveReason {
 impl LeaveReason {
     pub fn as_string(&self) -> Label {
         match self {
+            // Reconciliation finds the sessions it closed by this text, and
+            // reopens them while LiveKit lists them: a leave LiveKit sent
+            // must never read as one (LiveKit has no such reason; a
+            // hand-made body can spell it).
+            Self::Left(Some(reason))
+                if reason.eq_ignore_ascii_case(EndReason::Reconciled.as_str()) =>
+            {
+                label("left_reconciled")
+            }
             Self::Left(Some(reason)) => label(&reason.to_ascii_lowercase()),
             Self::Left(None) => label("participant_left"),
             Self::ConnectionAborted => label("connection_aborted"),

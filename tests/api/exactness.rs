@@ -123,6 +123,44 @@ async fn a_room_that_reconcile_ended_comes_back_when_livekit_shows_it_live() {
     .await;
 }
 
+// From the adversary: a leave LiveKit sent is final, also one whose
+// `disconnectReason` spells reconciliation's own marker; reconciliation
+// reopened it while LiveKit still listed the session.
+#[actix_web::test]
+async fn a_leave_whose_reason_reads_reconciled_stays_closed() {
+    common::on_every_database(async |db| {
+        let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        app.ok(&webhook::joined("marker", "RM_marker", "PA_a", "alice").body())
+            .await;
+        app.ok(&webhook::joined("marker", "RM_marker", "PA_b", "bob").body())
+            .await;
+        let leave = webhook::left("marker", "RM_marker", "PA_a", "alice").set(
+            "/participant",
+            "disconnectReason",
+            json!("RECONCILED"),
+        );
+        app.ok(&leave.body()).await;
+        // LiveKit's list lags the leave.
+        livekit.set_room(
+            "marker",
+            "RM_marker",
+            vec![active("PA_a", "alice"), active("PA_b", "bob")],
+        );
+        app.reconcile_now().await.expect("reconcile");
+        let view = app.room("marker").await;
+        assert_eq!(view["participant_count"], 1, "[{}] {view}", db.backend);
+        let row = app.active_room_row("marker").await.unwrap();
+        let rows = app.participant_rows(row.id).await;
+        let alice = rows.iter().find(|r| r.identity == "alice").unwrap();
+        assert_eq!(alice.status, "left", "[{}]", db.backend);
+        assert_eq!(alice.leave_reason.as_deref(), Some("left_reconciled"));
+        app.stop().await;
+        livekit.stop().await;
+    })
+    .await;
+}
+
 // Hole 2: an unknown sid is a newer instance only if it was created later.
 async fn a_late_event_of_an_older_instance_leaves_the_live_one_alone(app: &TestApp) {
     let t = now_secs();
