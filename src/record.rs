@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::event::{Delivery, Label, ParticipantKind, Sid};
+use crate::event::{Delivery, Identity, Label, ParticipantKind, Sid, label};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,13 +51,14 @@ pub struct RoomRecord {
 
 /// One row of `participants`: one session (or a tombstone for a leave that
 /// came before its join). A live room holds one per session it has seen, so
-/// its heap strings are shared (`Arc<str>`): the event's, the room's indexes'
-/// and the rows handed to the writer are one copy. Its room's id is not kept
-/// here but beside the row in [`Changes`]: every row of a room would repeat it.
+/// it is small: short strings inline, the name shared with the event
+/// (`Arc<str>`), and the row itself shared by the room's indexes and the
+/// changes handed to the writer. Its room's id is not kept here but beside
+/// the row in [`Changes`]: every row of a room would repeat it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub id: Uuid,
-    pub identity: Arc<str>,
+    pub identity: Identity,
     pub sid: Option<Sid>,
     pub kind: ParticipantKind,
     pub name: Option<Arc<str>>,
@@ -129,7 +130,7 @@ pub struct StoredRoom {
 #[derive(Debug, Clone)]
 pub struct EventRecord {
     pub event_id: Option<String>,
-    pub event: Arc<str>,
+    pub event: Label,
     pub room_name: Option<String>,
     pub room_sid: Option<String>,
     pub room_id: Option<Uuid>,
@@ -171,7 +172,7 @@ impl EventRecord {
     ) -> Self {
         Self {
             event_id: None,
-            event: Self::RECONCILE.into(),
+            event: label(Self::RECONCILE),
             room_name: Some(name.to_owned()),
             room_sid: sid,
             room_id,

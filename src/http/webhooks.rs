@@ -47,7 +47,7 @@ pub async fn receive(
         Ok(Accepted::Forwarded(_)) => "forwarded",
         Err(err) => err.code(),
     };
-    let event = event.unwrap_or_else(|| "unknown".into());
+    let event = event.unwrap_or_else(|| crate::event::label("unknown"));
     state
         .metrics
         .webhooks
@@ -119,7 +119,7 @@ async fn accept(
     req: &HttpRequest,
     payload: &mut web::Payload,
     state: &AppState,
-    event: &mut Option<std::sync::Arc<str>>,
+    event: &mut Option<crate::event::Label>,
 ) -> Result<Accepted, ApiError> {
     // The token first, from the header: a request LiveKit did not sign is
     // refused before roomd reads, or holds memory for, any of its body.

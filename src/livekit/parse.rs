@@ -13,7 +13,7 @@ use livekit_protocol as proto;
 use serde_json::{Map, Value};
 
 use crate::event::{
-    Action, Delivery, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef,
+    Action, Delivery, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef, label,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -314,7 +314,7 @@ fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, Pars
     };
     Ok(Delivery {
         id: non_empty(f.id),
-        event: f.event.into(),
+        event: label(&f.event),
         created_at: seconds(f.created_at),
         received_at,
         action,

@@ -27,6 +27,7 @@ use super::published::{Published, Slot};
 use super::registry;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
 use super::state::{Outcome, RoomState, Transition};
+use crate::event::Label;
 use crate::metrics::Metrics;
 use crate::record::StoredRoom;
 use crate::record::{Committed, EventRecord};
@@ -414,7 +415,7 @@ enum Next {
 
 /// What a committed change tells live subscribers.
 pub struct LiveUpdate {
-    event: Arc<str>,
+    event: Label,
     identity: Option<String>,
 }
 

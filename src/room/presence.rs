@@ -94,9 +94,9 @@ pub struct Present {
 
 /// Identities and how many open sessions each has. An entry keeps one of
 /// the identity's session rows for its key, so a slot is 16 bytes where a
-/// map keyed by a copy of the identity's `Arc<str>` took 24. The row it
-/// keeps may have closed since (another of the identity's sessions is
-/// still open): at most one such row per open identity stays allocated.
+/// map keyed by a shared copy of the identity took 24. The row it keeps
+/// may have closed since (another of the identity's sessions is still
+/// open): at most one such row per open identity stays allocated.
 #[derive(Debug, Clone, Default)]
 struct Tally(HashTable<(Arc<SessionRecord>, u32)>);
 

@@ -73,7 +73,7 @@ pub struct LastEvent {
     /// LiveKit's are 15 bytes (`EV_` and 12 more): kept inline, where a
     /// heap string cost each of a room's recent events 32 bytes more.
     pub id: Option<compact_str::CompactString>,
-    pub event: Arc<str>,
+    pub event: Label,
     pub outcome: &'static str,
     pub at: DateTime<Utc>,
 }

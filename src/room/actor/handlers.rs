@@ -8,6 +8,7 @@ use actix::prelude::*;
 use chrono::Utc;
 
 use super::{LiveUpdate, Next, RoomActor};
+use crate::event::label;
 use crate::record::{Committed, EventRecord};
 use crate::room::messages::{Apply, Delivered, Reconcile, Reconciled, Retire, RoomError, StepDown};
 use crate::room::snapshot::LastEvent;
@@ -177,12 +178,12 @@ impl Handler<Reconcile> for RoomActor {
                 }
                 act.remember(LastEvent {
                     id: None,
-                    event: EventRecord::RECONCILE.into(),
+                    event: label(EventRecord::RECONCILE),
                     outcome: Outcome::Applied.as_str(),
                     at: now,
                 });
                 update = Some(LiveUpdate {
-                    event: EventRecord::RECONCILE.into(),
+                    event: label(EventRecord::RECONCILE),
                     identity: None,
                 });
             }

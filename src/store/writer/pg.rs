@@ -135,7 +135,7 @@ pub(super) async fn write(
         let e = &job.event;
         ev.id.push(row);
         ev.event_id.push(e.event_id.as_deref());
-        ev.event.push(&e.event);
+        ev.event.push(e.event.as_str());
         ev.room_name.push(e.room_name.as_deref());
         ev.room_sid.push(e.room_sid.as_deref());
         ev.room_id.push(e.room_id);
