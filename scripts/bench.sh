@@ -147,7 +147,8 @@ for rep in $(seq 1 "$REPS"); do
   half=$(echo ${R[pg.dps]} | awk '{print int($NF/2)}')
   webhooks pghalf "http://127.0.0.1:$PORT_ROOMD" --run "h$rep" --rate "$half" --database-url "$PG_URL"
   record pghalf.rate "$half"
-  # The same rooms again, now live (their first events arrive as redeliveries).
+  # The same rooms again, now live, and the same events: every delivery is
+  # a redelivery (a storm of LiveKit's retries after an outage).
   webhooks pgwarm "http://127.0.0.1:$PORT_ROOMD" --run "h$rep" --rate "$half" --database-url "$PG_URL"
   stop_roomd
 
@@ -218,7 +219,7 @@ roomd benchmarks: $(nproc) cores, $REPS repetitions (medians), $ROOMS rooms x $P
 | roomd PostgreSQL, webhooks                | $(med pg.eps) events/s, $(med pg.dps) deliveries/s, p50 $(med pg.p50) p99 $(med pg.p99) ms | $(ratio "$(med pg.eps)" "$(med naivepg.eps)")x naive (>= 4); $(ratio "$(med pg.dps)" "$(med ceiling.dps)") of HTTP (>= 0.35) |
 | roomd SQLite, webhooks                    | $(med sqlite.eps) events/s, $(med sqlite.dps) deliveries/s, p50 $(med sqlite.p50) p99 $(med sqlite.p99) ms | $(ratio "$(med sqlite.eps)" "$(med naivesqlite.eps)")x naive; $(ratio "$(med sqlite.dps)" "$(med ceiling.dps)") of HTTP |
 | roomd PostgreSQL at half peak ($(med pghalf.rate)/s), new rooms | p50 $(med pghalf.p50) p99 $(med pghalf.p99) ms | p99 < 10 ms |
-| roomd PostgreSQL at half peak, rooms already live | p50 $(med pgwarm.p50) p99 $(med pgwarm.p99) ms | p99 < 5 ms |
+| roomd PostgreSQL at half peak, rooms already live, every event a redelivery | p50 $(med pgwarm.p50) p99 $(med pgwarm.p99) ms | p99 < 5 ms |
 | one room, serial delivery: HTTP ceiling   | $(med serialceil.eps) events/s, p50 $(med serialceil.p50) ms |  |
 | one room, serial delivery: roomd PostgreSQL | $(med serialpg.eps) events/s, p50 $(med serialpg.p50) ms | $(ratio "$(med serialpg.eps)" "$(med serialceil.eps)") of the serial ceiling (>= 0.25) |
 | one room, serial delivery: roomd SQLite   | $(med serialsqlite.eps) events/s, p50 $(med serialsqlite.p50) ms | $(ratio "$(med serialsqlite.eps)" "$(med serialceil.eps)") of the serial ceiling |
