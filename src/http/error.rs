@@ -9,7 +9,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::livekit::{ParseError, VerifyError};
-use crate::room::DeliverError;
+use crate::room::messages::RoomError;
+use crate::room::{DeliverError, Unavailable};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +53,19 @@ pub enum ApiError {
     NoRoute,
     #[error("{limit} live-update streams are open already (api.max_streams)")]
     TooManyStreams { limit: usize },
+    /// The event contradicts what is stored and would on every retry.
+    #[error(transparent)]
+    Conflict(StoreError),
 }
 
 impl From<DeliverError> for ApiError {
     fn from(e: DeliverError) -> Self {
         match e {
             DeliverError::Busy { .. } | DeliverError::Overloaded { .. } => Self::Busy(e),
+            DeliverError::Unavailable {
+                cause: Unavailable::Room(RoomError::Store(err @ StoreError::SidTaken { .. })),
+                ..
+            } => Self::Conflict(err),
             DeliverError::Unavailable { .. } => Self::Unavailable(Box::new(e)),
         }
     }
@@ -89,6 +97,7 @@ impl ApiError {
             | Self::BodyBeingRead => "busy",
             Self::Unavailable(_) | Self::NoOwner { .. } => "unavailable",
             Self::RoomNotFound(_) | Self::NoRoute => "not_found",
+            Self::Conflict(_) => "conflict",
         }
     }
 
@@ -135,6 +144,7 @@ impl ResponseError for ApiError {
             | Self::BodyBeingRead
             | Self::NoOwner { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::RoomNotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 

@@ -38,6 +38,28 @@ pub enum StoreError {
     Fenced { shard: u32, epoch: i64 },
     #[error("a stored row is not what roomd writes: {0}")]
     Corrupt(String),
+    /// The event names a room sid that another room's row holds. LiveKit's
+    /// sids are unique, so only a hand-made body does this; it fails the
+    /// same way on every retry, so it is refused, not left to retry.
+    #[error("room sid {sid:?} belongs to another room; the event cannot be stored")]
+    SidTaken { sid: String },
+}
+
+impl StoreError {
+    /// A unique violation on `rooms.livekit_sid` (both backends name the
+    /// column in their message) is `SidTaken`; anything else is kept.
+    fn sid_taken(self, sid: Option<&str>) -> Self {
+        let taken = matches!(&self, Self::Db(err) if matches!(
+            err.sql_err(),
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(message)) if message.contains("livekit_sid")
+        ));
+        match sid {
+            Some(sid) if taken => Self::SidTaken {
+                sid: sid.to_owned(),
+            },
+            _ => self,
+        }
+    }
 }
 
 /// Opens the pool. SQLite runs in WAL mode with `synchronous = NORMAL`: a

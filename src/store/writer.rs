@@ -163,12 +163,16 @@ impl Task {
                     // each alone, so only the culprit gets the error.
                     tracing::warn!(events = batch.len(), error = %err, "batch commit failed; retrying events one by one");
                     for job in batch.drain(..) {
-                        let result = self.write(std::slice::from_ref(&job), &mut held).await;
+                        let result = self
+                            .write(std::slice::from_ref(&job), &mut held)
+                            .await
+                            .map_err(|err| err.sid_taken(job.event.room_sid.as_deref()));
                         let _ = job.reply.send(result.and_then(|mut r| r.remove(0)));
                     }
                 }
                 Err(err) => {
                     let job = batch.pop().expect("batch has one job");
+                    let err = err.sid_taken(job.event.room_sid.as_deref());
                     tracing::warn!(event_id = ?job.event.event_id, error = %err, "commit failed");
                     let _ = job.reply.send(Err(err));
                 }

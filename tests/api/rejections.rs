@@ -261,6 +261,50 @@ async fn unknown_routes_get_a_json_404_on_every_backend() {
     common::on_every_backend(unknown_routes_get_a_json_404).await;
 }
 
+/// From the adversary: a signed body naming a room sid that another room
+/// holds failed its commit on the unique sid, answered 503, and LiveKit's
+/// retries would fail the same way for ever. It is refused with 409, and
+/// nothing changes: the other room, and the room the body named.
+async fn a_room_sid_another_room_holds_is_refused(app: &TestApp) {
+    app.ok(&webhook::joined("keep-me", "RM_keep", "PA_k", "kim").body())
+        .await;
+    for (what, body) in [
+        (
+            "room_started",
+            webhook::room_started("thief", "RM_keep").body(),
+        ),
+        (
+            "participant_joined",
+            webhook::joined("thief", "RM_keep", "PA_t", "tom").body(),
+        ),
+    ] {
+        let token = common::sign_with(KEY, SECRET, &body);
+        assert_refused(app, what, body, Some(token), StatusCode::CONFLICT).await;
+        let reply = app
+            .webhook(&webhook::joined("thief", "RM_keep", "PA_t", "tom").body())
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CONFLICT,
+            "[{}] {what}: again",
+            app.backend
+        );
+        assert_eq!(reply.json["error"], "conflict");
+        assert!(reply.retry_after.is_none());
+    }
+    let (status, _) = app.get("/v1/rooms/thief").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "[{}]", app.backend);
+    // The name with a sid of its own is a room like any other.
+    app.ok(&webhook::joined("thief", "RM_thief", "PA_t", "tom").body())
+        .await;
+    assert_eq!(app.count("thief").await, 1);
+    assert_eq!(app.count("keep-me").await, 1);
+}
+#[actix_web::test]
+async fn a_room_sid_another_room_holds_is_refused_on_every_backend() {
+    common::on_every_backend(a_room_sid_another_room_holds_is_refused).await;
+}
+
 /// A NUL character cannot be stored by PostgreSQL: a webhook carrying one is
 /// refused with 400 (a 503 would be retried by LiveKit for ever), a read of
 /// such a name finds nothing, and no answer ever carries database text.
