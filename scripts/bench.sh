@@ -97,10 +97,22 @@ declare -A R
 record() { R[$1]="${R[$1]:-} $2"; }
 med() { echo ${R[$1]} | tr ' ' '\n' | grep . | median; }
 
-webhooks() { # $1 = label, $2 = url, rest = loadgen args
-  local label=$1 url=$2; shift 2
+HZ=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # a process's user + system CPU
+
+webhooks() { # $1 = label, $2 = url, rest = loadgen args; CPU_OF=pid also records that process's CPU
+  local label=$1 url=$2 t0=""; shift 2
   STEP="webhooks $label"
+  [[ -n "${CPU_OF:-}" ]] && t0=$(ticks "$CPU_OF")
   $BIN/roomd-loadgen webhooks --url "$url" $LOAD "$@" >"$WORK/out" 2>&1 || fail "the load generator failed"
+  if [[ -n "$t0" ]]; then
+    local used=$(( $(ticks "$CPU_OF") - t0 ))
+    local events deliveries
+    events=$(field "$WORK/out" '^([0-9]+) events, .*')
+    deliveries=$(field "$WORK/out" '^[0-9]+ events, ([0-9]+) deliveries answered.*')
+    record "$label.cpuev" "$(awk -v t="$used" -v hz="$HZ" -v n="$events" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')"
+    record "$label.cpudl" "$(awk -v t="$used" -v hz="$HZ" -v n="$deliveries" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')"
+  fi
   record "$label.dps" "$(field "$WORK/out" '.* ([0-9]+) deliveries\/s$')"
   record "$label.eps" "$(field "$WORK/out" '.*: ([0-9]+) events\/s,.*')"
   record "$label.p50" "$(field "$WORK/out" '^latency ms: p50 ([0-9.]+) .*')"
@@ -128,7 +140,7 @@ for rep in $(seq 1 "$REPS"); do
   echo "repetition $rep/$REPS" >&2
   # The HTTP ceiling: verify + parse only.
   start_ceiling
-  webhooks ceiling "http://127.0.0.1:$PORT_CEIL" --no-check
+  CPU_OF=$CEIL webhooks ceiling "http://127.0.0.1:$PORT_CEIL" --no-check
   reads ceiling "http://127.0.0.1:$PORT_CEIL" /v1/rooms/any
   stop_ceiling
 
@@ -142,7 +154,7 @@ for rep in $(seq 1 "$REPS"); do
   # roomd on PostgreSQL: peak, reads, then half of the peak, paced.
   fresh_pg
   start_roomd "$PG_URL"
-  webhooks pg "http://127.0.0.1:$PORT_ROOMD" --run "p$rep" --database-url "$PG_URL"
+  CPU_OF=$ROOMD_PID webhooks pg "http://127.0.0.1:$PORT_ROOMD" --run "p$rep" --database-url "$PG_URL"
   reads pg "http://127.0.0.1:$PORT_ROOMD" "/v1/rooms/lg-p$rep-0"
   half=$(echo ${R[pg.dps]} | awk '{print int($NF/2)}')
   webhooks pghalf "http://127.0.0.1:$PORT_ROOMD" --run "h$rep" --rate "$half" --database-url "$PG_URL"
@@ -217,6 +229,7 @@ roomd benchmarks: $(nproc) cores, $REPS repetitions (medians), $ROOMS rooms x $P
 | naive one-txn-per-event, PostgreSQL       | $(med naivepg.eps) events/s |  |
 | naive one-txn-per-event, SQLite           | $(med naivesqlite.eps) events/s |  |
 | roomd PostgreSQL, webhooks                | $(med pg.eps) events/s, $(med pg.dps) deliveries/s, p50 $(med pg.p50) p99 $(med pg.p99) ms | $(ratio "$(med pg.eps)" "$(med naivepg.eps)")x naive (>= 4); $(ratio "$(med pg.dps)" "$(med ceiling.dps)") of HTTP (>= 0.35) |
+| roomd's CPU per event (PostgreSQL, peak) vs the ceiling's per delivery | $(med pg.cpuev) us vs $(med ceiling.cpudl) us | $(ratio "$(med pg.cpuev)" "$(med ceiling.cpudl)")x (<= 1.5) |
 | roomd SQLite, webhooks                    | $(med sqlite.eps) events/s, $(med sqlite.dps) deliveries/s, p50 $(med sqlite.p50) p99 $(med sqlite.p99) ms | $(ratio "$(med sqlite.eps)" "$(med naivesqlite.eps)")x naive; $(ratio "$(med sqlite.dps)" "$(med ceiling.dps)") of HTTP |
 | roomd PostgreSQL at half peak ($(med pghalf.rate)/s), new rooms | p50 $(med pghalf.p50) p99 $(med pghalf.p99) ms | p99 < 10 ms |
 | roomd PostgreSQL at half peak, rooms already live, every event a redelivery | p50 $(med pgwarm.p50) p99 $(med pgwarm.p99) ms | p99 < 5 ms |
