@@ -377,6 +377,11 @@ impl RoomActor {
                         fenced = true;
                         false
                     }
+                    Err(StoreError::SidTaken { .. }) => {
+                        // Nothing was stored; the refusal is logged with its
+                        // answer (409). The state applied it: rebuild.
+                        false
+                    }
                     Err(err) => {
                         // The commit may or may not have happened: only the
                         // database knows. Rebuild from it on the next event.

@@ -173,7 +173,10 @@ impl Task {
                 Err(err) => {
                     let job = batch.pop().expect("batch has one job");
                     let err = err.sid_taken(job.event.room_sid.as_deref());
-                    tracing::warn!(event_id = ?job.event.event_id, error = %err, "commit failed");
+                    // A refused body is logged once, with its answer (409).
+                    if !matches!(err, StoreError::SidTaken { .. }) {
+                        tracing::warn!(event_id = ?job.event.event_id, error = %err, "commit failed");
+                    }
                     let _ = job.reply.send(Err(err));
                 }
             }
