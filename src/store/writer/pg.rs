@@ -20,8 +20,8 @@
 //! connection committed it after this statement's snapshot was taken. A
 //! separate `UPDATE` did not see such a copy (found by the adversary: 38 of
 //! 40 copies counted), so it ran as a second statement: a second round trip
-//! for every redelivery, which halved the rate of a storm of LiveKit's
-//! retries.
+//! and WAL flush for every redelivery. A storm of LiveKit's retries ran at a
+//! fifth of today's rate (3,623 against 17,403 events/s).
 
 use std::collections::HashSet;
 
