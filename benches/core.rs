@@ -70,7 +70,7 @@ fn person(room: usize, n: usize) -> ParticipantRef {
     ParticipantRef {
         sid: Some(format!("PA_{room:05}{n:07}").into()),
         identity: format!("{:08x}-0000-4000-8000-{:012x}", room, n).into(),
-        kind: ParticipantKind::Standard,
+        kind: ParticipantKind::standard(),
         name: None,
         joined_at: Some(Utc.timestamp_opt(1_700_000_000 + n as i64, 0).unwrap()),
     }

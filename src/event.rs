@@ -51,61 +51,113 @@ pub fn label(text: &str) -> Label {
     made
 }
 
-/// What kind of participant a session belongs to, as LiveKit classifies it.
-/// `Other` keeps a kind this build does not know (a newer LiveKit server), so
-/// such a participant is still counted instead of the event being refused.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ParticipantKind {
-    Standard,
-    Ingress,
-    Egress,
-    Sip,
-    Agent,
-    Connector,
-    Bridge,
-    Other(Label),
-}
+/// What kind of participant a session belongs to, as LiveKit classifies it,
+/// in the lowercase words roomd stores (`standard`, `agent`, ...). A kind
+/// this build does not know (a newer LiveKit server) is kept as its text,
+/// so such a participant is still counted instead of the event being
+/// refused.
+///
+/// One pointer wide: an enum of the known kinds with the text of an
+/// unknown one took 16 bytes (a tag beside the pointer), and with those 8
+/// bytes a session's row came down to the allocator's 128-byte class.
+/// The known kinds are made once and shared by every row.
+#[derive(Clone)]
+pub struct ParticipantKind(Label);
+
+/// LiveKit's kinds with their protobuf numbers (`ParticipantInfo.Kind`),
+/// in the order roomd lists them: standard first, unknown kinds last.
+const KNOWN_KINDS: [(i64, &str); 7] = [
+    (0, "standard"),
+    (1, "ingress"),
+    (2, "egress"),
+    (3, "sip"),
+    (4, "agent"),
+    (7, "connector"),
+    (8, "bridge"),
+];
+
+/// The known kinds' shared texts: not from [`label`], whose table a
+/// hostile sender can fill before a kind is first seen.
+static KNOWN_LABELS: LazyLock<[Label; 7]> =
+    LazyLock::new(|| KNOWN_KINDS.map(|(_, text)| Arc::new(text.to_owned())));
 
 impl ParticipantKind {
+    pub fn standard() -> Self {
+        Self(KNOWN_LABELS[0].clone())
+    }
+
+    pub fn agent() -> Self {
+        Self::known("agent").expect("agent is a known kind")
+    }
+
+    fn known(text: &str) -> Option<Self> {
+        let i = KNOWN_KINDS.iter().position(|&(_, t)| t == text)?;
+        Some(Self(KNOWN_LABELS[i].clone()))
+    }
+
     /// Parses LiveKit's enum name (`"AGENT"`) or the lowercase form roomd stores.
     pub fn from_name(name: &str) -> Self {
-        match name.to_ascii_uppercase().as_str() {
-            "" | "STANDARD" => Self::Standard,
-            "INGRESS" => Self::Ingress,
-            "EGRESS" => Self::Egress,
-            "SIP" => Self::Sip,
-            "AGENT" => Self::Agent,
-            "CONNECTOR" => Self::Connector,
-            "BRIDGE" => Self::Bridge,
-            _ => Self::Other(label(&name.to_ascii_lowercase())),
+        let text = name.to_ascii_lowercase();
+        if text.is_empty() {
+            return Self::standard();
         }
+        Self::known(&text).unwrap_or_else(|| Self(label(&text)))
     }
 
     /// LiveKit's protobuf number for the kind (`ParticipantInfo.Kind`).
     pub fn from_number(n: i64) -> Self {
-        match n {
-            0 => Self::Standard,
-            1 => Self::Ingress,
-            2 => Self::Egress,
-            3 => Self::Sip,
-            4 => Self::Agent,
-            7 => Self::Connector,
-            8 => Self::Bridge,
-            other => Self::Other(label(&format!("kind_{other}"))),
+        match KNOWN_KINDS.iter().position(|&(number, _)| number == n) {
+            Some(i) => Self(KNOWN_LABELS[i].clone()),
+            None => Self(label(&format!("kind_{n}"))),
         }
     }
 
     pub fn as_str(&self) -> &str {
-        match self {
-            Self::Standard => "standard",
-            Self::Ingress => "ingress",
-            Self::Egress => "egress",
-            Self::Sip => "sip",
-            Self::Agent => "agent",
-            Self::Connector => "connector",
-            Self::Bridge => "bridge",
-            Self::Other(name) => name,
-        }
+        &self.0
+    }
+
+    pub fn is_standard(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Where the kind sorts: the known ones in LiveKit's order, then the rest.
+    fn rank(&self) -> usize {
+        KNOWN_LABELS
+            .iter()
+            .position(|known| Arc::ptr_eq(known, &self.0) || **known == *self.0)
+            .unwrap_or(KNOWN_KINDS.len())
+    }
+}
+
+impl PartialEq for ParticipantKind {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for ParticipantKind {}
+
+impl std::hash::Hash for ParticipantKind {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for ParticipantKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ParticipantKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.rank(), self.as_str()).cmp(&(other.rank(), other.as_str()))
+    }
+}
+
+impl std::fmt::Debug for ParticipantKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

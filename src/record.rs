@@ -55,6 +55,10 @@ pub struct RoomRecord {
 /// (`Arc<str>`), and the row itself shared by the room's indexes and the
 /// changes handed to the writer. Its room's id is not kept here but beside
 /// the row in [`Changes`]: every row of a room would repeat it.
+///
+/// 104 bytes, so that with its reference counts it takes the allocator's
+/// 128-byte class (at 128 bytes it took 160): the join time in 8 bytes,
+/// and what only a closed session has in a box of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub id: Uuid,
@@ -62,27 +66,126 @@ pub struct SessionRecord {
     pub sid: Option<Sid>,
     pub kind: ParticipantKind,
     pub name: Option<Arc<str>>,
-    pub joined_at: Option<DateTime<Utc>>,
-    pub left_at: Option<DateTime<Utc>>,
-    pub leave_reason: Option<Label>,
+    joined: MaybeTime,
+    closed: Option<Box<Closed>>,
+}
+
+// Past 104 bytes a row takes the next allocator class (see above).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<SessionRecord>() <= 104);
+
+/// When and why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Closed {
+    at: DateTime<Utc>,
+    /// Absent only in rows roomd did not write (the seed's).
+    reason: Option<Label>,
 }
 
 impl SessionRecord {
+    /// An open session (closed if `left` says when and why it ended).
+    pub fn new(
+        id: Uuid,
+        identity: Identity,
+        sid: Option<Sid>,
+        kind: ParticipantKind,
+        name: Option<Arc<str>>,
+        joined_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            id,
+            identity,
+            sid,
+            kind,
+            name,
+            joined: MaybeTime::from(joined_at),
+            closed: None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
-        self.left_at.is_none()
+        self.closed.is_none()
+    }
+
+    pub fn joined_at(&self) -> Option<DateTime<Utc>> {
+        self.joined.get()
+    }
+
+    pub fn set_joined_at(&mut self, at: DateTime<Utc>) {
+        self.joined = MaybeTime::from(Some(at));
+    }
+
+    pub fn left_at(&self) -> Option<DateTime<Utc>> {
+        self.closed.as_ref().map(|closed| closed.at)
+    }
+
+    pub fn leave_reason(&self) -> Option<&Label> {
+        self.closed
+            .as_ref()
+            .and_then(|closed| closed.reason.as_ref())
     }
 
     /// Closes the session at `at`, never before it began: LiveKit's times
     /// have whole seconds in places (`createdAt`) and milliseconds in others
     /// (`joinedAtMs`), so a leave can carry a time just before its join.
     pub fn close(&mut self, at: DateTime<Utc>, reason: Label) {
-        self.left_at = Some(self.joined_at.map_or(at, |joined| joined.max(at)));
-        self.leave_reason = Some(reason);
+        let at = self.joined_at().map_or(at, |joined| joined.max(at));
+        self.closed = Some(Box::new(Closed {
+            at,
+            reason: Some(reason),
+        }));
+    }
+
+    /// The row as stored: closed at `left_at` if that is set. A reason
+    /// without a time (no row roomd writes) is not kept.
+    pub fn with_stored_leave(
+        mut self,
+        left_at: Option<DateTime<Utc>>,
+        reason: Option<Label>,
+    ) -> Self {
+        self.closed = left_at.map(|at| Box::new(Closed { at, reason }));
+        self
+    }
+
+    /// Opens the session again (reconciliation undoing its own close).
+    pub fn reopen(&mut self) {
+        self.closed = None;
     }
 
     /// The seed's `participants.user_id`: the identity when it is a user's UUID.
     pub fn user_id(&self) -> Option<Uuid> {
         Uuid::parse_str(&self.identity).ok()
+    }
+}
+
+/// A time that may be unknown, to the microsecond (what both databases
+/// keep), in 8 bytes where `Option<DateTime<Utc>>` takes 12. Unknown sorts
+/// first, as `None` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct MaybeTime(i64);
+
+impl MaybeTime {
+    /// No `DateTime<Utc>` is this many microseconds from the epoch (its
+    /// range is about ±262,000 years; this is 292,000 before it).
+    const UNKNOWN: i64 = i64::MIN;
+
+    fn get(self) -> Option<DateTime<Utc>> {
+        (self.0 != Self::UNKNOWN)
+            .then(|| DateTime::from_timestamp_micros(self.0))
+            .flatten()
+    }
+}
+
+/// `at` as a session's row keeps a join time: to the microsecond. A join
+/// is compared with the row it may update in these terms, or a time with
+/// nanoseconds would always look later than itself.
+pub fn joined_time(at: DateTime<Utc>) -> DateTime<Utc> {
+    MaybeTime::from(Some(at)).get().unwrap_or(at)
+}
+
+impl From<Option<DateTime<Utc>>> for MaybeTime {
+    fn from(at: Option<DateTime<Utc>>) -> Self {
+        Self(at.map_or(Self::UNKNOWN, |at| at.timestamp_micros()))
     }
 }
 

@@ -210,7 +210,7 @@ fn from_json(value: &Value) -> Result<Fields, ParseError> {
         let kind = enum_name(p, "kind", "participant.kind")?.map(|v| match v {
             Value::Number(n) => ParticipantKind::from_number(n.as_i64().unwrap_or(-1)),
             Value::String(s) => ParticipantKind::from_name(&s),
-            _ => ParticipantKind::Standard,
+            _ => ParticipantKind::standard(),
         });
         let disconnect_reason = enum_name(p, "disconnectReason", "participant.disconnectReason")?
             .and_then(|v| match v {
@@ -258,8 +258,8 @@ fn storable(f: &Fields) -> Result<(), ParseError> {
                 p.disconnect_reason.as_deref().unwrap_or_default(),
             ),
         ]);
-        if let Some(ParticipantKind::Other(kind)) = &p.kind {
-            fields.push(("participant.kind", kind));
+        if let Some(kind) = &p.kind {
+            fields.push(("participant.kind", kind.as_str()));
         }
     }
     match fields.into_iter().find(|(_, value)| value.contains('\0')) {
@@ -283,7 +283,7 @@ fn into_delivery(f: Fields, received_at: DateTime<Utc>) -> Result<Delivery, Pars
             Some(ParticipantRef {
                 sid: non_empty(p.sid).map(Into::into),
                 identity: p.identity.into(),
-                kind: p.kind.unwrap_or(ParticipantKind::Standard),
+                kind: p.kind.unwrap_or_else(ParticipantKind::standard),
                 name: non_empty(p.name).map(Into::into),
                 joined_at: p.joined_at,
             }),
@@ -360,7 +360,7 @@ mod tests {
             panic!("{:?}", delivery.action);
         };
         assert_eq!(&*p.identity, "alice");
-        assert_eq!(p.kind, ParticipantKind::Agent);
+        assert_eq!(p.kind, ParticipantKind::agent());
         assert_eq!(
             p.joined_at,
             DateTime::from_timestamp_millis(1_700_000_000_250)
@@ -379,10 +379,8 @@ mod tests {
         else {
             panic!("{:?}", delivery.action);
         };
-        assert_eq!(
-            p.kind,
-            ParticipantKind::Other(crate::event::label("hologram"))
-        );
+        assert_eq!(p.kind.as_str(), "hologram");
+        assert!(!p.kind.is_standard());
         assert_eq!(
             p.joined_at,
             DateTime::from_timestamp_millis(1_700_000_000_250)

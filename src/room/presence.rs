@@ -30,7 +30,7 @@ struct Ranked(Arc<SessionRecord>);
 
 impl Ranked {
     fn key(&self) -> (Option<chrono::DateTime<chrono::Utc>>, &str, Option<&str>) {
-        (self.0.joined_at, &self.0.identity, self.0.sid.as_deref())
+        (self.0.joined_at(), &self.0.identity, self.0.sid.as_deref())
     }
 }
 
@@ -183,7 +183,7 @@ impl Present {
             .map(|(kind, people)| (kind.clone(), people.len()))
             .collect();
         if standard > 0 {
-            counts.insert(ParticipantKind::Standard, standard);
+            counts.insert(ParticipantKind::standard(), standard);
         }
         counts
     }
@@ -192,7 +192,7 @@ impl Present {
     pub fn open(&mut self, session: &Arc<SessionRecord>) {
         let was = self.only_others_of(&session.identity);
         self.people.add(session);
-        if session.kind != ParticipantKind::Standard {
+        if !session.kind.is_standard() {
             let i = self.kind_at(&session.kind).unwrap_or_else(|i| {
                 // Room for this kind only: a vector's first growth makes four.
                 self.others.reserve_exact(1);

@@ -105,7 +105,7 @@ impl<'a> From<&'a SessionRecord> for ParticipantView<'a> {
             identity: &s.identity,
             sid: s.sid.as_deref(),
             kind: &s.kind,
-            joined_at: s.joined_at,
+            joined_at: s.joined_at(),
             user_id: s.user_id(),
         }
     }

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::event::{
     EndReason, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef, label,
 };
-use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom, joined_time};
 use crate::seed::HashMap;
 
 mod reconcile;
@@ -116,7 +116,7 @@ impl Instance {
             // Sid-less rows of one identity accumulate over rejoins: the open
             // one, else the latest to close, is the one that decides.
             let keep_old = map.get(SessionKey::of_row(&session)).is_some_and(|old| {
-                old.is_open() || (!session.is_open() && old.left_at >= session.left_at)
+                old.is_open() || (!session.is_open() && old.left_at() >= session.left_at())
             });
             if !keep_old {
                 map.insert(Arc::new(session));
@@ -205,7 +205,7 @@ impl Instance {
     fn newest_time(&self) -> Option<DateTime<Utc>> {
         self.sessions
             .values()
-            .flat_map(|s| [s.joined_at, s.left_at])
+            .flat_map(|s| [s.joined_at(), s.left_at()])
             .chain([Some(self.room.started_at), self.room.ended_at])
             .flatten()
             .max()
@@ -262,30 +262,32 @@ impl Instance {
         joined_at: Option<DateTime<Utc>>,
         left: Option<(DateTime<Utc>, &LeaveReason)>,
     ) -> Arc<SessionRecord> {
-        Arc::new(SessionRecord {
-            id: Uuid::new_v4(),
-            identity: p.identity.clone(),
-            sid: p.sid.clone(),
-            kind: p.kind.clone(),
-            name: p.name.clone(),
+        let mut row = SessionRecord::new(
+            Uuid::new_v4(),
+            p.identity.clone(),
+            p.sid.clone(),
+            p.kind.clone(),
+            p.name.clone(),
             joined_at,
-            left_at: left.map(|(at, _)| at),
-            leave_reason: left.map(|(_, reason)| reason.as_string()),
-        })
+        );
+        if let Some((at, reason)) = left {
+            row.close(at, reason.as_string());
+        }
+        Arc::new(row)
     }
 
     fn join(&mut self, p: &ParticipantRef, at: DateTime<Utc>, changes: &mut Changes) -> Outcome {
         let key = SessionKey::of(&p.identity, p.sid.as_deref());
-        let joined_at = p.joined_at.unwrap_or(at);
+        let joined_at = joined_time(p.joined_at.unwrap_or(at));
         match (self.sessions.get_mut(key), key) {
             // Without sids, a later join of someone present means a leave
             // in between is late or lost: the session now began at this
             // join, so that late leave cannot end it.
             (Some(s), SessionKey::Identity(_))
-                if s.is_open() && s.joined_at.is_some_and(|j| j < joined_at) =>
+                if s.is_open() && s.joined_at().is_some_and(|j| j < joined_at) =>
             {
                 self.present.close(s);
-                Arc::make_mut(s).joined_at = Some(joined_at);
+                Arc::make_mut(s).set_joined_at(joined_at);
                 self.present.open(s);
                 changes.session(self.room.id, s);
                 return Outcome::Applied;
@@ -297,7 +299,7 @@ impl Instance {
             // a join older than the leave is late. A tie (createdAt has whole
             // seconds) goes to the later arrival, so a rejoin in the second
             // of the leave counts.
-            (Some(s), SessionKey::Identity(_)) if s.left_at.is_some_and(|left| left > at) => {
+            (Some(s), SessionKey::Identity(_)) if s.left_at().is_some_and(|left| left > at) => {
                 return Outcome::Ignored;
             }
             _ => {}
@@ -326,7 +328,7 @@ impl Instance {
         // A sid-less leave is ordered by time: it ends only sessions that
         // began at or before it (a tie goes to the later arrival), so a late
         // copy of an earlier leave cannot end a rejoin.
-        let began_by = |s: &SessionRecord| s.joined_at.is_none_or(|joined| joined <= at);
+        let began_by = |s: &SessionRecord| s.joined_at().is_none_or(|joined| joined <= at);
         if p.sid.is_none() {
             // Without a sid the leave means "this person left": close all of them.
             let mut closed_any = false;
@@ -344,7 +346,7 @@ impl Instance {
             // find it and change nothing (found by fuzzing: it used to add a
             // tombstone the second time).
             let settled = self.sessions.get(key).is_some_and(|s| {
-                s.left_at.is_some_and(|left| left >= at) || (s.is_open() && !began_by(s))
+                s.left_at().is_some_and(|left| left >= at) || (s.is_open() && !began_by(s))
             });
             if settled {
                 return if closed_any {
@@ -360,7 +362,7 @@ impl Instance {
                 return Outcome::Applied;
             }
             Some(_) if matches!(key, SessionKey::Sid(_)) => return Outcome::Ignored,
-            Some(s) if s.left_at.is_some_and(|left| left >= at) => return Outcome::Ignored,
+            Some(s) if s.left_at().is_some_and(|left| left >= at) => return Outcome::Ignored,
             _ => {}
         }
         // The leave came first (or its join was dropped): remember it, so the
@@ -463,7 +465,7 @@ impl RoomState {
             .retain(|sid, ended| *ended >= cutoff || Some(sid.as_str()) == current_sid);
         instance
             .sessions
-            .retain(|s| s.left_at.is_none_or(|left| left >= cutoff));
+            .retain(|s| s.left_at().is_none_or(|left| left >= cutoff));
     }
 
     /// An instance that reconciliation ended comes back when LiveKit shows
@@ -542,7 +544,7 @@ impl RoomState {
                 let outlived = matches!(event, RoomEvent::RoomFinished)
                     && cur
                         .open_sessions()
-                        .any(|s| s.joined_at.is_some_and(|joined| joined > at));
+                        .any(|s| s.joined_at().is_some_and(|joined| joined > at));
                 if at < cur.room.started_at || outlived {
                     if matches!(event, RoomEvent::RoomFinished) {
                         return stale(Some(cur.room.id));

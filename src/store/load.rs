@@ -84,16 +84,15 @@ async fn load_sessions(
 fn session_record(
     (id, room_id, identity, sid, kind, name, joined_at, left_at, leave_reason): SessionRow,
 ) -> (Uuid, SessionRecord) {
-    let row = SessionRecord {
+    let row = SessionRecord::new(
         id,
-        identity: identity.into(),
-        sid: sid.map(Into::into),
-        kind: ParticipantKind::from_name(&kind),
-        name: name.map(Into::into),
+        identity.into(),
+        sid.map(Into::into),
+        ParticipantKind::from_name(&kind),
+        name.map(Into::into),
         joined_at,
-        left_at,
-        leave_reason: leave_reason.as_deref().map(label),
-    };
+    )
+    .with_stored_leave(left_at, leave_reason.as_deref().map(label));
     (room_id, row)
 }
 

@@ -51,9 +51,9 @@ impl Scenario {
                 sid: Some(format!("PA_{i}").into()),
                 identity: format!("person-{}", s.identity).into(),
                 kind: if s.agent {
-                    ParticipantKind::Agent
+                    ParticipantKind::agent()
                 } else {
-                    ParticipantKind::Standard
+                    ParticipantKind::standard()
                 },
                 name: None,
                 joined_at: Some(t(s.join)),
@@ -278,7 +278,7 @@ fn a_restore_of_an_ended_room_keeps_its_late_events_stale() {
     let alice = ParticipantRef {
         sid: Some("PA_a".into()),
         identity: "alice".into(),
-        kind: ParticipantKind::Standard,
+        kind: ParticipantKind::standard(),
         name: None,
         joined_at: None,
     };
@@ -387,7 +387,7 @@ fn sid_less_events(
         let p = ParticipantRef {
             sid: None,
             identity: format!("person-{who}").into(),
-            kind: ParticipantKind::Standard,
+            kind: ParticipantKind::standard(),
             name: None,
             joined_at: None,
         };
@@ -456,7 +456,7 @@ proptest! {
         if let Some(c) = state.current() {
             prop_assert!(c.record().ended_at.is_none_or(|e| e >= c.record().started_at));
             for s in c.closed_sessions() {
-                prop_assert!(s.joined_at.is_none_or(|j| s.left_at.is_some_and(|l| l >= j)));
+                prop_assert!(s.joined_at().is_none_or(|j| s.left_at().is_some_and(|l| l >= j)));
             }
         }
     }
@@ -488,7 +488,7 @@ proptest! {
                             identity: s.identity.clone(),
                             kind: s.kind.clone(),
                             name: None,
-                            joined_at: s.joined_at,
+                            joined_at: s.joined_at(),
                         }).collect()
                     }).unwrap_or_default(),
                 });
@@ -521,7 +521,7 @@ fn history_is_forgotten_against_the_rooms_newest_event_and_the_current_instance_
     let person = |sid: &str, who: &str| ParticipantRef {
         sid: Some(sid.into()),
         identity: who.into(),
-        kind: ParticipantKind::Standard,
+        kind: ParticipantKind::standard(),
         name: None,
         joined_at: None,
     };
@@ -597,7 +597,7 @@ fn someone(sid: Option<&str>, who: &str) -> ParticipantRef {
     ParticipantRef {
         sid: sid.map(Into::into),
         identity: who.into(),
-        kind: ParticipantKind::Standard,
+        kind: ParticipantKind::standard(),
         name: None,
         joined_at: None,
     }

@@ -136,15 +136,13 @@ impl RoomState {
         for session in instance.sessions.sorted_mut() {
             // Only a reconciliation's own closing is undone: a leave LiveKit
             // sent is final, even while its list still shows the session.
-            let wrongly_closed = session.leave_reason.as_deref() == Some(&*reconciled)
+            let wrongly_closed = session.leave_reason() == Some(&reconciled)
                 && session
                     .sid
                     .as_deref()
                     .is_some_and(|sid| listed.contains(sid));
             if wrongly_closed {
-                let reopened = Arc::make_mut(session);
-                reopened.left_at = None;
-                reopened.leave_reason = None;
+                Arc::make_mut(session).reopen();
                 changes.session(room_id, session);
                 corrections.push(correction(CorrectionKind::SessionReopened, Some(&*session)));
                 continue;

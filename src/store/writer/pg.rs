@@ -173,11 +173,11 @@ pub(super) async fn write(
             sessions
                 .status
                 .push(if s.is_open() { "joined" } else { "left" });
-            sessions.joined_at.push(s.joined_at);
-            sessions.left_at.push(s.left_at);
+            sessions.joined_at.push(s.joined_at());
+            sessions.left_at.push(s.left_at());
             sessions
                 .leave_reason
-                .push(s.leave_reason.as_deref().map(String::as_str));
+                .push(s.leave_reason().map(|reason| reason.as_str()));
         }
     }
     // Sorted, so that two batches lock their shards in one order.
