@@ -55,7 +55,7 @@ impl Metrics {
         )
         .expect("valid metric");
         let live_actors =
-            IntGauge::new("live_actors", "Room actors running").expect("valid metric");
+            IntGauge::new("live_actors", "Room actors, running or parked").expect("valid metric");
         let mailbox_depth = IntGauge::new("mailbox_depth", "Messages waiting in room mailboxes")
             .expect("valid metric");
         let actor_restarts = IntCounter::new(

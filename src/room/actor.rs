@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -101,22 +101,21 @@ pub struct RoomActor {
     /// under. Every commit carries it, and the database refuses it once the
     /// shard has moved on.
     fence: Option<Fence>,
-    /// `None` until the committed state is loaded.
+    /// `None` until the committed state is loaded, or the state the
+    /// caller read (recovery at start) until the actor starts.
     state: Option<RoomState>,
-    /// Boxed: an actor lives inline in its task, and most never have one.
-    preloaded: Option<Box<RoomState>>,
     /// Shared by every actor (one pointer each, not a copy per room).
     parts: Arc<ActorParts>,
     /// The last events handled, newest last (at most `RECENT`).
     recent: VecDeque<Arc<LastEvent>>,
     /// When this actor last committed a change (webhook or reconcile).
-    last_change: Instant,
+    last_change: registry::Moment,
     counters: Counters,
     started_at: DateTime<Utc>,
     /// When this actor last told the registry it may retire.
-    retire_at: Option<registry::Deadline>,
+    retire_at: Option<registry::Moment>,
     /// When history past the horizon was last forgotten.
-    forgot_at: Instant,
+    forgot_at: registry::Moment,
     /// This room's entry among the published snapshots, once published.
     published: Option<Arc<Slot>>,
 }
@@ -140,15 +139,14 @@ impl RoomActor {
         Self {
             name,
             fence,
-            state: None,
-            preloaded: preloaded.map(Box::new),
+            state: preloaded,
             parts: parts.clone(),
             recent: VecDeque::new(),
-            last_change: Instant::now(),
+            last_change: registry::Moment::now(),
             counters: Counters::default(),
             started_at: Utc::now(),
             retire_at: None,
-            forgot_at: Instant::now(),
+            forgot_at: registry::Moment::now(),
             published: None,
         }
     }
@@ -182,6 +180,96 @@ impl RoomActor {
         self.state = Some(state);
         self.publish();
         self.schedule_retirement(ctx);
+        self.park_if_quiet(ctx);
+    }
+
+    /// The shard and epoch this actor's state was loaded under.
+    pub fn fence(&self) -> Option<Fence> {
+        self.fence
+    }
+
+    /// Parks the actor when its room has nobody in and nothing waits in
+    /// its mailbox (see the registry): a quiet room costs its state, not a
+    /// task. Its snapshot and live feed stay; its next event resumes it.
+    fn park_if_quiet(&mut self, ctx: &mut Context<Self>) {
+        let quiet = self.state.as_ref().is_some_and(|state| {
+            state
+                .current()
+                .is_none_or(|room| !room.is_active() || room.record().current_participants == 0)
+        });
+        if !quiet {
+            return;
+        }
+        // On a cluster, only while the room's shard is still held as it was
+        // loaded. Checked under the entry's lock: a step-down that began
+        // before it found this actor running (and told it), and one that
+        // began after it is seen here, so no parked actor outlives its shard.
+        let still_owned = |actor: &Self| {
+            actor
+                .parts
+                .ownership
+                .as_ref()
+                .is_none_or(|ownership| ownership.fence(&actor.name) == actor.fence)
+        };
+        let registry = self.parts.registry.clone();
+        let name = self.name.clone();
+        if registry.park(&name, &ctx.address(), || {
+            still_owned(self).then(|| self.take())
+        }) {
+            tracing::debug!(room = %self.name, "room actor parked");
+            ctx.stop();
+        }
+    }
+
+    /// This actor's fields, as the one its room's next event resumes.
+    fn take(&mut self) -> Self {
+        Self {
+            name: self.name.clone(),
+            fence: self.fence,
+            state: self.state.take(),
+            parts: self.parts.clone(),
+            recent: std::mem::take(&mut self.recent),
+            last_change: self.last_change,
+            counters: self.counters,
+            started_at: self.started_at,
+            retire_at: self.retire_at,
+            forgot_at: self.forgot_at,
+            published: self.published.take(),
+        }
+    }
+
+    /// A parked actor's retirement (its time came while it was parked).
+    pub fn retire_parked(&mut self) {
+        tracing::debug!(room = %self.name, "parked room actor retires");
+        let snapshot = self.retiring_snapshot();
+        self.withdraw(snapshot);
+    }
+
+    /// A parked actor's step-down (its room's shard left this node): as a
+    /// running actor's, its live feed ends, so that subscribers reconnect
+    /// through the room's new owner (found by the adversary: such streams
+    /// stayed open and silent), and its snapshot goes.
+    pub fn step_down_parked(&mut self) {
+        tracing::info!(room = %self.name, "the room's shard left this node; its parked actor goes");
+        self.withdraw(Snapshot::Remove);
+    }
+
+    /// What a retiring actor does with its room's snapshot. An active room
+    /// (with nobody in: an occupied one never retires) keeps it, so it
+    /// stays in the room list. Only the room's actor writes it, so it is
+    /// what the database holds until the next event starts one; a node
+    /// that loses the room's shard removes it (`Supervisor::step_down`).
+    fn retiring_snapshot(&self) -> Snapshot {
+        let active = self
+            .state
+            .as_ref()
+            .and_then(RoomState::current)
+            .is_some_and(|room| room.is_active());
+        if active {
+            Snapshot::Keep
+        } else {
+            Snapshot::Remove
+        }
     }
 
     /// Rebuilds the room from what the database committed, after a failed
@@ -247,10 +335,9 @@ impl RoomActor {
         self.parts.registry.remove(&self.name, &ctx.address());
     }
 
-    /// How long until this actor may retire, if it may at all.
-    fn retire_in(&self) -> Option<Duration> {
+    /// When this actor may retire, if it may at all.
+    fn may_retire_at(&self) -> Option<registry::Moment> {
         let state = self.state.as_ref()?;
-        let quiet = self.last_change.elapsed();
         let wait = match state.current() {
             Some(room) if room.is_active() && room.record().current_participants > 0 => {
                 return None;
@@ -258,7 +345,7 @@ impl RoomActor {
             Some(room) if room.is_active() => self.parts.lifecycle.idle_timeout,
             _ => self.parts.lifecycle.retire_after_finish,
         };
-        Some(wait.saturating_sub(quiet))
+        Some(self.last_change.after(wait))
     }
 
     /// Tells the registry when this actor may retire. The supervisor's
@@ -266,9 +353,7 @@ impl RoomActor {
     /// room, where a timer per actor cost each idle room 126 bytes and
     /// every commit a timer cancelled and a new one boxed.
     fn schedule_retirement(&mut self, ctx: &mut Context<Self>) {
-        let at = self
-            .retire_in()
-            .map_or(registry::Deadline::NEVER, registry::Deadline::after);
+        let at = self.may_retire_at().unwrap_or(registry::Moment::NEVER);
         if self.retire_at != Some(at) {
             self.retire_at = Some(at);
             self.parts
@@ -279,7 +364,10 @@ impl RoomActor {
 
     /// Retires now if the room still may (`Retire`).
     fn retire(&mut self, ctx: &mut Context<Self>) {
-        if !self.retire_in().is_some_and(|left| left.is_zero()) {
+        if self
+            .may_retire_at()
+            .is_none_or(|at| at > registry::Moment::now())
+        {
             // A commit since moved the time (or the room filled up), or the
             // registry never heard it: its entry was made after the actor
             // said. Say it again, whether or not it changed.
@@ -295,21 +383,8 @@ impl RoomActor {
             return;
         }
         tracing::debug!(room = %self.name, "room actor retires");
-        // An active room (with nobody in: an occupied one never retires)
-        // keeps its snapshot, so it stays in the room list. Only the room's
-        // actor writes it, so it is what the database holds until the next
-        // event starts one; a node that loses the room's shard removes it
-        // (`Supervisor::step_down`).
-        let active = self
-            .state
-            .as_ref()
-            .and_then(RoomState::current)
-            .is_some_and(|room| room.is_active());
-        self.withdraw(if active {
-            Snapshot::Keep
-        } else {
-            Snapshot::Remove
-        });
+        let snapshot = self.retiring_snapshot();
+        self.withdraw(snapshot);
         ctx.stop();
     }
 
@@ -318,7 +393,7 @@ impl RoomActor {
         if self.forgot_at.elapsed() < FORGET_EVERY {
             return;
         }
-        self.forgot_at = Instant::now();
+        self.forgot_at = registry::Moment::now();
         let history = self.parts.lifecycle.history();
         if let Some(state) = &mut self.state {
             state.forget_older_than(history, Utc::now());
@@ -359,7 +434,7 @@ impl RoomActor {
                             act.state = Some(*next);
                         }
                         if outcome == Outcome::Applied {
-                            act.last_change = Instant::now();
+                            act.last_change = registry::Moment::now();
                         }
                         true
                     }
@@ -397,6 +472,7 @@ impl RoomActor {
                         act.publish_update(&update.event, update.identity);
                     }
                     act.schedule_retirement(ctx);
+                    act.park_if_quiet(ctx);
                 } else if fenced {
                     act.step_down(ctx);
                 } else {
@@ -429,11 +505,13 @@ impl Actor for RoomActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.parts.mailbox_capacity);
-        if let Some(state) = self.preloaded.take() {
-            self.loaded(*state, ctx);
-            return;
+        match self.state.take() {
+            // Resumed from parking: what it published is still current, and
+            // the event that resumed it is waiting.
+            Some(state) if self.published.is_some() => self.state = Some(state),
+            Some(state) => self.loaded(state, ctx),
+            None => self.load(ctx),
         }
-        self.load(ctx);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {

@@ -59,7 +59,11 @@ pub struct SupervisorSettings {
 /// What admins see of the supervisor.
 #[derive(Debug, Clone, Serialize)]
 pub struct SupervisorStatus {
+    /// Rooms with an actor, running or parked.
     pub live_actors: usize,
+    /// Of those, the rooms with nobody in whose actors are parked between
+    /// events (no task or mailbox).
+    pub parked_actors: usize,
     pub restarts: u64,
     pub recovered: bool,
     pub last_reconcile: Option<ReconcileReport>,
@@ -211,10 +215,19 @@ impl Supervisor {
         for (_, addr) in &leaving {
             addr.do_send(StepDown);
         }
+        // A parked actor has nothing in flight: it just goes. (One that
+        // parks after this, with `StepDown` unread, is never used again:
+        // its room is refused here, and the fence it holds is stale if the
+        // shard comes back; its retirement time takes it off.)
+        let mut parked = self.registry().take_parked_where(&lost);
+        for actor in &mut parked {
+            actor.step_down_parked();
+        }
+        let parked = parked.len();
         // Rooms whose actors retired keep their snapshots (active ones do);
         // once another node may change them, they are not this node's to show.
         self.inner.parts.snapshots.remove_where(&lost);
-        leaving.len()
+        leaving.len() + parked
     }
 
     pub fn is_recovered(&self) -> bool {
@@ -233,6 +246,20 @@ impl Supervisor {
         })
     }
 
+    /// Starts `parked` again as its room's actor, if it was parked under
+    /// `fence` (else a new actor loads the room: the shard has moved since).
+    fn unpark(
+        &self,
+        name: Arc<str>,
+        parked: Box<RoomActor>,
+        fence: Option<Fence>,
+    ) -> Addr<RoomActor> {
+        if parked.fence() != fence {
+            return self.start_actor(name, None, fence);
+        }
+        RoomActor::start_in_arbiter(&self.inner.arbiter, move |_| *parked)
+    }
+
     /// The actor for `name` (started if there is none) and a slot in its
     /// mailbox; `None` when the mailbox is full. An actor that died without
     /// unregistering (it panicked) is replaced: the new one loads the
@@ -242,9 +269,14 @@ impl Supervisor {
         let fence = self.fence(name).ok_or(NotOwner)?;
         let (actor, found) =
             self.registry()
-                .actor(name, self.inner.parts.mailbox_capacity, |key| {
-                    self.start_actor(key, None, fence)
-                });
+                .actor(
+                    name,
+                    self.inner.parts.mailbox_capacity,
+                    |key, parked| match parked {
+                        Some(parked) => self.unpark(key, parked, fence),
+                        None => self.start_actor(key, None, fence),
+                    },
+                );
         if let Found::Restarted = found {
             self.inner.parts.metrics.actor_restarts.inc();
             tracing::warn!(room = %name, "room actor died; restarted it from the database");
@@ -291,6 +323,7 @@ impl Supervisor {
     pub fn status(&self) -> SupervisorStatus {
         SupervisorStatus {
             live_actors: self.live_actors(),
+            parked_actors: self.registry().parked(),
             restarts: self.inner.parts.metrics.actor_restarts.get(),
             recovered: self.is_recovered(),
             last_reconcile: self
@@ -311,8 +344,12 @@ async fn sweep_retirements(registry: std::sync::Weak<super::registry::Registry>,
         let Some(registry) = registry.upgrade() else {
             return;
         };
-        for actor in registry.due(super::registry::Deadline::now()) {
+        let now = super::registry::Moment::now();
+        for actor in registry.due(now) {
             actor.do_send(Retire);
+        }
+        for mut parked in registry.take_due_parked(now) {
+            parked.retire_parked();
         }
     }
 }

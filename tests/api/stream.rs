@@ -325,3 +325,37 @@ async fn sigterm_ends_the_streams_and_roomd_exits() {
         .expect("the stream ends");
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
 }
+
+// A room whose shard leaves this node ends its streams, so that clients
+// reconnect through the room's new owner: a parked room's too (found by the
+// adversary: those stayed open and silent while the room changed elsewhere).
+#[actix_web::test]
+async fn a_step_down_ends_the_streams_of_parked_rooms() {
+    let db = common::TestDb::sqlite();
+    let app = common::spawn_app(&db).await;
+    app.ok(&webhook::joined("moved", "RM_moved", "PA_0", "host").body())
+        .await;
+    app.ok(&webhook::left("moved", "RM_moved", "PA_0", "host").body())
+        .await;
+    assert_eq!(app.supervisor.status().parked_actors, 1);
+    let mut events = Events::open(&app, "moved", None).await;
+    assert_eq!(events.next().await.kind, "snapshot");
+
+    assert_eq!(app.supervisor.step_down(|name| name == "moved"), 1);
+    assert_eq!(app.supervisor.status().live_actors, 0);
+    loop {
+        // A guard against a hung test, not a speed requirement.
+        let chunk = tokio::time::timeout(Duration::from_secs(20), events.response.chunk())
+            .await
+            .expect("the stream ends within 20 s")
+            .unwrap();
+        match chunk {
+            None => break,
+            Some(bytes) => assert!(
+                bytes.starts_with(b":"),
+                "only keep-alives before the end: {bytes:?}"
+            ),
+        }
+    }
+    app.stop().await;
+}

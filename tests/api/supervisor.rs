@@ -491,3 +491,85 @@ async fn retiring_actors_lose_no_event() {
     assert!(sessions.iter().all(|s| s.left_at.is_some()));
     app.stop().await;
 }
+
+// A room with nobody in parks its actor between events: its task and
+// mailbox go, its state stays. The next event resumes it as it was (no
+// load: its counters and recent events go on), the count stays exact,
+// and a room with someone in keeps its task.
+async fn quiet_rooms_park_and_resume_where_they_were(app: &TestApp) {
+    let admin = common::admin_token();
+    let parked = || app.supervisor.status().parked_actors;
+    app.ok(&webhook::room_started("lobby", "RM_lobby").body())
+        .await;
+    assert_eq!(parked(), 1, "[{}] an empty room parks", app.backend);
+    assert_eq!(app.supervisor.status().live_actors, 1);
+
+    let join = webhook::joined("lobby", "RM_lobby", "PA_1", "ann").id("EV_park_join");
+    app.ok(&join.body()).await;
+    assert_eq!(parked(), 0, "[{}] an occupied room runs", app.backend);
+    assert_eq!(app.count("lobby").await, 1);
+
+    app.ok(&webhook::left("lobby", "RM_lobby", "PA_1", "ann").body())
+        .await;
+    assert_eq!(parked(), 1, "[{}] empty again, parked again", app.backend);
+    assert_eq!(app.count("lobby").await, 0);
+
+    // LiveKit's retry of the join, after the leave: a duplicate, not a rejoin.
+    app.ok(&join.body()).await;
+    assert_eq!(app.count("lobby").await, 0, "[{}]", app.backend);
+    assert_eq!(parked(), 1);
+
+    let (status, one) = app.get_as("/v1/debug/actors/lobby", Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK);
+    let counters = &one["snapshot"]["counters"];
+    assert_eq!(counters["applied"], 3, "[{}] {one}", app.backend);
+    assert_eq!(counters["duplicates"], 1, "[{}] {one}", app.backend);
+    assert_eq!(
+        one["snapshot"]["recent_events"].as_array().unwrap().len(),
+        4,
+        "[{}] every event since the room started, across three parkings",
+        app.backend
+    );
+    assert_eq!(app.room("lobby").await["status"], "active");
+}
+
+#[actix_web::test]
+async fn quiet_rooms_park_and_resume_where_they_were_on_every_backend() {
+    common::on_every_backend(quiet_rooms_park_and_resume_where_they_were).await;
+}
+
+// A reconciliation round resumes every room LiveKit lists; one with nothing
+// to correct leaves an empty room parked again, as a commit does (found by
+// the adversary: every round left the empty rooms running).
+#[actix_web::test]
+async fn a_round_with_nothing_to_correct_leaves_empty_rooms_parked() {
+    common::on_every_database(async |db| {
+        let livekit = FakeLiveKit::start(KEY, SECRET).await;
+        livekit.set_room("quiet", "RM_quiet", vec![]);
+        livekit.set_room("fixed", "RM_fixed", vec![]);
+        let app = with_livekit(db, &livekit).await;
+        app.ok(&webhook::room_started("quiet", "RM_quiet").body())
+            .await;
+        app.ok(&webhook::joined("fixed", "RM_fixed", "PA_g", "ghost").body())
+            .await;
+        assert_eq!(app.supervisor.status().parked_actors, 1);
+
+        // "fixed" loses its ghost (a commit); "quiet" has nothing to correct.
+        let report = app.reconcile_now().await.expect("reconcile");
+        assert_eq!(report.corrections.len(), 1, "{:?}", report.corrections);
+        assert_eq!(app.count("fixed").await, 0);
+        let status = app.supervisor.status();
+        assert_eq!(
+            (status.live_actors, status.parked_actors),
+            (2, 2),
+            "[{}] both rooms are empty",
+            db.backend
+        );
+        let again = app.reconcile_now().await.expect("reconcile");
+        assert!(again.corrections.is_empty(), "{:?}", again.corrections);
+        assert_eq!(app.supervisor.status().parked_actors, 2, "[{}]", db.backend);
+        app.stop().await;
+        livekit.stop().await;
+    })
+    .await;
+}

@@ -134,7 +134,7 @@ async function loadAdmin() {
   const s = debug.supervisor;
   const last = s.last_reconcile;
   const facts = [
-    ["Live actors", s.live_actors], ["Restarts", s.restarts], ["Recovered", s.recovered ? "yes" : "no"],
+    ["Live actors", s.live_actors], ["Parked", s.parked_actors], ["Restarts", s.restarts], ["Recovered", s.recovered ? "yes" : "no"],
     ["Last reconcile", last ? `${when(last.finished_at)}: ${last.rooms_checked} rooms, ${last.corrections.length} corrections${last.error ? ", error: " + last.error : ""}` : "never"],
   ];
   $("supervisor").replaceChildren(...facts.flatMap(([k, v]) => {
