@@ -16,6 +16,8 @@ pub struct Metrics {
     /// Events per committed transaction.
     pub commit_batch_size: Histogram,
     pub live_actors: IntGauge,
+    /// Of those, the parked ones (rooms with nobody in, between events).
+    pub parked_actors: IntGauge,
     /// Messages waiting in room mailboxes, all rooms together.
     pub mailbox_depth: IntGauge,
     pub actor_restarts: IntCounter,
@@ -56,6 +58,11 @@ impl Metrics {
         .expect("valid metric");
         let live_actors =
             IntGauge::new("live_actors", "Room actors, running or parked").expect("valid metric");
+        let parked_actors = IntGauge::new(
+            "parked_actors",
+            "Room actors parked between events (rooms with nobody in)",
+        )
+        .expect("valid metric");
         let mailbox_depth = IntGauge::new("mailbox_depth", "Messages waiting in room mailboxes")
             .expect("valid metric");
         let actor_restarts = IntCounter::new(
@@ -101,6 +108,7 @@ impl Metrics {
             Box::new(webhook_seconds.clone()),
             Box::new(commit_batch_size.clone()),
             Box::new(live_actors.clone()),
+            Box::new(parked_actors.clone()),
             Box::new(mailbox_depth.clone()),
             Box::new(actor_restarts.clone()),
             Box::new(reconcile_corrections.clone()),
@@ -120,6 +128,7 @@ impl Metrics {
             webhook_seconds,
             commit_batch_size,
             live_actors,
+            parked_actors,
             mailbox_depth,
             actor_restarts,
             reconcile_corrections,

@@ -35,6 +35,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .set(state.supervisor.live_actors() as i64);
     state
         .metrics
+        .parked_actors
+        .set(state.supervisor.parked_actors() as i64);
+    state
+        .metrics
         .mailbox_depth
         .set(state.supervisor.mailbox_depth_total() as i64);
     HttpResponse::Ok()

@@ -320,10 +320,15 @@ impl Supervisor {
         self.registry().len()
     }
 
+    /// Rooms whose actors are parked: O(rooms).
+    pub fn parked_actors(&self) -> usize {
+        self.registry().parked()
+    }
+
     pub fn status(&self) -> SupervisorStatus {
         SupervisorStatus {
             live_actors: self.live_actors(),
-            parked_actors: self.registry().parked(),
+            parked_actors: self.parked_actors(),
             restarts: self.inner.parts.metrics.actor_restarts.get(),
             recovered: self.is_recovered(),
             last_reconcile: self

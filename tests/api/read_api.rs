@@ -315,6 +315,11 @@ async fn metrics_reflect_a_known_sequence_of_events(app: &TestApp) {
         "every committed delivery is in a batch"
     );
     assert_eq!(sample(&text, "roomd_live_actors"), 1.0);
+    assert_eq!(
+        sample(&text, "roomd_parked_actors"),
+        1.0,
+        "mia left: the room is empty"
+    );
     assert_eq!(sample(&text, "roomd_actor_restarts_total"), 0.0);
     assert_eq!(sample(&text, "roomd_mailbox_depth"), 0.0);
 }

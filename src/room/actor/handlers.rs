@@ -155,16 +155,17 @@ impl Handler<Reconcile> for RoomActor {
         };
         let Some((next, transition, corrections)) = reconciled else {
             // The room changed after LiveKit's list was fetched.
-            let _ = reply.send(Ok(Reconciled::Skipped));
             // A round resumes every room LiveKit lists: with nothing to
             // commit, a quiet one parks again here (found by the adversary:
-            // every round left the empty rooms running).
+            // every round left the empty rooms running). Before the answer,
+            // as after a commit: whoever sees the answer sees it parked.
             self.park_if_quiet(ctx);
+            let _ = reply.send(Ok(Reconciled::Skipped));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
         if corrections.is_empty() {
-            let _ = reply.send(Ok(Reconciled::Corrected(corrections)));
             self.park_if_quiet(ctx);
+            let _ = reply.send(Ok(Reconciled::Corrected(corrections)));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         }
         let sid = truth.as_ref().and_then(|t| t.room.sid.clone());
