@@ -192,12 +192,8 @@ impl RoomActor {
     /// its mailbox (see the registry): a quiet room costs its state, not a
     /// task. Its snapshot and live feed stay; its next event resumes it.
     fn park_if_quiet(&mut self, ctx: &mut Context<Self>) {
-        let quiet = self.state.as_ref().is_some_and(|state| {
-            state
-                .current()
-                .is_none_or(|room| !room.is_active() || room.record().current_participants == 0)
-        });
-        if !quiet {
+        // Quiet is what may retire: loaded, and nobody in a live instance.
+        if self.may_retire_at().is_none() {
             return;
         }
         // On a cluster, only while the room's shard is still held as it was
