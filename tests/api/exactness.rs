@@ -751,3 +751,65 @@ async fn old_event_times_keep_their_history_across_a_restart() {
     })
     .await;
 }
+
+// From the adversary: a webhook naming a sid LiveKit does not list (without
+// `creationTime`, dated now) took the room over from the sid LiveKit lists.
+// The listed instance was recorded as replaced, so every round took LiveKit's
+// listing of it for stale and corrected nothing: a ghost stayed counted, and
+// the listed room's own joins were stale, for good.
+#[actix_web::test]
+async fn a_sid_livekit_does_not_list_gives_the_room_back_to_the_one_it_lists() {
+    common::on_every_database(async |db| {
+        let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
+        livekit.set_room("zq1", "RM_zq1", vec![]);
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        app.ok(&webhook::room_started("zq1", "RM_zq1")
+            .at(now_secs() - 5)
+            .body())
+            .await;
+        let listed = app.active_room_row("zq1").await.unwrap();
+        let late = webhook::joined("zq1", "RM_zq1_late", "PA_x", "xavier").at(now_secs());
+        assert_eq!(app.ok(&late.body()).await["outcome"], "applied");
+        assert_eq!(app.count("zq1").await, 1);
+
+        let report = app.reconcile_now().await.expect("reconcile");
+        let kinds: Vec<&str> = report.corrections.iter().map(|c| c.what.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["room_ended", "session_closed", "room_reopened"],
+            "[{}] {report:?}",
+            db.backend
+        );
+        let view = app.room("zq1").await;
+        assert_eq!(view["status"], "active", "[{}] {view}", db.backend);
+        assert_eq!(view["participant_count"], 0, "{view}");
+        let row = app.active_room_row("zq1").await.unwrap();
+        assert_eq!(
+            (row.id, row.livekit_sid.as_deref()),
+            (listed.id, Some("RM_zq1"))
+        );
+        assert_eq!(row.end_reason, None);
+        let rows = app.room_rows("zq1").await;
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let ghost = rows.iter().find(|r| r.id != listed.id).unwrap();
+        assert_eq!(ghost.status, "ended");
+        assert_eq!(ghost.end_reason.as_deref(), Some("reconciled"));
+        let nothing = app.reconcile_now().await.expect("reconcile");
+        assert!(nothing.corrections.is_empty(), "{nothing:?}");
+
+        // After a restart too: the listed room takes its own joins, and the
+        // ghost's late events are stale.
+        app.stop().await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        let join = app
+            .ok(&webhook::joined("zq1", "RM_zq1", "PA_a", "alice").body())
+            .await;
+        assert_eq!(join["outcome"], "applied", "[{}] {join}", db.backend);
+        let again = webhook::joined("zq1", "RM_zq1_late", "PA_y", "yara").at(now_secs());
+        assert_eq!(app.ok(&again.body()).await["outcome"], "stale");
+        assert_eq!(app.count("zq1").await, 1);
+        app.stop().await;
+        livekit.stop().await;
+    })
+    .await;
+}
