@@ -708,3 +708,73 @@ fn an_event_dated_ahead_does_not_make_history_look_old() {
     assert_eq!(late.outcome, Outcome::Ignored);
     assert_eq!(state.current().unwrap().participant_count(), 2);
 }
+
+/// An instance roomd took for replaced, because a webhook named a sid that
+/// LiveKit does not list, comes back on its own row when LiveKit lists it;
+/// the store then holds exactly that state, and the unlisted sid's late
+/// events are stale.
+#[test]
+fn an_instance_taken_for_replaced_comes_back_when_livekit_lists_it() {
+    use roomd::room::state::Outcome;
+    let listed = RoomRef {
+        name: NAME.into(),
+        sid: Some("RM_listed".into()),
+        created_at: Some(t(100)),
+    };
+    let ghost = RoomRef {
+        name: NAME.into(),
+        sid: Some("RM_ghost".into()),
+        created_at: None,
+    };
+    let person = |sid: &str, who: &str| ParticipantRef {
+        sid: Some(sid.into()),
+        identity: who.into(),
+        kind: ParticipantKind::standard(),
+        name: None,
+        joined_at: None,
+    };
+    let mut db = Db::default();
+    let mut state = RoomState::new(NAME);
+    let mut started = state.apply(&listed, &RoomEvent::RoomStarted, t(100));
+    state.mark_changed(&mut started, t(1_000));
+    db.commit(started.changes.rooms, started.changes.sessions);
+    let id = state.current().unwrap().record().id;
+    let joined = RoomEvent::ParticipantJoined(person("PA_x", "xavier"));
+    let mut taken = state.apply(&ghost, &joined, t(200));
+    state.mark_changed(&mut taken, t(1_001));
+    db.commit(taken.changes.rooms, taken.changes.sessions);
+    assert_eq!(
+        state.current().unwrap().record().sid.as_deref(),
+        Some("RM_ghost")
+    );
+
+    let truth = roomd::event::RoomTruth {
+        room: listed.clone(),
+        participants: vec![person("PA_a", "alice")],
+    };
+    let (mut fixed, corrections) = state
+        .reconcile(Some(&truth), t(1_002), t(300))
+        .expect("the list is newer than the room");
+    state.mark_changed(&mut fixed, t(1_003));
+    db.commit(fixed.changes.rooms, fixed.changes.sessions);
+    let kinds: Vec<&str> = corrections.iter().map(|c| c.what.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "room_ended",
+            "session_closed",
+            "room_reopened",
+            "session_opened"
+        ]
+    );
+    let current = state.current().unwrap();
+    assert_eq!(
+        (current.record().id, current.record().sid.as_deref()),
+        (id, Some("RM_listed"))
+    );
+    assert_eq!(current.participant_count(), 1);
+    assert_eq!(RoomState::restore(NAME, db.stored()), state);
+
+    let late = RoomEvent::ParticipantJoined(person("PA_y", "yara"));
+    assert_eq!(state.apply(&ghost, &late, t(400)).outcome, Outcome::Stale);
+}
