@@ -224,20 +224,9 @@ impl Changes {
 pub struct StoredRoom {
     /// The newest instance under the name, with all of its sessions.
     pub latest: Option<(RoomRecord, Vec<SessionRecord>)>,
-    /// Sids of the ended instances under the name: their late events are
-    /// stale.
-    pub ended_sids: Vec<(String, EndedSid)>,
-}
-
-/// What is kept of an ended instance's sid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EndedSid {
-    /// When it ended (or began, if the row has no end).
-    pub at: DateTime<Utc>,
-    /// Its row, when roomd ended it only because a webhook named a newer
-    /// sid: LiveKit listing this sid again says the newer one is not live,
-    /// and reconciliation reinstates this row.
-    pub replaced: Option<Uuid>,
+    /// Sids of the ended instances under the name, with when they ended:
+    /// their late events are stale.
+    pub ended_sids: Vec<(String, DateTime<Utc>)>,
 }
 
 /// The audit row of one delivery.

@@ -27,9 +27,7 @@ use uuid::Uuid;
 use crate::event::{
     EndReason, LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef, label,
 };
-use crate::record::{
-    Changes, EndedSid, RoomRecord, RoomStatus, SessionRecord, StoredRoom, joined_time,
-};
+use crate::record::{Changes, RoomRecord, RoomStatus, SessionRecord, StoredRoom, joined_time};
 use crate::seed::HashMap;
 
 mod reconcile;
@@ -195,16 +193,11 @@ impl Instance {
 
     /// This instance's sid and when it ended, once it has ended: what
     /// `RoomState::ended_sids` remembers of it.
-    fn ended_sid(&self) -> Option<(String, EndedSid)> {
+    fn ended_sid(&self) -> Option<(String, DateTime<Utc>)> {
         let sid = self.room.sid.clone().filter(|_| !self.is_active())?;
-        let replaced = self.room.end_reason.as_deref().map(String::as_str)
-            == Some(EndReason::Replaced.as_str());
         Some((
             sid.to_string(),
-            EndedSid {
-                at: self.room.ended_at.unwrap_or(self.room.started_at),
-                replaced: replaced.then_some(self.room.id),
-            },
+            self.room.ended_at.unwrap_or(self.room.started_at),
         ))
     }
 
@@ -388,7 +381,7 @@ pub struct RoomState {
     /// Shared with the room's actor, registry entry and published entry.
     name: Arc<str>,
     current: Option<Instance>,
-    ended_sids: HashMap<String, EndedSid>,
+    ended_sids: HashMap<String, DateTime<Utc>>,
 }
 
 impl RoomState {
@@ -402,7 +395,8 @@ impl RoomState {
 
     /// Rebuilds the state from what the store committed.
     pub fn restore(name: impl Into<Arc<str>>, stored: StoredRoom) -> Self {
-        let mut ended_sids: HashMap<String, EndedSid> = stored.ended_sids.into_iter().collect();
+        let mut ended_sids: HashMap<String, DateTime<Utc>> =
+            stored.ended_sids.into_iter().collect();
         let current = stored.latest.map(|(room, sessions)| {
             let instance = Instance::restore(room, sessions);
             ended_sids.extend(instance.ended_sid());
@@ -468,7 +462,7 @@ impl RoomState {
         let cutoff = newest.min(now) - horizon;
         let current_sid = instance.room.sid.as_deref();
         self.ended_sids
-            .retain(|sid, ended| ended.at >= cutoff || Some(sid.as_str()) == current_sid);
+            .retain(|sid, ended| *ended >= cutoff || Some(sid.as_str()) == current_sid);
         instance
             .sessions
             .retain(|s| s.left_at().is_none_or(|left| left >= cutoff));

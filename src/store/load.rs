@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::entity::{participants, rooms};
-use crate::event::{EndReason, ParticipantKind, label};
-use crate::record::{EndedSid, RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+use crate::event::{ParticipantKind, label};
+use crate::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
 
 /// `rooms.status` as the writer stores it.
 const ACTIVE: &str = RoomStatus::Active.as_str();
@@ -147,41 +147,27 @@ fn kept_ended(horizon: DateTime<Utc>) -> Condition {
         .add(rooms::Column::UpdatedAt.gte(horizon))
 }
 
-/// `(name, sid, ended_at, started_at, id, end_reason)` of an ended instance.
-type EndedRow = (
-    String,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-    Uuid,
-    Option<String>,
-);
+/// `(name, sid, ended_at, started_at)` of an ended instance.
+type EndedRow = (String, Option<String>, Option<DateTime<Utc>>, DateTime<Utc>);
 
 fn ended_pair(
-    (name, sid, ended_at, started_at, id, end_reason): EndedRow,
-) -> Option<(String, (String, EndedSid))> {
-    let replaced = (end_reason.as_deref() == Some(EndReason::Replaced.as_str())).then_some(id);
-    let ended = EndedSid {
-        at: ended_at.unwrap_or(started_at),
-        replaced,
-    };
-    Some((name, (sid?, ended)))
+    (name, sid, ended_at, started_at): EndedRow,
+) -> Option<(String, (String, DateTime<Utc>))> {
+    Some((name, (sid?, ended_at.unwrap_or(started_at))))
 }
 
-/// `(name, (sid, ended))` of the ended instances of `names` kept by `horizon`.
+/// `(name, (sid, ended_at))` of the ended instances of `names` kept by `horizon`.
 async fn ended_sids(
     db: &impl ConnectionTrait,
     names: Vec<String>,
     horizon: DateTime<Utc>,
-) -> Result<Vec<(String, (String, EndedSid))>, StoreError> {
+) -> Result<Vec<(String, (String, DateTime<Utc>))>, StoreError> {
     let rows: Vec<EndedRow> = rooms::Entity::find()
         .select_only()
         .column(rooms::Column::LivekitName)
         .column(rooms::Column::LivekitSid)
         .column(rooms::Column::EndedAt)
         .column(rooms::Column::StartedAt)
-        .column(rooms::Column::Id)
-        .column(rooms::Column::EndReason)
         .filter(kept_ended(horizon))
         .filter(rooms::Column::LivekitName.is_in(names))
         .into_tuple()
@@ -266,7 +252,7 @@ pub async fn load_active_rooms(
     for (room_id, session) in load_sessions(db, filter, horizon).await? {
         sessions.entry(room_id).or_default().push(session);
     }
-    let mut ended: HashMap<String, Vec<(String, EndedSid)>> = HashMap::new();
+    let mut ended: HashMap<String, Vec<(String, DateTime<Utc>)>> = HashMap::new();
     for (name, sid) in ended_sids(db, names, horizon).await? {
         ended.entry(name).or_default().push(sid);
     }

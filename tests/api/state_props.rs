@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use roomd::event::{LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef};
-use roomd::record::{EndedSid, RoomRecord, RoomStatus, SessionChange, SessionRecord, StoredRoom};
+use roomd::record::{RoomRecord, RoomStatus, SessionChange, SessionRecord, StoredRoom};
 use roomd::room::state::RoomState;
 use uuid::Uuid;
 
@@ -166,14 +166,7 @@ impl Db {
                 .rooms
                 .values()
                 .filter(|(_, r)| r.status == RoomStatus::Ended)
-                .filter_map(|(_, r)| {
-                    let replaced = r.end_reason.as_deref().map(String::as_str) == Some("replaced");
-                    let ended = EndedSid {
-                        at: r.ended_at?,
-                        replaced: replaced.then_some(r.id),
-                    };
-                    Some((r.sid.as_deref()?.to_owned(), ended))
-                })
+                .filter_map(|(_, r)| Some((r.sid.as_deref()?.to_owned(), r.ended_at?)))
                 .collect(),
         }
     }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Changes, EndReason, Instance, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey,
-    SessionRecord, Transition,
+    Changes, EndReason, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord,
+    Transition,
 };
 use crate::event::RoomTruth;
 
@@ -80,15 +80,28 @@ impl RoomState {
     ) -> (Transition, Vec<Correction>) {
         let mut corrections = Vec::new();
         let name = self.name.clone();
-        let correction =
-            |what, session: Option<&Arc<SessionRecord>>| correction(&name, what, session);
+        let correction = |what, session: Option<&Arc<SessionRecord>>| Correction {
+            room: name.to_string(),
+            what,
+            identity: session.map(|s| s.identity.to_string()),
+            sid: session.and_then(|s| s.sid.as_deref().map(str::to_owned)),
+        };
         let Some(truth) = truth else {
-            let mut changes = Changes::default();
-            let corrections = self.end_unlisted(at, &mut changes);
-            if corrections.is_empty() {
+            let Some(instance) = self.current.as_mut().filter(|c| c.is_active()) else {
                 return (Transition::nothing(None), corrections);
-            }
-            let room_id = self.current.as_ref().map(|c| c.room.id);
+            };
+            let mut changes = Changes::default();
+            instance.end(at, EndReason::Reconciled, &mut changes);
+            corrections.push(correction(CorrectionKind::RoomEnded, None));
+            corrections.extend(
+                changes
+                    .sessions
+                    .iter()
+                    .map(|s| correction(CorrectionKind::SessionClosed, Some(&s.row))),
+            );
+            changes.rooms.push(instance.room.clone());
+            self.ended_sids.extend(instance.ended_sid());
+            let room_id = Some(instance.room.id);
             return (
                 Transition {
                     outcome: Outcome::Applied,
@@ -99,37 +112,11 @@ impl RoomState {
             );
         };
 
-        // LiveKit lists a sid that roomd took for replaced, because a
-        // webhook named another sid. The list is newer than every change of
-        // the room (see `reconcile`) and LiveKit never has two live rooms of
-        // one name, so that other sid is not live: it ends, and the listed
-        // instance's row is active again.
-        let mut reinstated = Changes::default();
-        if let Some(sid) = truth.room.sid.as_deref()
-            && let Some(id) = self.ended_sids.get(sid).and_then(|e| e.replaced)
-            && self
-                .current
-                .as_ref()
-                .is_none_or(|c| c.room.sid.as_deref() != Some(sid))
-        {
-            corrections.extend(self.end_unlisted(at, &mut reinstated));
-            self.ended_sids.remove(sid);
-            let mut instance = Instance::start(name.clone(), &truth.room, at);
-            instance.room.id = id;
-            self.current = Some(instance);
-            corrections.push(correction(CorrectionKind::RoomReopened, None));
-        }
-
         let before = self.current.as_ref().map(|c| (c.room.id, c.is_active()));
         let mut transition = self.apply(&truth.room, &RoomEvent::RoomStarted, at);
         if transition.outcome == Outcome::Stale {
             return (transition, corrections);
         }
-        transition.changes.rooms.splice(0..0, reinstated.rooms);
-        transition
-            .changes
-            .sessions
-            .splice(0..0, reinstated.sessions);
         let instance = self.current.as_mut().expect("apply selected an instance");
         match before {
             Some((id, false)) if id == instance.room.id => {
@@ -199,38 +186,5 @@ impl RoomState {
             Outcome::Applied
         };
         (transition, corrections)
-    }
-
-    /// Ends the live instance, if any, because LiveKit does not list it:
-    /// its row and the sessions it closes go into `changes`, with one
-    /// correction for each.
-    fn end_unlisted(&mut self, at: DateTime<Utc>, changes: &mut Changes) -> Vec<Correction> {
-        let Some(instance) = self.current.as_mut().filter(|c| c.is_active()) else {
-            return Vec::new();
-        };
-        let first = changes.sessions.len();
-        instance.end(at, EndReason::Reconciled, changes);
-        let mut corrections = vec![correction(&self.name, CorrectionKind::RoomEnded, None)];
-        corrections.extend(
-            changes.sessions[first..]
-                .iter()
-                .map(|s| correction(&self.name, CorrectionKind::SessionClosed, Some(&s.row))),
-        );
-        changes.rooms.push(instance.room.clone());
-        self.ended_sids.extend(instance.ended_sid());
-        corrections
-    }
-}
-
-fn correction(
-    room: &str,
-    what: CorrectionKind,
-    session: Option<&Arc<SessionRecord>>,
-) -> Correction {
-    Correction {
-        room: room.to_owned(),
-        what,
-        identity: session.map(|s| s.identity.to_string()),
-        sid: session.and_then(|s| s.sid.as_deref().map(str::to_owned)),
     }
 }
