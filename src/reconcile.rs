@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::StreamExt;
 
-use crate::livekit::{RoomService, ServiceError};
+use crate::livekit::{MAX_KEY_BYTES, RoomService, ServiceError};
 use crate::room::messages::Reconciled;
 use crate::room::supervisor::{ReconcileReport, Supervisor};
 use crate::store::StoreError;
@@ -37,6 +37,17 @@ pub async fn reconcile_once(
     // On a cluster each node reconciles the rooms it owns.
     let mut live = service.rooms().await?;
     live.retain(|room| supervisor.owns(&room.name));
+    // A name no webhook could bring in (refused with 400) is not tracked,
+    // and its commit would fail every round.
+    let before = live.len();
+    live.retain(|room| room.name.len() <= MAX_KEY_BYTES);
+    if live.len() < before {
+        tracing::warn!(
+            rooms = before - live.len(),
+            limit = MAX_KEY_BYTES,
+            "LiveKit lists rooms whose names are too long to track; skipped"
+        );
+    }
     let live_names: HashSet<&str> = live.iter().map(|r| r.name.as_str()).collect();
     let gone: Vec<String> = supervisor
         .active_room_names()

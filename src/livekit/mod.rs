@@ -8,7 +8,7 @@ pub mod room_service;
 pub mod sign;
 pub mod verify;
 
-pub use parse::{ParseError, parse};
+pub use parse::{MAX_KEY_BYTES, ParseError, parse};
 pub use room_service::{RoomService, ServiceError};
 pub use sign::sign_webhook;
 pub use verify::{BodyHash, Tokens, VerifyError, WebhookVerifier, bearer};

@@ -31,7 +31,20 @@ pub enum ParseError {
     Missing(&'static str),
     #[error("field `{0}` holds a NUL character, which no database can store")]
     Nul(&'static str),
+    #[error("field `{field}` is {len} bytes; roomd keys rooms and events by at most {limit}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        limit: usize,
+    },
 }
+
+/// The longest room name, room sid or event id roomd accepts, in bytes.
+/// PostgreSQL indexes them, and a B-tree entry holds at most 2,704 bytes:
+/// a longer key fails every commit of its event, so LiveKit would retry it
+/// for ever and each retry would fail the batch it rode in (SQLite took the
+/// same event). Refused on every backend, so both agree.
+pub const MAX_KEY_BYTES: usize = 2048;
 
 /// The fields roomd reads, from either parser.
 #[derive(Debug, Default)]
@@ -239,9 +252,22 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 /// Refuses a string PostgreSQL cannot store (`\0` is not valid in its
-/// text): committing it would fail on every redelivery, and LiveKit would
-/// retry it for ever. A 400 is the one answer that ends that.
+/// text) or index (a key over [`MAX_KEY_BYTES`]): committing it would fail
+/// on every redelivery, and LiveKit would retry it for ever. A 400 is the
+/// one answer that ends that.
 fn storable(f: &Fields) -> Result<(), ParseError> {
+    let keys = [
+        ("id", f.id.len()),
+        ("room.name", f.room_name.len()),
+        ("room.sid", f.room_sid.len()),
+    ];
+    if let Some((field, len)) = keys.into_iter().find(|(_, len)| *len > MAX_KEY_BYTES) {
+        return Err(ParseError::TooLong {
+            field,
+            len,
+            limit: MAX_KEY_BYTES,
+        });
+    }
     let mut fields = vec![
         ("event", f.event.as_str()),
         ("id", f.id.as_str()),
@@ -424,7 +450,11 @@ mod tests {
 
     #[test]
     fn what_roomd_cannot_apply_or_store_is_refused_with_its_field() {
-        let cases: [(&[u8], ParseError); 6] = [
+        let long_name = format!(
+            r#"{{"event":"room_started","room":{{"name":"{}"}}}}"#,
+            "n".repeat(MAX_KEY_BYTES + 1)
+        );
+        let cases: [(&[u8], ParseError); 7] = [
             (b"not json", ParseError::NotJson(String::new())),
             (b"[1]", ParseError::NotAnObject),
             (br#"{"id":"EV_3"}"#, ParseError::Missing("event")),
@@ -442,6 +472,14 @@ mod tests {
             (
                 br#"{"event":"room_started","room":{"name":"a\u0000b"}}"#,
                 ParseError::Nul("room.name"),
+            ),
+            (
+                long_name.as_bytes(),
+                ParseError::TooLong {
+                    field: "room.name",
+                    len: MAX_KEY_BYTES + 1,
+                    limit: MAX_KEY_BYTES,
+                },
             ),
         ];
         for (body, expected) in cases {

@@ -363,3 +363,76 @@ async fn nul_characters_are_refused_and_never_reach_the_database(app: &TestApp) 
 async fn nul_characters_are_refused_and_never_reach_the_database_on_every_backend() {
     common::on_every_backend(nul_characters_are_refused_and_never_reach_the_database).await;
 }
+
+/// `n` bytes that compress badly, as a real long name would: PostgreSQL
+/// compresses an index entry before it checks the entry's size.
+fn incompressible(n: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize])
+        })
+        .collect()
+}
+
+/// A room name, room sid or event id over 2,048 bytes is refused with 400
+/// on every backend: PostgreSQL cannot index a key much longer, so it failed
+/// every commit (503, retried by LiveKit for ever, failing each batch it
+/// rode in) while SQLite applied it. A key of exactly 2,048 bytes works on
+/// both.
+async fn keys_too_long_to_index_are_refused(app: &TestApp) {
+    app.ok(&webhook::joined("keep-me", "RM_keep", "PA_k", "kim").body())
+        .await;
+    let long = incompressible(2049);
+    for (what, body) in [
+        (
+            "room name",
+            webhook::joined(&long, "RM_long", "PA_l", "lou").body(),
+        ),
+        (
+            "room sid",
+            webhook::joined("long-sid", &long, "PA_l", "lou").body(),
+        ),
+        (
+            "event id",
+            webhook::joined("long-id", "RM_long_id", "PA_l", "lou")
+                .id(&long)
+                .body(),
+        ),
+    ] {
+        let token = common::sign_with(KEY, SECRET, &body);
+        let reply = app.webhook_raw(body.clone(), Some(&token)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "[{}] {what}: {}",
+            app.backend,
+            reply.json
+        );
+        assert!(
+            reply.json["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("2049 bytes") && m.contains("2048")),
+            "[{}] {what}: {}",
+            app.backend,
+            reply.json
+        );
+        assert_refused(app, what, body, Some(token), StatusCode::BAD_REQUEST).await;
+    }
+    let longest = incompressible(2048);
+    app.ok(
+        &webhook::joined(&longest, &incompressible(2048), "PA_m", "max")
+            .id(&incompressible(2048))
+            .body(),
+    )
+    .await;
+    assert_eq!(app.count(&longest).await, 1, "[{}]", app.backend);
+    assert_eq!(app.count("keep-me").await, 1, "[{}]", app.backend);
+}
+#[actix_web::test]
+async fn keys_too_long_to_index_are_refused_on_every_backend() {
+    common::on_every_backend(keys_too_long_to_index_are_refused).await;
+}
