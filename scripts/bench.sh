@@ -174,6 +174,15 @@ for rep in $(seq 1 "$REPS"); do
   start_roomd "$PG_URL"
   LOAD="$SERIAL" webhooks serialpg "http://127.0.0.1:$PORT_ROOMD" --run "q$rep" --database-url "$PG_URL"
   stop_roomd
+  # The same, connecting for every delivery as LiveKit's notifier does (it
+  # closes each answer unread, so Go's client does not reuse the connection).
+  start_ceiling
+  LOAD="$SERIAL --new-connections" webhooks serialceilnc "http://127.0.0.1:$PORT_CEIL" --no-check
+  stop_ceiling
+  fresh_pg
+  start_roomd "$PG_URL"
+  LOAD="$SERIAL --new-connections" webhooks serialpgnc "http://127.0.0.1:$PORT_ROOMD" --run "c$rep" --database-url "$PG_URL"
+  stop_roomd
   rm -f "$WORK"/serial.db*
   start_roomd "sqlite://$WORK/serial.db?mode=rwc"
   LOAD="$SERIAL" webhooks serialsqlite "http://127.0.0.1:$PORT_ROOMD" --run "q$rep" --database-url "sqlite://$WORK/serial.db"
@@ -235,6 +244,8 @@ roomd benchmarks: $(nproc) cores, $REPS repetitions (medians), $ROOMS rooms x $P
 | roomd PostgreSQL at half peak, rooms already live, every event a redelivery | p50 $(med pgwarm.p50) p99 $(med pgwarm.p99) ms | p99 < 5 ms |
 | one room, serial delivery: HTTP ceiling   | $(med serialceil.eps) events/s, p50 $(med serialceil.p50) ms |  |
 | one room, serial delivery: roomd PostgreSQL | $(med serialpg.eps) events/s, p50 $(med serialpg.p50) ms | $(ratio "$(med serialpg.eps)" "$(med serialceil.eps)") of the serial ceiling (>= 0.25) |
+| one room, serial, a new connection per delivery (as LiveKit connects): HTTP ceiling | $(med serialceilnc.eps) events/s, p50 $(med serialceilnc.p50) ms |  |
+| one room, serial, a new connection per delivery: roomd PostgreSQL | $(med serialpgnc.eps) events/s, p50 $(med serialpgnc.p50) ms | $(ratio "$(med serialpgnc.eps)" "$(med serialceilnc.eps)") of that ceiling |
 | one room, serial delivery: roomd SQLite   | $(med serialsqlite.eps) events/s, p50 $(med serialsqlite.p50) ms | $(ratio "$(med serialsqlite.eps)" "$(med serialceil.eps)") of the serial ceiling |
 | roomd GET room (PostgreSQL)               | $(med pg.rps) req/s, p99 $(med pg.rp99) ms | $(ratio "$(med pg.rps)" "$(med ceiling.rps)") of HTTP (>= 0.80) |
 | roomd GET room (SQLite)                   | $(med sqlite.rps) req/s | $(ratio "$(med sqlite.rps)" "$(med ceiling.rps)") of HTTP |

@@ -248,6 +248,11 @@ struct WebhookArgs {
     /// Skip the end checks (for the HTTP-ceiling server).
     #[arg(long)]
     no_check: bool,
+    /// A new connection for every delivery, as LiveKit's notifier makes
+    /// (it closes each answer's body unread, so Go's client does not reuse
+    /// the connection); by default connections are kept alive.
+    #[arg(long)]
+    new_connections: bool,
     /// roomd's process id, to report its resident memory.
     #[arg(long)]
     pid: Option<u32>,
@@ -355,6 +360,7 @@ async fn webhooks(args: WebhookArgs) -> anyhow::Result<()> {
         rate: args.rate,
         give_up: Duration::from_secs_f64(args.give_up_secs),
         signer: args.load.signer(),
+        new_connections: args.new_connections,
     };
     println!(
         "roomd-loadgen run {run}: {} rooms x {} participants, churn {}x{} ({:.0}% reconnects), duplicates {:.0}%, reorder window {}, concurrency {}{}",
@@ -368,7 +374,12 @@ async fn webhooks(args: WebhookArgs) -> anyhow::Result<()> {
         args.load.concurrency,
         args.rate
             .map(|r| format!(", rate {r:.0}/s"))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + if args.new_connections {
+                ", a new connection per delivery"
+            } else {
+                ""
+            },
     );
     let rss_before = args.pid.and_then(rss_mib);
     let (outcome, rooms, elapsed) = webhooks::run(&plan, args.load.rooms(&run)).await;

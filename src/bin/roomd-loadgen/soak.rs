@@ -48,6 +48,7 @@ pub async fn run(soak: Soak) -> anyhow::Result<()> {
             api_key: soak.signer.api_key.clone(),
             api_secret: soak.signer.api_secret.clone(),
         },
+        new_connections: false,
     };
     let mut long: Vec<RoomModel> = (0..soak.long_rooms)
         .map(|i| RoomModel::new(&format!("{}-long", soak.run), i, soak.seed))

@@ -29,6 +29,8 @@ pub struct Plan {
     /// How long one event may keep failing before the run gives up on it.
     pub give_up: Duration,
     pub signer: Signer,
+    /// No connection reused: LiveKit's notifier connects for every delivery.
+    pub new_connections: bool,
 }
 
 /// What the workers saw.
@@ -81,7 +83,11 @@ impl Shared<'_> {
 
 pub async fn run(plan: &Plan, rooms: Vec<RoomModel>) -> (Outcome, Vec<RoomModel>, Duration) {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(plan.concurrency)
+        .pool_max_idle_per_host(if plan.new_connections {
+            0
+        } else {
+            plan.concurrency
+        })
         .timeout(Duration::from_secs(30))
         .build()
         .expect("an HTTP client");
