@@ -12,6 +12,18 @@ use serde::Serialize;
 
 use crate::seed;
 
+/// roomd's clock, to the microsecond. A time the rooms keep is compared
+/// again after a restart, with what the database gave back: PostgreSQL
+/// keeps microseconds and SQLite nanoseconds, so a nanosecond reading made
+/// one backend order a restarted room's events unlike the other (found by
+/// the adversary: a start stored as `.235000967` came back as `.235000`,
+/// and a later event with that millisecond as its creation time turned
+/// from stale to applied). LiveKit's own times are whole milliseconds.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}
+
 /// A short text that many session rows share: a leave reason, a kind this
 /// build does not know. One pointer wide, where an `Arc<str>` is two: a
 /// session's row holds two, and with those 16 bytes it came down an

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::Utc;
-
 use crate::event::Action;
 use crate::livekit::{self, WebhookVerifier, sign_webhook};
 use crate::room::state::{Outcome, RoomState};
@@ -53,7 +51,7 @@ impl Harness {
             sign_webhook(KEY, "not-the-secret", body, Duration::from_secs(60)).expect("signing");
         assert!(self.verifier.verify(Some(&forged), body).is_err());
 
-        let Ok(delivery) = livekit::parse(body, Utc::now()) else {
+        let Ok(delivery) = livekit::parse(body, crate::event::now()) else {
             return;
         };
         let Action::Apply { room, event } = &delivery.action else {

@@ -33,7 +33,7 @@ pub async fn reconcile_once(
     supervisor: &Supervisor,
     service: &RoomService,
 ) -> Result<ReconcileReport, ReconcileError> {
-    let fetched_at = Utc::now();
+    let fetched_at = crate::event::now();
     // On a cluster each node reconciles the rooms it owns.
     let mut live = service.rooms().await?;
     live.retain(|room| supervisor.owns(&room.name));
@@ -63,7 +63,7 @@ pub async fn reconcile_once(
     }
     let mut per_room = futures_util::stream::iter(live)
         .map(|room| async move {
-            let fetched_at = Utc::now();
+            let fetched_at = crate::event::now();
             let name = room.name.clone();
             let truth = service.truth(room).await?;
             Ok::<_, ServiceError>(

@@ -132,7 +132,7 @@ async fn accept(
     let token = authorization.unwrap_or_default();
     let body = state.bodies.read(req, payload, token).await?;
     body_hash.check(&body)?;
-    let delivery = livekit::parse(&body, chrono::Utc::now())?;
+    let delivery = livekit::parse(&body, crate::event::now())?;
     *event = Some(delivery.event.clone());
     let span = tracing::info_span!(
         "webhook",

@@ -250,3 +250,33 @@ async fn sigterm_drains_in_flight_events_and_exits_cleanly() {
     })
     .await;
 }
+
+/// A body without LiveKit's times opens its instance at roomd's clock.
+/// That time must come back from the database as it was kept: PostgreSQL
+/// keeps microseconds, so a nanosecond reading came back different after a
+/// restart, and the restarted room then judged a later event's creation
+/// time against another start than SQLite did (the adversary turned a
+/// `stale` into `applied`, count 1 into 2, on PostgreSQL only).
+#[actix_web::test]
+async fn a_start_read_from_roomds_clock_is_the_same_after_a_restart() {
+    common::on_every_database(async |db| {
+        let first = common::spawn_app(db).await;
+        let mut before = Vec::new();
+        for i in 0..20 {
+            let room = format!("clock-{i}");
+            first
+                .ok(&webhook::joined(&room, &format!("RM_clock_{i}"), "PA_c", "cyd").body())
+                .await;
+            before.push(first.room(&room).await["started_at"].clone());
+        }
+        first.stop().await;
+
+        let second = common::spawn_app(db).await;
+        for (i, started) in before.iter().enumerate() {
+            let after = second.room(&format!("clock-{i}")).await["started_at"].clone();
+            assert_eq!(&after, started, "[{}] clock-{i}", db.backend);
+        }
+        second.stop().await;
+    })
+    .await;
+}

@@ -5,7 +5,6 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use actix::prelude::*;
-use chrono::Utc;
 
 use super::{LiveUpdate, Next, RoomActor};
 use crate::event::label;
@@ -69,7 +68,7 @@ impl Handler<Apply> for RoomActor {
             let mut transition = state.apply(&room, &event, delivery.at());
             // Now, not when the webhook arrived: a reconcile list fetched
             // before this moment may not show the change yet.
-            state.mark_changed(&mut transition, Utc::now());
+            state.mark_changed(&mut transition, crate::event::now());
             transition
         });
         let Some(transition) = applied else {
@@ -138,7 +137,7 @@ impl Handler<Reconcile> for RoomActor {
             let _ = reply.send(Err(RoomError::NotLoaded(self.name.to_string())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
-        let now = Utc::now();
+        let now = crate::event::now();
         let reconciled = guarded(|| {
             let mut next = state.clone();
             next.reconcile(truth.as_ref(), fetched_at, now)
