@@ -72,14 +72,133 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Delivery, ParseE
     let fields = match serde_json::from_slice::<proto::WebhookEvent>(body) {
         Ok(event) => from_proto(event),
         Err(strict) => {
-            let value: Value =
-                serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+            let value = known_fields(body)?;
             let fields = from_json(&value)?;
             tracing::debug!(error = %strict, "livekit-protocol refused the body; applied from its known fields");
             fields
         }
     };
     into_delivery(fields, received_at)
+}
+
+/// The keys [`from_json`] reads: at the top, and inside the objects it
+/// reads (an empty list: the value is kept whole).
+const KNOWN: &[(&str, &[&str])] = &[
+    ("event", &[]),
+    ("id", &[]),
+    ("createdAt", &[]),
+    ("room", &["name", "sid", "creationTime", "creationTimeMs"]),
+    (
+        "participant",
+        &[
+            "sid",
+            "identity",
+            "name",
+            "kind",
+            "joinedAt",
+            "joinedAtMs",
+            "disconnectReason",
+        ],
+    ),
+    ("egressInfo", &["roomName"]),
+    ("ingressInfo", &["roomName"]),
+];
+
+/// The body as JSON with only the [`KNOWN`] keys built; everything else is
+/// skipped as pbjson skips it. serde_json skips without recursing but
+/// builds a `Value` only 128 levels deep, so building the whole body
+/// refused a body pbjson took but for an enum name it did not know, when
+/// a field roomd never reads nested deeper (found by the adversary).
+fn known_fields(body: &[u8]) -> Result<Value, ParseError> {
+    use serde::de::DeserializeSeed;
+    let not_json = |e: serde_json::Error| ParseError::NotJson(e.to_string());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Known::Top.deserialize(&mut de).map_err(not_json)?;
+    de.end().map_err(not_json)?;
+    Ok(value)
+}
+
+/// Where [`known_fields`] is: the body itself, or one of its objects with
+/// the keys read in it.
+#[derive(Clone, Copy)]
+enum Known {
+    Top,
+    Inside(&'static [&'static str]),
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Known {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Known {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let inner = match self {
+                Self::Top => KNOWN
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, inner)| *inner),
+                Self::Inside(keys) => keys.contains(&key.as_str()).then_some(&[][..]),
+            };
+            match inner {
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Some([]) => {
+                    let value = map.next_value::<Value>()?;
+                    object.insert(key, value);
+                }
+                Some(keys) => {
+                    let value = map.next_value_seed(Self::Inside(keys))?;
+                    object.insert(key, value);
+                }
+            }
+        }
+        Ok(Value::Object(object))
+    }
+
+    // Anything but an object, where `from_json` wants one, is refused there
+    // by its type: a placeholder of another type says so, and `null` stays
+    // `null` (an absent field).
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Value::Array(Vec::new()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
 }
 
 fn seconds(s: i64) -> Option<DateTime<Utc>> {
@@ -446,6 +565,41 @@ mod tests {
         ));
         // Without a creation time, the event happened when it arrived.
         assert_eq!(delivery.created_at, None);
+    }
+
+    #[test]
+    fn a_field_roomd_does_not_read_may_nest_deep_when_pbjson_refuses_the_body() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        // `HOLOGRAM` is no kind pbjson knows, so the body goes to the
+        // reader of known fields.
+        let body = format!(
+            r#"{{"event":"participant_joined","id":"EV_deep","extra":{deep},
+                "room":{{"name":"demo","sid":"RM_d","more":{deep}}},
+                "participant":{{"sid":"PA_d","identity":"dee","kind":"HOLOGRAM","more":{deep}}}}}"#
+        );
+        let delivery = parse(body.as_bytes(), now()).expect("applied from the known fields");
+        let Action::Apply { room, event } = delivery.action else {
+            panic!("a join is applied")
+        };
+        assert_eq!(
+            (room.name.as_str(), room.sid.as_deref()),
+            ("demo", Some("RM_d"))
+        );
+        let RoomEvent::ParticipantJoined(p) = event else {
+            panic!("a join")
+        };
+        assert_eq!(&*p.identity, "dee");
+        assert_eq!(p.kind, ParticipantKind::from_name("HOLOGRAM"));
+        // A field roomd reads is still checked for its type.
+        let wrong =
+            br#"{"event":"room_started","room":[{"name":"x"}],"participant":{"kind":"HOLOGRAM"}}"#;
+        assert_eq!(
+            parse(wrong, now()).unwrap_err(),
+            ParseError::WrongType {
+                field: "room",
+                expected: "an object"
+            }
+        );
     }
 
     #[test]
