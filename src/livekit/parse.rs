@@ -100,8 +100,24 @@ const KNOWN: &[(&str, &[&str])] = &[
             "disconnectReason",
         ],
     ),
-    ("egressInfo", &["roomName"]),
+    ("egressInfo", &["roomName", "roomId"]),
     ("ingressInfo", &["roomName"]),
+];
+
+/// protobuf JSON's other spelling of the [`KNOWN`] keys: pbjson takes a
+/// field by its proto name too, so the fallback must (found by the
+/// adversary: `egress_info` applied through pbjson and was refused here).
+const PROTO_NAMES: &[(&str, &str)] = &[
+    ("created_at", "createdAt"),
+    ("creation_time", "creationTime"),
+    ("creation_time_ms", "creationTimeMs"),
+    ("joined_at", "joinedAt"),
+    ("joined_at_ms", "joinedAtMs"),
+    ("disconnect_reason", "disconnectReason"),
+    ("egress_info", "egressInfo"),
+    ("ingress_info", "ingressInfo"),
+    ("room_name", "roomName"),
+    ("room_id", "roomId"),
 ];
 
 /// The body as JSON with only the [`KNOWN`] keys built; everything else is
@@ -144,6 +160,10 @@ impl<'de> serde::de::Visitor<'de> for Known {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            let key = PROTO_NAMES
+                .iter()
+                .find(|(proto, _)| *proto == key)
+                .map_or(key, |(_, json)| (*json).to_owned());
             let inner = match self {
                 Self::Top => KNOWN
                     .iter()
@@ -331,11 +351,17 @@ fn from_json(value: &Value) -> Result<Fields, ParseError> {
             int64(room, "creationTime", "room.creationTime")?,
         );
     }
+    // As `from_proto` chooses: a named room, else egress's room (with its
+    // id as the sid), else ingress's.
     if fields.room_name.is_empty() {
-        for (key, path) in [("egressInfo", "egressInfo"), ("ingressInfo", "ingressInfo")] {
-            if let Some(info) = object(obj, key, path)? {
-                fields.room_name = string(info, "roomName", "roomName")?;
-            }
+        if let Some(egress) = object(obj, "egressInfo", "egressInfo")? {
+            fields.room_name = string(egress, "roomName", "egressInfo.roomName")?;
+            fields.room_sid = string(egress, "roomId", "egressInfo.roomId")?;
+            fields.room_created = None;
+        } else if let Some(ingress) = object(obj, "ingressInfo", "ingressInfo")? {
+            fields.room_name = string(ingress, "roomName", "ingressInfo.roomName")?;
+            fields.room_sid = String::new();
+            fields.room_created = None;
         }
     }
     if let Some(p) = object(obj, "participant", "participant")? {
@@ -565,6 +591,32 @@ mod tests {
         ));
         // Without a creation time, the event happened when it arrived.
         assert_eq!(delivery.created_at, None);
+    }
+
+    /// The fallback reads a body as pbjson does: `STATE` in `body` becomes
+    /// a state pbjson knows, then one it does not (roomd never reads it).
+    #[test]
+    fn the_fallback_reads_what_pbjson_reads() {
+        let bodies = [
+            r#"{"event":"room_started","egress_info":{"room_name":"eg","room_id":"RM_eg"},"participant":{"state":"STATE"}}"#,
+            r#"{"event":"room_started","ingress_info":{"room_name":"in"},"participant":{"state":"STATE"}}"#,
+            r#"{"event":"room_started","egressInfo":{"roomName":"eg","roomId":"RM_eg"},"participant":{"state":"STATE"}}"#,
+            r#"{"event":"room_started","room":{"sid":"RM_a"},"egressInfo":{"roomName":"eg","roomId":"RM_b"},"participant":{"state":"STATE"}}"#,
+            r#"{"event":"room_started","egressInfo":{"roomName":"eg"},"ingressInfo":{"roomName":"in"},"participant":{"state":"STATE"}}"#,
+            r#"{"event":"room_started","egressInfo":{},"ingressInfo":{"roomName":"in"},"participant":{"state":"STATE"}}"#,
+            r#"{"event":"participant_left","id":"EV_1","created_at":"1700000000","room":{"name":"r","sid":"RM_r","creation_time":"1699999000","creation_time_ms":"1699999000123"},"participant":{"sid":"PA_1","identity":"i","state":"STATE","joined_at":"1699999500","joined_at_ms":"1699999500456","disconnect_reason":"CLIENT_INITIATED"}}"#,
+        ];
+        for body in bodies {
+            let known = parse(body.replace("STATE", "ACTIVE").as_bytes(), now());
+            let unknown = parse(body.replace("STATE", "SOMETHING_NEW").as_bytes(), now());
+            assert_eq!(known, unknown, "{body}");
+            // Only an empty egress room names no room, through both.
+            assert_eq!(
+                known.is_ok(),
+                !body.contains(r#""egressInfo":{}"#),
+                "{body}"
+            );
+        }
     }
 
     #[test]
