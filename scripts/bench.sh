@@ -136,6 +136,18 @@ seeded() { # $1 = label, $2 = database URL: rebuild SEED_ROOMS x SEED_PEOPLE at 
   stop_roomd
 }
 
+SERIAL="--rooms 1 --participants $SERIAL_PEOPLE --churn 0 --concurrency 1 --duplicates 0"
+serial() { # $1 = label suffix, $2 = run name prefix, rest = more loadgen flags; the ceiling, then roomd on PostgreSQL
+  local suffix=$1 run=$2; shift 2
+  start_ceiling
+  LOAD="$SERIAL $*" webhooks "serialceil$suffix" "http://127.0.0.1:$PORT_CEIL" --no-check
+  stop_ceiling
+  fresh_pg
+  start_roomd "$PG_URL"
+  LOAD="$SERIAL $*" webhooks "serialpg$suffix" "http://127.0.0.1:$PORT_ROOMD" --run "$run$rep" --database-url "$PG_URL"
+  stop_roomd
+}
+
 for rep in $(seq 1 "$REPS"); do
   echo "repetition $rep/$REPS" >&2
   # The HTTP ceiling: verify + parse only.
@@ -166,23 +178,10 @@ for rep in $(seq 1 "$REPS"); do
 
   # One room under LiveKit's serial delivery: each event waits for the
   # previous answer, so the room's rate is 1/latency.
-  SERIAL="--rooms 1 --participants $SERIAL_PEOPLE --churn 0 --concurrency 1 --duplicates 0"
-  start_ceiling
-  LOAD="$SERIAL" webhooks serialceil "http://127.0.0.1:$PORT_CEIL" --no-check
-  stop_ceiling
-  fresh_pg
-  start_roomd "$PG_URL"
-  LOAD="$SERIAL" webhooks serialpg "http://127.0.0.1:$PORT_ROOMD" --run "q$rep" --database-url "$PG_URL"
-  stop_roomd
+  serial "" q
   # The same, connecting for every delivery as LiveKit's notifier does (it
   # closes each answer unread, so Go's client does not reuse the connection).
-  start_ceiling
-  LOAD="$SERIAL --new-connections" webhooks serialceilnc "http://127.0.0.1:$PORT_CEIL" --no-check
-  stop_ceiling
-  fresh_pg
-  start_roomd "$PG_URL"
-  LOAD="$SERIAL --new-connections" webhooks serialpgnc "http://127.0.0.1:$PORT_ROOMD" --run "c$rep" --database-url "$PG_URL"
-  stop_roomd
+  serial nc c --new-connections
   rm -f "$WORK"/serial.db*
   start_roomd "sqlite://$WORK/serial.db?mode=rwc"
   LOAD="$SERIAL" webhooks serialsqlite "http://127.0.0.1:$PORT_ROOMD" --run "q$rep" --database-url "sqlite://$WORK/serial.db"
