@@ -82,7 +82,7 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Delivery, ParseE
 }
 
 /// The keys [`from_json`] reads: at the top, and inside the objects it
-/// reads (an empty list: the value is kept whole).
+/// reads (an empty list: a string, a number or `null`, kept as it is).
 const KNOWN: &[(&str, &[&str])] = &[
     ("event", &[]),
     ("id", &[]),
@@ -175,10 +175,10 @@ impl<'de> serde::de::Visitor<'de> for Known {
                 None => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
-                Some([]) => {
-                    let value = map.next_value::<Value>()?;
-                    object.insert(key, value);
-                }
+                // A value roomd reads whole is a string, a number or null:
+                // built as a `Value`, a deep array there was refused as
+                // "not JSON: recursion limit exceeded". Skipped, it gets its
+                // placeholder and `from_json` names the field and its type.
                 Some(keys) => {
                     let value = map.next_value_seed(Self::Inside(keys))?;
                     object.insert(key, value);
@@ -188,9 +188,10 @@ impl<'de> serde::de::Visitor<'de> for Known {
         Ok(Value::Object(object))
     }
 
-    // Anything but an object, where `from_json` wants one, is refused there
-    // by its type: a placeholder of another type says so, and `null` stays
-    // `null` (an absent field).
+    // Anything but an object where `from_json` wants one, or an object or
+    // an array where it wants a string or a number, is refused there by its
+    // type: a placeholder of that type says so, and `null` stays `null`
+    // (an absent field).
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
         Ok(Value::Array(Vec::new()))
@@ -273,13 +274,30 @@ fn from_proto(e: proto::WebhookEvent) -> Fields {
     }
 }
 
+/// The key `path` ends with. Every read of `from_json` goes through here,
+/// so a field read there but not kept by [`known_fields`] (missing from
+/// [`KNOWN`]) fails the first test that reads it, instead of being dropped
+/// without a word on the fallback path.
+fn key_of(path: &'static str) -> &'static str {
+    debug_assert!(
+        match path.split_once('.') {
+            None => KNOWN.iter().any(|(key, _)| *key == path),
+            Some((outer, inner)) => KNOWN
+                .iter()
+                .any(|(key, keys)| *key == outer && keys.contains(&inner)),
+        },
+        "`{path}` is read by from_json but not in KNOWN"
+    );
+    path.rsplit('.').next().unwrap_or(path)
+}
+
 /// Reads one field of an object: absent and `null` are `None`.
 fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
-fn string(obj: &Map<String, Value>, key: &str, path: &'static str) -> Result<String, ParseError> {
-    match field(obj, key) {
+fn string(obj: &Map<String, Value>, path: &'static str) -> Result<String, ParseError> {
+    match field(obj, key_of(path)) {
         None => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(ParseError::WrongType {
@@ -291,12 +309,12 @@ fn string(obj: &Map<String, Value>, key: &str, path: &'static str) -> Result<Str
 
 /// protobuf JSON sends 64-bit integers as strings; hand-written bodies (the
 /// seed's curl test) as numbers. Both are fine.
-fn int64(obj: &Map<String, Value>, key: &str, path: &'static str) -> Result<i64, ParseError> {
+fn int64(obj: &Map<String, Value>, path: &'static str) -> Result<i64, ParseError> {
     let wrong = || ParseError::WrongType {
         field: path,
         expected: "an integer or a string of digits",
     };
-    match field(obj, key) {
+    match field(obj, key_of(path)) {
         None => Ok(0),
         Some(Value::Number(n)) => n.as_i64().ok_or_else(wrong),
         Some(Value::String(s)) => s.trim().parse().map_err(|_| wrong()),
@@ -306,10 +324,9 @@ fn int64(obj: &Map<String, Value>, key: &str, path: &'static str) -> Result<i64,
 
 fn object<'a>(
     obj: &'a Map<String, Value>,
-    key: &str,
     path: &'static str,
 ) -> Result<Option<&'a Map<String, Value>>, ParseError> {
-    match field(obj, key) {
+    match field(obj, key_of(path)) {
         None => Ok(None),
         Some(Value::Object(o)) => Ok(Some(o)),
         Some(_) => Err(ParseError::WrongType {
@@ -320,12 +337,8 @@ fn object<'a>(
 }
 
 /// An enum sent by name (protobuf JSON) or by number.
-fn enum_name(
-    obj: &Map<String, Value>,
-    key: &str,
-    path: &'static str,
-) -> Result<Option<Value>, ParseError> {
-    match field(obj, key) {
+fn enum_name(obj: &Map<String, Value>, path: &'static str) -> Result<Option<Value>, ParseError> {
+    match field(obj, key_of(path)) {
         None => Ok(None),
         Some(v @ (Value::String(_) | Value::Number(_))) => Ok(Some(v.clone())),
         Some(_) => Err(ParseError::WrongType {
@@ -338,53 +351,53 @@ fn enum_name(
 fn from_json(value: &Value) -> Result<Fields, ParseError> {
     let obj = value.as_object().ok_or(ParseError::NotAnObject)?;
     let mut fields = Fields {
-        event: string(obj, "event", "event")?,
-        id: string(obj, "id", "id")?,
-        created_at: int64(obj, "createdAt", "createdAt")?,
+        event: string(obj, "event")?,
+        id: string(obj, "id")?,
+        created_at: int64(obj, "createdAt")?,
         ..Default::default()
     };
-    if let Some(room) = object(obj, "room", "room")? {
-        fields.room_name = string(room, "name", "room.name")?;
-        fields.room_sid = string(room, "sid", "room.sid")?;
+    if let Some(room) = object(obj, "room")? {
+        fields.room_name = string(room, "room.name")?;
+        fields.room_sid = string(room, "room.sid")?;
         fields.room_created = millis_or_seconds(
-            int64(room, "creationTimeMs", "room.creationTimeMs")?,
-            int64(room, "creationTime", "room.creationTime")?,
+            int64(room, "room.creationTimeMs")?,
+            int64(room, "room.creationTime")?,
         );
     }
     // As `from_proto` chooses: a named room, else egress's room (with its
     // id as the sid), else ingress's.
     if fields.room_name.is_empty() {
-        if let Some(egress) = object(obj, "egressInfo", "egressInfo")? {
-            fields.room_name = string(egress, "roomName", "egressInfo.roomName")?;
-            fields.room_sid = string(egress, "roomId", "egressInfo.roomId")?;
+        if let Some(egress) = object(obj, "egressInfo")? {
+            fields.room_name = string(egress, "egressInfo.roomName")?;
+            fields.room_sid = string(egress, "egressInfo.roomId")?;
             fields.room_created = None;
-        } else if let Some(ingress) = object(obj, "ingressInfo", "ingressInfo")? {
-            fields.room_name = string(ingress, "roomName", "ingressInfo.roomName")?;
+        } else if let Some(ingress) = object(obj, "ingressInfo")? {
+            fields.room_name = string(ingress, "ingressInfo.roomName")?;
             fields.room_sid = String::new();
             fields.room_created = None;
         }
     }
-    if let Some(p) = object(obj, "participant", "participant")? {
-        let kind = enum_name(p, "kind", "participant.kind")?.map(|v| match v {
+    if let Some(p) = object(obj, "participant")? {
+        let kind = enum_name(p, "participant.kind")?.map(|v| match v {
             Value::Number(n) => ParticipantKind::from_number(n.as_i64().unwrap_or(-1)),
             Value::String(s) => ParticipantKind::from_name(&s),
             _ => ParticipantKind::standard(),
         });
-        let disconnect_reason = enum_name(p, "disconnectReason", "participant.disconnectReason")?
-            .and_then(|v| match v {
+        let disconnect_reason =
+            enum_name(p, "participant.disconnectReason")?.and_then(|v| match v {
                 Value::Number(n) => disconnect_reason_name(n.as_i64().unwrap_or(0) as i32),
                 // An empty name is no reason, as LiveKit's 0 is (`participant_left`).
                 Value::String(s) if !s.is_empty() && s != "UNKNOWN_REASON" => Some(s),
                 _ => None,
             });
         fields.participant = Some(ParticipantFields {
-            sid: string(p, "sid", "participant.sid")?,
-            identity: string(p, "identity", "participant.identity")?,
-            name: string(p, "name", "participant.name")?,
+            sid: string(p, "participant.sid")?,
+            identity: string(p, "participant.identity")?,
+            name: string(p, "participant.name")?,
             kind,
             joined_at: millis_or_seconds(
-                int64(p, "joinedAtMs", "participant.joinedAtMs")?,
-                int64(p, "joinedAt", "participant.joinedAt")?,
+                int64(p, "participant.joinedAtMs")?,
+                int64(p, "participant.joinedAt")?,
             ),
             disconnect_reason,
         });
@@ -652,6 +665,43 @@ mod tests {
                 expected: "an object"
             }
         );
+    }
+
+    /// Deep nesting where roomd reads a string is the wrong type, and the
+    /// answer says which field (it said "not JSON: recursion limit").
+    #[test]
+    fn a_deep_value_where_roomd_reads_a_string_is_refused_by_its_field() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let deep_object = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        for (body, field) in [
+            (
+                format!(r#"{{"event":"room_started","room":{{"name":{deep}}}}}"#),
+                "room.name",
+            ),
+            (
+                format!(
+                    r#"{{"event":"participant_joined","room":{{"name":"r"}},"participant":{{"identity":{deep_object},"kind":"HOLOGRAM"}}}}"#
+                ),
+                "participant.identity",
+            ),
+            (format!(r#"{{"event":{deep}}}"#), "event"),
+        ] {
+            assert_eq!(
+                parse(body.as_bytes(), now()).unwrap_err(),
+                ParseError::WrongType {
+                    field,
+                    expected: "a string"
+                },
+                "{body}"
+            );
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "not in KNOWN")]
+    fn a_field_read_but_not_kept_by_the_fallback_fails_loudly() {
+        key_of("room.metadata");
     }
 
     #[test]
