@@ -341,6 +341,9 @@ impl Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomTruth {
     pub room: RoomRef,
+    /// When (roomd's clock, taken before ListRooms) LiveKit listed `room`:
+    /// its sid is LiveKit's as of then, the participants as of later.
+    pub listed_at: DateTime<Utc>,
     /// The participants LiveKit lists as ACTIVE.
     pub participants: Vec<ParticipantRef>,
 }

@@ -34,6 +34,7 @@ pub async fn reconcile_once(
     service: &RoomService,
 ) -> Result<ReconcileReport, ReconcileError> {
     let fetched_at = crate::event::now();
+    let listed_at = fetched_at;
     // On a cluster each node reconciles the rooms it owns.
     let mut live = service.rooms().await?;
     live.retain(|room| supervisor.owns(&room.name));
@@ -65,7 +66,7 @@ pub async fn reconcile_once(
         .map(|room| async move {
             let fetched_at = crate::event::now();
             let name = room.name.clone();
-            let truth = service.truth(room).await?;
+            let truth = service.truth(room, listed_at).await?;
             Ok::<_, ServiceError>(
                 supervisor
                     .reconcile_room(&name, Some(truth), fetched_at)

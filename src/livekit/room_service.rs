@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use livekit_api::services::room::RoomClient;
 use livekit_protocol as proto;
 
@@ -48,7 +50,11 @@ impl RoomService {
 
     /// Who is in `room` now. ListParticipants also lists participants still
     /// connecting; only ACTIVE ones count, as webhooks only report those.
-    pub async fn truth(&self, room: RoomRef) -> Result<RoomTruth, ServiceError> {
+    pub async fn truth(
+        &self,
+        room: RoomRef,
+        listed_at: DateTime<Utc>,
+    ) -> Result<RoomTruth, ServiceError> {
         let participants = self
             .client
             .list_participants(&room.name)
@@ -57,6 +63,7 @@ impl RoomService {
         let active = i32::from(proto::participant_info::State::Active);
         Ok(RoomTruth {
             room,
+            listed_at,
             participants: participants
                 .into_iter()
                 .filter(|p| p.state == active && !p.identity.is_empty())

@@ -374,6 +374,19 @@ impl Instance {
     }
 }
 
+/// Where an event comes from, for the one rule that differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Webhook,
+    /// LiveKit's RoomService lists the room, as of a fetch taken after the
+    /// room last changed: it is the live instance, whatever its creation
+    /// time says. Two LiveKit nodes' clocks can disagree, so a room created
+    /// after another, on a node whose clock is behind, looks older (found
+    /// by the adversary: reconciliation never left an instance whose
+    /// `room_finished` was lost, created on a node 60 s ahead).
+    Listed,
+}
+
 /// Everything roomd knows about one room name: the newest instance and the
 /// sids of the finished ones, with when they ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -469,14 +482,19 @@ impl RoomState {
     }
 
     /// An instance that reconciliation ended comes back when LiveKit shows
-    /// it is live after all: a webhook that happened after the end (other
-    /// than its `room_finished`), or LiveKit listing it again.
+    /// it is live after all: a join or `room_started` that happened after
+    /// the end, or LiveKit listing it again. A leave does not: it brings
+    /// nobody in, and reviving on it showed a live room with nobody in that
+    /// LiveKit did not have, until the next round (found by the adversary).
     fn revives(&self, sid: &str, event: &RoomEvent, at: DateTime<Utc>) -> bool {
         self.current.as_ref().is_some_and(|cur| {
             cur.room.sid.as_deref() == Some(sid)
                 && cur.room.end_reason.as_deref().map(String::as_str)
                     == Some(EndReason::Reconciled.as_str())
-                && !matches!(event, RoomEvent::RoomFinished)
+                && matches!(
+                    event,
+                    RoomEvent::RoomStarted | RoomEvent::ParticipantJoined(_)
+                )
                 && cur.room.ended_at.is_some_and(|ended| at > ended)
         })
     }
@@ -494,6 +512,16 @@ impl RoomState {
 
     /// Applies one event that happened at `at` (LiveKit's clock).
     pub fn apply(&mut self, room: &RoomRef, event: &RoomEvent, at: DateTime<Utc>) -> Transition {
+        self.apply_as(room, event, at, Source::Webhook)
+    }
+
+    fn apply_as(
+        &mut self,
+        room: &RoomRef,
+        event: &RoomEvent,
+        at: DateTime<Utc>,
+        source: Source,
+    ) -> Transition {
         let mut changes = Changes::default();
         let stale = |room_id| Transition {
             outcome: Outcome::Stale,
@@ -520,8 +548,11 @@ impl RoomState {
                 // A sid roomd has not seen: LiveKit never has two live rooms
                 // of one name, so it is either a newer instance or a late
                 // event of an older one. Its creation time tells which, also
-                // against an instance opened from sid-less bodies.
-                _ if room.created_at.unwrap_or(at) < cur.room.started_at => {
+                // against an instance opened from sid-less bodies. LiveKit's
+                // own list needs no telling: what it lists is live.
+                _ if source == Source::Webhook
+                    && room.created_at.unwrap_or(at) < cur.room.started_at =>
+                {
                     return stale(None);
                 }
                 Some(_) => false,

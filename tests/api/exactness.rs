@@ -123,6 +123,88 @@ async fn a_room_that_reconcile_ended_comes_back_when_livekit_shows_it_live() {
     .await;
 }
 
+// From the adversary: a leave dated after reconciliation ended a room
+// brings nobody in, so it does not revive the room (it showed a live room
+// with nobody in, which LiveKit did not have, until the next round).
+#[actix_web::test]
+async fn a_late_leave_does_not_revive_a_room_that_reconcile_ended() {
+    common::on_every_database(async |db| {
+        let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        app.ok(&webhook::joined("gone", "RM_gone", "PA_d", "dave").body())
+            .await;
+        app.reconcile_now().await.expect("reconcile");
+        assert_eq!(app.room("gone").await["status"], "ended");
+        let leave = app
+            .ok(&webhook::left("gone", "RM_gone", "PA_d", "dave")
+                .at(now_secs() + 2)
+                .body())
+            .await;
+        assert_eq!(leave["outcome"], "stale", "[{}] {leave}", db.backend);
+        let view = app.room("gone").await;
+        assert_eq!(view["status"], "ended", "[{}] {view}", db.backend);
+        let (_, rooms) = app.get("/v1/rooms").await;
+        assert!(
+            !rooms.to_string().contains("\"gone\""),
+            "[{}] {rooms}",
+            db.backend
+        );
+        app.stop().await;
+        livekit.stop().await;
+    })
+    .await;
+}
+
+// From the adversary: LiveKit's nodes' clocks can disagree. A room created
+// on a node 60 s ahead, whose `room_finished` was lost, was followed by the
+// name's next room, created on a node on time: by creation times the next
+// room looked older, so its webhooks were stale and reconciliation, which
+// weighed LiveKit's list by the same rule, never left the finished room.
+#[actix_web::test]
+async fn livekits_list_replaces_an_instance_dated_ahead_of_the_listed_one() {
+    common::on_every_database(async |db| {
+        let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        let ahead = now_secs() + 60;
+        app.ok(&created(
+            webhook::joined("skew", "RM_ahead", "PA_s", "sam"),
+            ahead,
+            ahead,
+        )
+        .body())
+            .await;
+        livekit.set_room(
+            "skew",
+            "RM_now",
+            vec![active("PA_t", "tom"), active("PA_u", "ula")],
+        );
+        app.reconcile_now().await.expect("reconcile");
+        let view = app.room("skew").await;
+        assert_eq!(view["sid"], "RM_now", "[{}] {view}", db.backend);
+        assert_eq!(view["participant_count"], 2, "[{}] {view}", db.backend);
+
+        // The listed room's own webhooks apply; the old one's are stale.
+        let now = now_secs();
+        let join = app
+            .ok(&created(webhook::joined("skew", "RM_now", "PA_v", "vic"), now, now).body())
+            .await;
+        assert_eq!(join["outcome"], "applied", "[{}] {join}", db.backend);
+        let late = app
+            .ok(&created(
+                webhook::joined("skew", "RM_ahead", "PA_w", "wes"),
+                ahead,
+                ahead + 1,
+            )
+            .body())
+            .await;
+        assert_eq!(late["outcome"], "stale", "[{}] {late}", db.backend);
+        assert_eq!(app.count("skew").await, 3);
+        app.stop().await;
+        livekit.stop().await;
+    })
+    .await;
+}
+
 // From the adversary: a leave LiveKit sent is final, also one whose
 // `disconnectReason` spells reconciliation's own marker; reconciliation
 // reopened it while LiveKit still listed the session.

@@ -482,6 +482,7 @@ proptest! {
                 // LiveKit's list as of now: who is open.
                 truth = Some(roomd::event::RoomTruth {
                     room: room.clone(),
+                    listed_at: fetched_at,
                     participants: state.current().map(|c| {
                         c.open_sessions().map(|s| ParticipantRef {
                             sid: s.sid.clone(),
@@ -700,4 +701,60 @@ fn an_event_dated_ahead_does_not_make_history_look_old() {
     );
     assert_eq!(late.outcome, Outcome::Ignored);
     assert_eq!(state.current().unwrap().participant_count(), 2);
+}
+
+/// LiveKit's list names the live instance only as of when it was listed:
+/// the participants are fetched later, room by room. A room that moved on
+/// to a new instance in between must not be taken back to the listed one
+/// by the list (a listed sid wins over creation times only for a room
+/// that has not changed since it was listed).
+#[test]
+fn a_listing_older_than_the_rooms_last_change_does_not_take_it_back() {
+    let bob = ParticipantRef {
+        sid: Some("PA_b".into()),
+        identity: "bob".into(),
+        kind: ParticipantKind::standard(),
+        name: None,
+        joined_at: None,
+    };
+    let instance = |sid: &str, created: i64| RoomRef {
+        name: NAME.into(),
+        sid: Some(sid.into()),
+        created_at: Some(t(created)),
+    };
+    // roomd's clock.
+    let clock = |secs: i64| t(90_000 + secs);
+    for listed_after_the_change in [false, true] {
+        let mut state = RoomState::new(NAME);
+        let mut joined = state.apply(
+            &instance("RM_new", 200),
+            &RoomEvent::ParticipantJoined(bob.clone()),
+            t(201),
+        );
+        state.mark_changed(&mut joined, clock(10));
+        // Listed: an instance roomd never heard of, created before RM_new.
+        let truth = roomd::event::RoomTruth {
+            room: instance("RM_old", 100),
+            listed_at: clock(if listed_after_the_change { 11 } else { 9 }),
+            participants: Vec::new(),
+        };
+        state.reconcile(Some(&truth), clock(12), clock(13));
+        let sid = state
+            .current()
+            .unwrap()
+            .record()
+            .sid
+            .as_deref()
+            .map(str::to_owned);
+        let expected = if listed_after_the_change {
+            "RM_old"
+        } else {
+            "RM_new"
+        };
+        assert_eq!(
+            sid.as_deref(),
+            Some(expected),
+            "listed after the change: {listed_after_the_change}"
+        );
+    }
 }

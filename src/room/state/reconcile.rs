@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Changes, EndReason, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord,
-    Transition,
+    Source, Transition,
 };
 use crate::event::RoomTruth;
 
@@ -113,7 +113,17 @@ impl RoomState {
         };
 
         let before = self.current.as_ref().map(|c| (c.room.id, c.is_active()));
-        let mut transition = self.apply(&truth.room, &RoomEvent::RoomStarted, at);
+        // A room that changed after LiveKit listed it may have moved on from
+        // the listed instance: then the listing is weighed as a webhook is.
+        let source = if self
+            .changed_at()
+            .is_some_and(|changed| changed >= truth.listed_at)
+        {
+            Source::Webhook
+        } else {
+            Source::Listed
+        };
+        let mut transition = self.apply_as(&truth.room, &RoomEvent::RoomStarted, at, source);
         if transition.outcome == Outcome::Stale {
             return (transition, corrections);
         }
