@@ -18,6 +18,17 @@ fn t(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
 }
 
+/// A standard participant with a sid, as LiveKit's webhooks name one.
+fn person(sid: &str, identity: &str) -> ParticipantRef {
+    ParticipantRef {
+        sid: Some(sid.into()),
+        identity: identity.into(),
+        kind: ParticipantKind::standard(),
+        name: None,
+        joined_at: None,
+    }
+}
+
 fn room() -> RoomRef {
     RoomRef {
         name: NAME.into(),
@@ -275,13 +286,7 @@ fn a_restore_of_an_ended_room_keeps_its_late_events_stale() {
     let room = room();
     let mut state = RoomState::new(NAME);
     let mut db = Db::default();
-    let alice = ParticipantRef {
-        sid: Some("PA_a".into()),
-        identity: "alice".into(),
-        kind: ParticipantKind::standard(),
-        name: None,
-        joined_at: None,
-    };
+    let alice = person("PA_a", "alice");
     for (event, at) in [
         (RoomEvent::ParticipantJoined(alice.clone()), t(1)),
         (RoomEvent::RoomFinished, t(5)),
@@ -519,13 +524,6 @@ proptest! {
 #[test]
 fn history_is_forgotten_against_the_rooms_newest_event_and_the_current_instance_never() {
     let room = room();
-    let person = |sid: &str, who: &str| ParticipantRef {
-        sid: Some(sid.into()),
-        identity: who.into(),
-        kind: ParticipantKind::standard(),
-        name: None,
-        joined_at: None,
-    };
     let mut state = RoomState::new(NAME);
     // Years ago on roomd's clock, as replayed or skewed events may be.
     state.apply(
@@ -710,13 +708,7 @@ fn an_event_dated_ahead_does_not_make_history_look_old() {
 /// that has not changed since it was listed).
 #[test]
 fn a_listing_older_than_the_rooms_last_change_does_not_take_it_back() {
-    let bob = ParticipantRef {
-        sid: Some("PA_b".into()),
-        identity: "bob".into(),
-        kind: ParticipantKind::standard(),
-        name: None,
-        joined_at: None,
-    };
+    let bob = person("PA_b", "bob");
     let instance = |sid: &str, created: i64| RoomRef {
         name: NAME.into(),
         sid: Some(sid.into()),
