@@ -205,6 +205,40 @@ async fn livekits_list_replaces_an_instance_dated_ahead_of_the_listed_one() {
     .await;
 }
 
+// LiveKit's list wins over creation times only for a room that has not
+// changed since ListRooms answered: a list that arrives after the room
+// moved on to a new instance must not take it back to the listed one.
+#[actix_web::test]
+async fn a_listing_that_arrives_after_the_room_moved_on_does_not_take_it_back() {
+    common::on_every_database(async |db| {
+        let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        livekit.set_room("moved", "RM_listed", vec![active("PA_x", "xena")]);
+        livekit.hold();
+        let before = livekit.requests();
+        let round = app.spawn_reconcile();
+        until("ListRooms asked", async || livekit.requests() > before).await;
+        // LiveKit's answer (RM_listed) is fixed now; the name moves on to a
+        // newer instance before it arrives.
+        let later = now_secs() + 5;
+        app.ok(&created(
+            webhook::joined("moved", "RM_next", "PA_n", "nia"),
+            later,
+            later,
+        )
+        .body())
+            .await;
+        livekit.release();
+        round.await.unwrap().expect("reconcile");
+        let view = app.room("moved").await;
+        assert_eq!(view["sid"], "RM_next", "[{}] {view}", db.backend);
+        assert_eq!(view["participant_count"], 1, "[{}] {view}", db.backend);
+        app.stop().await;
+        livekit.stop().await;
+    })
+    .await;
+}
+
 // From the adversary: a leave LiveKit sent is final, also one whose
 // `disconnectReason` spells reconciliation's own marker; reconciliation
 // reopened it while LiveKit still listed the session.
