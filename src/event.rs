@@ -252,14 +252,16 @@ pub enum LeaveReason {
 impl LeaveReason {
     pub fn as_string(&self) -> Label {
         match self {
-            // Reconciliation finds the sessions it closed by this text, and
-            // reopens them while LiveKit lists them: a leave LiveKit sent
-            // must never read as one (LiveKit has no such reason; a
-            // hand-made body can spell it).
+            // Reconciliation finds the sessions roomd closed by these
+            // texts, and reopens them while LiveKit lists them: a leave
+            // LiveKit sent must never read as one (LiveKit has no such
+            // reasons; a hand-made body can spell them).
             Self::Left(Some(reason))
-                if reason.eq_ignore_ascii_case(EndReason::Reconciled.as_str()) =>
+                if [EndReason::Reconciled, EndReason::Replaced]
+                    .iter()
+                    .any(|why| reason.eq_ignore_ascii_case(why.as_str())) =>
             {
-                label("left_reconciled")
+                label(&format!("left_{}", reason.to_ascii_lowercase()))
             }
             Self::Left(Some(reason)) => label(&reason.to_ascii_lowercase()),
             Self::Left(None) => label("participant_left"),

@@ -205,6 +205,13 @@ pub struct SessionChange {
 }
 
 impl Changes {
+    /// Puts `earlier`'s rows before these, in the order they were made.
+    pub fn prepend(&mut self, mut earlier: Changes) {
+        earlier.rooms.append(&mut self.rooms);
+        earlier.sessions.append(&mut self.sessions);
+        *self = earlier;
+    }
+
     /// `row`, of the room instance `room_id`, is to be written.
     pub fn session(&mut self, room_id: Uuid, row: &Arc<SessionRecord>) {
         self.sessions.push(SessionChange {

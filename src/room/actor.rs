@@ -414,14 +414,14 @@ impl RoomActor {
         record: EventRecord,
         reply: oneshot::Sender<T>,
         done: impl FnOnce(&mut Self, Result<Committed, RoomError>) -> (T, Option<LiveUpdate>) + 'static,
-    ) -> AtomicResponse<Self, ()> {
+    ) -> ResponseActFuture<Self, ()> {
         let writer = self.parts.writer.clone();
         let changed = !transition.changes.is_empty();
         let outcome = transition.outcome;
         let changes = transition.changes;
         let fence = self.fence;
         let commit = async move { writer.commit(record, changes, fence).await };
-        AtomicResponse::new(Box::pin(commit.into_actor(self).map(
+        Box::pin(commit.into_actor(self).map(
             move |committed, act, ctx| {
                 let mut fenced = false;
                 let keep = match &committed {
@@ -476,7 +476,7 @@ impl RoomActor {
                 }
                 let _ = reply.send(answer);
             },
-        )))
+        ))
     }
 }
 

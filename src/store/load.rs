@@ -97,8 +97,10 @@ fn session_record(
 }
 
 /// The instance now or last live under each of `names`: the active one if
-/// any (the actor keeps at most one), else the newest. One query for the
-/// whole list, returning one row per name however long its history.
+/// any (the actor keeps at most one), else the one roomd wrote last (the
+/// last to end: an instance reconciliation brought back after a newer one
+/// is newer than its creation says). One query for the whole list,
+/// returning one row per name however long its history.
 pub async fn find_latest_rooms(
     db: &impl ConnectionTrait,
     names: &[&str],
@@ -115,7 +117,7 @@ pub async fn find_latest_rooms(
         .collect();
     let sql = format!(
         "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY livekit_name \
-         ORDER BY CASE WHEN status = '{ACTIVE}' THEN 0 ELSE 1 END, created_at DESC, started_at DESC) AS latest \
+         ORDER BY CASE WHEN status = '{ACTIVE}' THEN 0 ELSE 1 END, updated_at DESC, created_at DESC, started_at DESC) AS latest \
          FROM rooms WHERE livekit_name IN ({})) AS candidates WHERE latest = 1",
         params.join(", ")
     );
@@ -186,6 +188,40 @@ pub async fn load_room(
     let Some(room) = find_latest_rooms(db, &[name]).await?.pop() else {
         return Ok(StoredRoom::default());
     };
+    Ok(StoredRoom {
+        latest: Some(with_sessions(db, room, horizon).await?),
+        ended_sids: ended_sids(db, vec![name.to_owned()], horizon)
+            .await?
+            .into_iter()
+            .map(|(_, ended)| ended)
+            .collect(),
+    })
+}
+
+/// The instance LiveKit names `sid`, with the sessions an actor keeps
+/// (see [`load_room`]): what reconciliation needs to bring an ended
+/// instance back.
+pub async fn load_instance(
+    db: &impl ConnectionTrait,
+    sid: &str,
+    horizon: DateTime<Utc>,
+) -> Result<Option<(RoomRecord, Vec<SessionRecord>)>, StoreError> {
+    let Some(room) = rooms::Entity::find()
+        .filter(rooms::Column::LivekitSid.eq(sid))
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(with_sessions(db, room_record(room)?, horizon).await?))
+}
+
+/// `room` with the sessions an actor keeps of it.
+async fn with_sessions(
+    db: &impl ConnectionTrait,
+    room: RoomRecord,
+    horizon: DateTime<Utc>,
+) -> Result<(RoomRecord, Vec<SessionRecord>), StoreError> {
     let sessions = load_sessions(
         db,
         Condition::all().add(participants::Column::RoomId.eq(room.id)),
@@ -195,14 +231,7 @@ pub async fn load_room(
     .into_iter()
     .map(|(_, session)| session)
     .collect();
-    Ok(StoredRoom {
-        latest: Some((room, sessions)),
-        ended_sids: ended_sids(db, vec![name.to_owned()], horizon)
-            .await?
-            .into_iter()
-            .map(|(_, ended)| ended)
-            .collect(),
-    })
+    Ok((room, sessions))
 }
 
 /// A page of the active rooms, and where the next one starts (`None` after

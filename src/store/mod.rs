@@ -15,7 +15,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 
 pub use load::{
     ActivePage, active_room_names, active_rooms_page, find_latest_rooms, load_active_rooms,
-    load_room, open_counts_by_kind,
+    load_instance, load_room, open_counts_by_kind,
 };
 pub use retention::delete_audit_before;
 pub use writer::{FenceOwner, Writer};

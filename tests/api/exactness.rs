@@ -239,6 +239,112 @@ async fn a_listing_that_arrives_after_the_room_moved_on_does_not_take_it_back() 
     .await;
 }
 
+// From the adversary: once roomd ended an instance (replaced by another
+// sid, or by reconciliation), LiveKit listing it could never bring it
+// back, so one wrong turn lost the live room for good. Three ways in, each
+// repaired by the next round that lists the live instance:
+// - a listing that lags, naming an older instance roomd never saw;
+// - a late webhook of such an instance, dated ahead by a skewed clock;
+// - a round that ended the room, then a sid-less join that opened another.
+#[actix_web::test]
+async fn an_instance_roomd_ended_comes_back_when_livekit_lists_it() {
+    common::on_every_database(async |db| {
+        let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        let now = now_secs();
+        for (room, sid) in [("lag", "RM_lag2"), ("ahead", "RM_ahead2")] {
+            for (p, who) in [("PA_b", "bob"), ("PA_c", "carol")] {
+                app.ok(&created(webhook::joined(room, sid, p, who), now, now).body())
+                    .await;
+            }
+            livekit.set_room(
+                room,
+                sid,
+                vec![active("PA_b", "bob"), active("PA_c", "carol")],
+            );
+        }
+        // A listing that lags: an older instance, never seen, with alice.
+        livekit.set_room("lag", "RM_lag1", vec![active("PA_a", "alice")]);
+        app.reconcile_now().await.expect("reconcile");
+        assert_eq!(app.room("lag").await["sid"], "RM_lag1");
+        // A late webhook of an instance dated 40 s ahead.
+        let ahead = now + 40;
+        let late = app
+            .ok(&created(
+                webhook::joined("ahead", "RM_ahead1", "PA_a", "alice"),
+                ahead,
+                ahead,
+            )
+            .body())
+            .await;
+        assert_eq!(late["outcome"], "applied", "[{}] {late}", db.backend);
+        assert_eq!(app.room("ahead").await["sid"], "RM_ahead1");
+        // A round ends "sidless", then a sid-less join opens another instance.
+        app.ok(&webhook::joined("sidless", "RM_s", "PA_a", "alice").body())
+            .await;
+        app.reconcile_now().await.expect("reconcile");
+        app.ok(&webhook::joined("sidless", "", "", "carol").body())
+            .await;
+
+        livekit.set_room(
+            "lag",
+            "RM_lag2",
+            vec![active("PA_b", "bob"), active("PA_c", "carol")],
+        );
+        livekit.set_room(
+            "sidless",
+            "RM_s",
+            vec![active("PA_a", "alice"), active("PA_c", "carol")],
+        );
+        app.reconcile_now().await.expect("reconcile");
+        for (room, sid, count) in [
+            ("lag", "RM_lag2", 2),
+            ("ahead", "RM_ahead2", 2),
+            ("sidless", "RM_s", 2),
+        ] {
+            let view = app.room(room).await;
+            assert_eq!(view["sid"], sid, "[{}] {view}", db.backend);
+            assert_eq!(view["status"], "active", "[{}] {view}", db.backend);
+            assert_eq!(view["participant_count"], count, "[{}] {view}", db.backend);
+        }
+        // Each room follows its live instance's webhooks again; the
+        // instance that took its place for a while is over.
+        let dave = app
+            .ok(&created(
+                webhook::joined("lag", "RM_lag2", "PA_d", "dave"),
+                now,
+                now + 1,
+            )
+            .body())
+            .await;
+        assert_eq!(dave["outcome"], "applied", "[{}] {dave}", db.backend);
+        let old = app
+            .ok(&created(
+                webhook::joined("ahead", "RM_ahead1", "PA_e", "erin"),
+                ahead,
+                ahead + 1,
+            )
+            .body())
+            .await;
+        assert_eq!(old["outcome"], "stale", "[{}] {old}", db.backend);
+        assert_eq!(app.count("lag").await, 3);
+        assert_eq!(app.count("ahead").await, 2);
+        // Once over, the room shows the instance that was live last, also
+        // after a restart (by creation it is the older of the two).
+        app.ok(&created(webhook::room_finished("lag", "RM_lag2"), now, now + 2).body())
+            .await;
+        livekit.remove_room("lag");
+        let before = app.room("lag").await;
+        assert_eq!(before["sid"], "RM_lag2", "[{}] {before}", db.backend);
+        app.stop().await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        assert_eq!(app.room("lag").await, before, "[{}]", db.backend);
+        app.stop().await;
+        livekit.stop().await;
+    })
+    .await;
+}
+
 // From the adversary: a leave LiveKit sent is final, also one whose
 // `disconnectReason` spells reconciliation's own marker; reconciliation
 // reopened it while LiveKit still listed the session.

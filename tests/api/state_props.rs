@@ -509,7 +509,7 @@ proptest! {
             state = RoomState::restore(NAME, db.stored());
         }
         let before = state.clone();
-        let result = state.reconcile(truth.as_ref(), fetched_at, clock(events.len() + 1));
+        let result = state.reconcile(truth.as_ref(), fetched_at, clock(events.len() + 1), None);
         if changed_after_fetch {
             prop_assert!(result.is_none(), "a list older than the room was applied");
             prop_assert_eq!(&state, &before);
@@ -730,7 +730,7 @@ fn a_listing_older_than_the_rooms_last_change_does_not_take_it_back() {
             listed_at: clock(if listed_after_the_change { 11 } else { 9 }),
             participants: Vec::new(),
         };
-        state.reconcile(Some(&truth), clock(12), clock(13));
+        state.reconcile(Some(&truth), clock(12), clock(13), None);
         let sid = state
             .current()
             .unwrap()

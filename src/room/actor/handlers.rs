@@ -82,7 +82,7 @@ impl Handler<Apply> for RoomActor {
             EventRecord::of_delivery(&delivery, transition.room_id, transition.outcome.as_str());
         let outcome = transition.outcome;
         let span = span.clone();
-        self.commit(Next::InPlace, transition, record, reply, move |act, committed| {
+        let commit = self.commit(Next::InPlace, transition, record, reply, move |act, committed| {
             let _request = span.enter();
             // The event is handled: it no longer counts against the
             // in-flight bound, whatever became of its request.
@@ -118,14 +118,15 @@ impl Handler<Apply> for RoomActor {
                 });
             }
             (result, update)
-        })
+        });
+        AtomicResponse::new(commit)
     }
 }
 
 impl Handler<Reconcile> for RoomActor {
     type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: Reconcile, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Reconcile, _ctx: &mut Self::Context) -> Self::Result {
         let Reconcile {
             truth,
             fetched_at,
@@ -137,20 +138,70 @@ impl Handler<Reconcile> for RoomActor {
             let _ = reply.send(Err(RoomError::NotLoaded(self.name.to_string())));
             return AtomicResponse::new(Box::pin(fut::ready(())));
         };
+        // An ended instance LiveKit lists is brought back from its rows,
+        // read before the next message is handled.
+        let load = state.listed_ended_sid(truth.as_ref()).map(|sid| {
+            let db = self.parts.db.clone();
+            let sid = sid.to_owned();
+            let horizon = self.parts.lifecycle.horizon();
+            let deadline = self.parts.lifecycle.load_timeout;
+            async move {
+                tokio::time::timeout(deadline, crate::store::load_instance(&db, &sid, horizon))
+                    .await
+                    .unwrap_or(Err(crate::store::StoreError::TimedOut(deadline)))
+            }
+        });
+        let loaded = async move {
+            match load {
+                Some(load) => Some(load.await),
+                None => None,
+            }
+        };
+        AtomicResponse::new(Box::pin(loaded.into_actor(self).then(
+            move |loaded, act, ctx| {
+                let ended = match loaded {
+                    Some(Ok(ended)) => ended,
+                    Some(Err(err)) => {
+                        // This round leaves the instance ended; the next one tries again.
+                        tracing::warn!(room = %act.name, error = %err, "cannot load the ended instance LiveKit lists");
+                        None
+                    }
+                    None => None,
+                };
+                act.reconcile_with(truth, fetched_at, ended, reply, ctx)
+            },
+        )))
+    }
+}
+
+impl RoomActor {
+    fn reconcile_with(
+        &mut self,
+        truth: Option<crate::event::RoomTruth>,
+        fetched_at: chrono::DateTime<chrono::Utc>,
+        ended: Option<crate::room::state::StoredInstance>,
+        reply: tokio::sync::oneshot::Sender<Result<Reconciled, RoomError>>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ()> {
+        let Some(state) = &self.state else {
+            let _ = reply.send(Err(RoomError::NotLoaded(self.name.to_string())));
+            return Box::pin(fut::ready(()));
+        };
         let now = crate::event::now();
         let reconciled = guarded(|| {
             let mut next = state.clone();
-            next.reconcile(truth.as_ref(), fetched_at, now)
-                .map(|(mut transition, corrections)| {
+            next.reconcile(truth.as_ref(), fetched_at, now, ended).map(
+                |(mut transition, corrections)| {
                     next.mark_changed(&mut transition, now);
                     (next, transition, corrections)
-                })
+                },
+            )
         });
         let Some(reconciled) = reconciled else {
             tracing::error!(room = %self.name, "room state machine panicked in reconcile; restarting the room");
             self.restart(ctx);
             let _ = reply.send(Err(RoomError::Crashed(self.name.to_string())));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
+            return Box::pin(fut::ready(()));
         };
         let Some((next, transition, corrections)) = reconciled else {
             // The room changed after LiveKit's list was fetched.
@@ -160,12 +211,12 @@ impl Handler<Reconcile> for RoomActor {
             // as after a commit: whoever sees the answer sees it parked.
             self.park_if_quiet(ctx);
             let _ = reply.send(Ok(Reconciled::Skipped));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
+            return Box::pin(fut::ready(()));
         };
         if corrections.is_empty() {
             self.park_if_quiet(ctx);
             let _ = reply.send(Ok(Reconciled::Corrected(corrections)));
-            return AtomicResponse::new(Box::pin(fut::ready(())));
+            return Box::pin(fut::ready(()));
         }
         let sid = truth.as_ref().and_then(|t| t.room.sid.clone());
         let record = EventRecord::of_reconcile(

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{
-    Changes, EndReason, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey, SessionRecord,
-    Source, Transition,
+    Changes, EndReason, Instance, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey,
+    SessionRecord, Source, Transition,
 };
 use crate::event::RoomTruth;
+use crate::record::{RoomRecord, RoomStatus};
 
 /// One change reconciliation made because a webhook was lost.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -53,16 +54,49 @@ impl CorrectionKind {
     }
 }
 
+/// An ended instance, as stored, with its sessions.
+pub type StoredInstance = (RoomRecord, Vec<SessionRecord>);
+
 impl RoomState {
+    /// The sid of an instance roomd ended that LiveKit lists as live, when
+    /// the listing is LiveKit's word (the room has not changed since):
+    /// reconciliation brings it back ([`reconcile`](Self::reconcile)'s
+    /// `ended`), which needs its rows from the database. Only an instance
+    /// that is no longer current: the current one comes back without them.
+    pub fn listed_ended_sid<'a>(&self, truth: Option<&'a RoomTruth>) -> Option<&'a str> {
+        let truth = truth?;
+        let sid = truth.room.sid.as_deref()?;
+        let current = self.current.as_ref().and_then(|c| c.room.sid.as_deref());
+        (self.ended_sids.contains_key(sid)
+            && current != Some(sid)
+            && self.source_of(truth) == Source::Listed)
+            .then_some(sid)
+    }
+
+    /// How a listing weighs (see [`Source::Listed`]): as LiveKit's word,
+    /// unless the room changed after ListRooms answered.
+    fn source_of(&self, truth: &RoomTruth) -> Source {
+        if self
+            .changed_at()
+            .is_some_and(|changed| changed >= truth.listed_at)
+        {
+            Source::Webhook
+        } else {
+            Source::Listed
+        }
+    }
+
     /// Makes the room agree with LiveKit's RoomService (`truth`; `None` when
     /// LiveKit does not have the room), fetched at `fetched_at` (roomd's
     /// clock). `None` when the room changed since: the list may be older
-    /// than the room, and the next round decides.
+    /// than the room, and the next round decides. `ended` is the stored
+    /// instance [`listed_ended_sid`](Self::listed_ended_sid) named, if any.
     pub fn reconcile(
         &mut self,
         truth: Option<&RoomTruth>,
         fetched_at: DateTime<Utc>,
         at: DateTime<Utc>,
+        ended: Option<StoredInstance>,
     ) -> Option<(Transition, Vec<Correction>)> {
         if self
             .changed_at()
@@ -70,13 +104,48 @@ impl RoomState {
         {
             return None;
         }
-        Some(self.reconcile_fresh(truth, at))
+        Some(self.reconcile_fresh(truth, at, ended))
+    }
+
+    /// Makes `stored`, an instance roomd replaced or reconciliation ended,
+    /// the current one again, ending the one that took its place: LiveKit
+    /// lists it, and LiveKit never has two live rooms under one name. Its
+    /// sessions that roomd closed come back below if LiveKit lists them.
+    /// An instance LiveKit finished stays finished (a listing right after
+    /// `room_finished` is LiveKit's lag). False when nothing changed.
+    fn reinstate(
+        &mut self,
+        (mut room, sessions): StoredInstance,
+        sid: &str,
+        at: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> bool {
+        let ended_by_roomd = [EndReason::Replaced, EndReason::Reconciled]
+            .iter()
+            .any(|why| room.end_reason.as_deref().map(String::as_str) == Some(why.as_str()));
+        if room.sid.as_deref() != Some(sid) || room.name != self.name || !ended_by_roomd {
+            return false;
+        }
+        if let Some(old) = self.current.as_mut().filter(|cur| cur.is_active()) {
+            old.end(at, EndReason::Replaced, changes);
+            changes.rooms.push(old.room.clone());
+        }
+        self.ended_sids
+            .extend(self.current.as_ref().and_then(Instance::ended_sid));
+        self.ended_sids.remove(sid);
+        room.name = self.name.clone();
+        room.status = RoomStatus::Active;
+        room.ended_at = None;
+        room.end_reason = None;
+        self.current = Some(Instance::restore(room, sessions));
+        true
     }
 
     fn reconcile_fresh(
         &mut self,
         truth: Option<&RoomTruth>,
         at: DateTime<Utc>,
+        ended: Option<StoredInstance>,
     ) -> (Transition, Vec<Correction>) {
         let mut corrections = Vec::new();
         let name = self.name.clone();
@@ -112,21 +181,22 @@ impl RoomState {
             );
         };
 
-        let before = self.current.as_ref().map(|c| (c.room.id, c.is_active()));
+        let mut before = self.current.as_ref().map(|c| (c.room.id, c.is_active()));
         // A room that changed after LiveKit listed it may have moved on from
         // the listed instance: then the listing is weighed as a webhook is.
-        let source = if self
-            .changed_at()
-            .is_some_and(|changed| changed >= truth.listed_at)
+        let source = self.source_of(truth);
+        let mut reinstated = Changes::default();
+        if let (Some(stored), Some(sid)) = (ended, self.listed_ended_sid(Some(truth)))
+            && self.reinstate(stored, sid, at, &mut reinstated)
         {
-            Source::Webhook
-        } else {
-            Source::Listed
-        };
+            let back = self.current.as_ref().expect("just reinstated");
+            before = Some((back.room.id, false));
+        }
         let mut transition = self.apply_as(&truth.room, &RoomEvent::RoomStarted, at, source);
         if transition.outcome == Outcome::Stale {
             return (transition, corrections);
         }
+        transition.changes.prepend(reinstated);
         let instance = self.current.as_mut().expect("apply selected an instance");
         match before {
             Some((id, false)) if id == instance.room.id => {
@@ -144,13 +214,15 @@ impl RoomState {
         let reconciled = LeaveReason::Reconciled.as_string();
         let room_id = instance.room.id;
         for session in instance.sessions.sorted_mut() {
-            // Only a reconciliation's own closing is undone: a leave LiveKit
-            // sent is final, even while its list still shows the session.
-            let wrongly_closed = session.leave_reason() == Some(&reconciled)
-                && session
-                    .sid
-                    .as_deref()
-                    .is_some_and(|sid| listed.contains(sid));
+            // Only roomd's own closing is undone (by reconciliation, or by
+            // ending an instance LiveKit lists again): a leave LiveKit sent
+            // is final, even while its list still shows the session.
+            let wrongly_closed = session.leave_reason().is_some_and(|why| {
+                *why == reconciled || why.as_str() == EndReason::Replaced.as_str()
+            }) && session
+                .sid
+                .as_deref()
+                .is_some_and(|sid| listed.contains(sid));
             if wrongly_closed {
                 Arc::make_mut(session).reopen();
                 changes.session(room_id, session);
