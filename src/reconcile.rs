@@ -66,22 +66,39 @@ pub async fn reconcile_once(
         .map(|room| async move {
             let fetched_at = crate::event::now();
             let name = room.name.clone();
-            let truth = service.truth(room, listed_at).await?;
-            Ok::<_, ServiceError>(
-                supervisor
+            let truth = service.truth(room, listed_at).await;
+            match truth {
+                Ok(truth) => Ok(supervisor
                     .reconcile_room(&name, Some(truth), fetched_at)
-                    .await,
-            )
+                    .await),
+                Err(err) => Err((name, err)),
+            }
         })
         .buffer_unordered(CONCURRENT_ROOMS);
+    // A room whose participants cannot be listed (gone since ListRooms, or
+    // a LiveKit node's leftover) is skipped, not the round: one such room
+    // kept every room after it from being reconciled (found by the
+    // adversary). LiveKit down fails the round at ListRooms instead.
+    let mut unlisted = Vec::new();
     while let Some(result) = per_room.next().await {
-        results.push(result?);
+        match result {
+            Ok(result) => results.push(result),
+            Err(failed) => unlisted.push(failed),
+        }
+    }
+    if let Some((name, err)) = unlisted.first() {
+        tracing::warn!(
+            rooms = unlisted.len(),
+            room = %name,
+            error = %crate::telemetry::chain(err),
+            "LiveKit could not list some rooms' participants; they wait for the next round"
+        );
     }
 
     let mut report = ReconcileReport {
         finished_at: Utc::now(),
         rooms_checked: checked,
-        rooms_skipped: 0,
+        rooms_skipped: unlisted.len(),
         corrections: Vec::new(),
         error: None,
     };

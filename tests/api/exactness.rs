@@ -345,6 +345,55 @@ async fn an_instance_roomd_ended_comes_back_when_livekit_lists_it() {
     .await;
 }
 
+// From the adversary: sessions without sids (the seed's bodies) were never
+// closed by reconciliation, and one room whose participants LiveKit could
+// not list stopped the round for every room after it.
+#[actix_web::test]
+async fn reconcile_closes_sid_less_sessions_and_skips_a_room_it_cannot_list() {
+    common::on_every_database(async |db| {
+        let livekit = FakeLiveKit::start(common::KEY, common::SECRET).await;
+        let app = common::spawn_with_livekit(db, &livekit).await;
+        for who in ["alice", "bob"] {
+            app.ok(&webhook::joined("seedish", "", "", who).body())
+                .await;
+        }
+        livekit.set_room("seedish", "RM_q", vec![active("PA_b", "bob")]);
+        // Listed first by name, and its participants cannot be listed.
+        livekit.set_room("aaa", "RM_aaa", vec![active("PA_x", "xena")]);
+        livekit.vanish("aaa");
+        for i in 0..20 {
+            livekit.set_room(
+                &format!("lost{i:02}"),
+                &format!("RM_l{i}"),
+                vec![active("PA_y", "yan")],
+            );
+        }
+        let report = app.reconcile_now().await.expect("reconcile");
+        assert_eq!(report.rooms_skipped, 1, "{report:?}");
+        let view = app.room("seedish").await;
+        assert_eq!(view["participant_count"], 1, "[{}] {view}", db.backend);
+        let (_, people) = app.get("/v1/rooms/seedish/participants").await;
+        assert!(
+            !people.to_string().contains("alice"),
+            "[{}] {people}",
+            db.backend
+        );
+        for i in 0..20 {
+            assert_eq!(
+                app.count(&format!("lost{i:02}")).await,
+                1,
+                "[{}] lost{i:02}",
+                db.backend
+            );
+        }
+        let (status, _) = app.get("/v1/rooms/aaa").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "[{}]", db.backend);
+        app.stop().await;
+        livekit.stop().await;
+    })
+    .await;
+}
+
 // From the adversary: a leave LiveKit sent is final, also one whose
 // `disconnectReason` spells reconciliation's own marker; reconciliation
 // reopened it while LiveKit still listed the session.

@@ -210,6 +210,7 @@ impl RoomState {
             .iter()
             .filter_map(|p| p.sid.as_deref())
             .collect();
+        let people: HashSet<&str> = truth.participants.iter().map(|p| &*p.identity).collect();
         let changes = &mut transition.changes;
         let reconciled = LeaveReason::Reconciled.as_string();
         let room_id = instance.room.id;
@@ -229,11 +230,14 @@ impl RoomState {
                 corrections.push(correction(CorrectionKind::SessionReopened, Some(&*session)));
                 continue;
             }
+            // A session without a sid (the seed's bodies) is the person's:
+            // gone when LiveKit lists nobody by that identity (found by the
+            // adversary: such sessions were never closed).
             let gone = session.is_open()
-                && session
-                    .sid
-                    .as_deref()
-                    .is_some_and(|sid| !listed.contains(sid));
+                && match session.sid.as_deref() {
+                    Some(sid) => !listed.contains(sid),
+                    None => !people.contains(&*session.identity),
+                };
             if gone {
                 Arc::make_mut(session).close(at, reconciled.clone());
                 changes.session(room_id, session);

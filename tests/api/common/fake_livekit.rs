@@ -16,6 +16,9 @@ use prost::Message;
 #[derive(Default)]
 struct Truth {
     unreachable: bool,
+    /// Rooms ListRooms lists whose ListParticipants answers `not_found`, as
+    /// LiveKit does for a room gone since it listed it.
+    vanishing: std::collections::BTreeSet<String>,
     rooms: BTreeMap<String, (proto::Room, Vec<proto::ParticipantInfo>)>,
 }
 
@@ -151,7 +154,11 @@ fn answer(req: &HttpRequest, method: &str, body: &[u8], shared: &Shared) -> Http
                     "needs roomAdmin for the room",
                 );
             }
-            match truth.rooms.get(&request.room) {
+            match truth
+                .rooms
+                .get(&request.room)
+                .filter(|_| !truth.vanishing.contains(&request.room))
+            {
                 Some((_, participants)) => encode(
                     &proto::ListParticipantsResponse {
                         participants: participants.clone(),
@@ -227,6 +234,11 @@ impl FakeLiveKit {
             .unwrap()
             .rooms
             .insert(name.into(), (room, participants));
+    }
+
+    /// `name` stays in ListRooms, but ListParticipants no longer finds it.
+    pub fn vanish(&self, name: &str) {
+        self.truth.lock().unwrap().vanishing.insert(name.into());
     }
 
     pub fn remove_room(&self, name: &str) {
