@@ -234,6 +234,15 @@ impl EndReason {
             Self::Reconciled => "reconciled",
         }
     }
+
+    /// Whether `text` names an end roomd decides itself (an instance
+    /// replaced, or ended by reconciliation), as against LiveKit's
+    /// `room_finished`: what roomd closed, LiveKit listing it again undoes.
+    pub fn is_roomds(text: &str) -> bool {
+        [Self::Replaced, Self::Reconciled]
+            .iter()
+            .any(|why| text.eq_ignore_ascii_case(why.as_str()))
+    }
 }
 
 /// Why a session ended.
@@ -256,11 +265,7 @@ impl LeaveReason {
             // texts, and reopens them while LiveKit lists them: a leave
             // LiveKit sent must never read as one (LiveKit has no such
             // reasons; a hand-made body can spell them).
-            Self::Left(Some(reason))
-                if [EndReason::Reconciled, EndReason::Replaced]
-                    .iter()
-                    .any(|why| reason.eq_ignore_ascii_case(why.as_str())) =>
-            {
+            Self::Left(Some(reason)) if EndReason::is_roomds(reason) => {
                 label(&format!("left_{}", reason.to_ascii_lowercase()))
             }
             Self::Left(Some(reason)) => label(&reason.to_ascii_lowercase()),

@@ -225,12 +225,15 @@ impl Changes {
     }
 }
 
+/// A room instance as stored, with the sessions an actor keeps of it.
+pub type StoredInstance = (RoomRecord, Vec<SessionRecord>);
+
 /// Everything the store keeps about one room name that its actor needs
 /// to rebuild itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredRoom {
     /// The newest instance under the name, with all of its sessions.
-    pub latest: Option<(RoomRecord, Vec<SessionRecord>)>,
+    pub latest: Option<StoredInstance>,
     /// Sids of the ended instances under the name, with when they ended:
     /// their late events are stale.
     pub ended_sids: Vec<(String, DateTime<Utc>)>,

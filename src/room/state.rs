@@ -32,7 +32,7 @@ use crate::seed::HashMap;
 
 mod reconcile;
 mod sessions;
-pub use reconcile::{Correction, CorrectionKind, StoredInstance};
+pub use reconcile::{Correction, CorrectionKind};
 use sessions::{SessionKey, Sessions};
 
 /// What applying an event did.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::StoreError;
 use super::entity::{participants, rooms};
 use crate::event::{ParticipantKind, label};
-use crate::record::{RoomRecord, RoomStatus, SessionRecord, StoredRoom};
+use crate::record::{RoomRecord, RoomStatus, SessionRecord, StoredInstance, StoredRoom};
 
 /// `rooms.status` as the writer stores it.
 const ACTIVE: &str = RoomStatus::Active.as_str();
@@ -205,7 +205,7 @@ pub async fn load_instance(
     db: &impl ConnectionTrait,
     sid: &str,
     horizon: DateTime<Utc>,
-) -> Result<Option<(RoomRecord, Vec<SessionRecord>)>, StoreError> {
+) -> Result<Option<StoredInstance>, StoreError> {
     let Some(room) = rooms::Entity::find()
         .filter(rooms::Column::LivekitSid.eq(sid))
         .one(db)
@@ -221,7 +221,7 @@ async fn with_sessions(
     db: &impl ConnectionTrait,
     room: RoomRecord,
     horizon: DateTime<Utc>,
-) -> Result<(RoomRecord, Vec<SessionRecord>), StoreError> {
+) -> Result<StoredInstance, StoreError> {
     let sessions = load_sessions(
         db,
         Condition::all().add(participants::Column::RoomId.eq(room.id)),

@@ -151,12 +151,7 @@ impl Handler<Reconcile> for RoomActor {
                     .unwrap_or(Err(crate::store::StoreError::TimedOut(deadline)))
             }
         });
-        let loaded = async move {
-            match load {
-                Some(load) => Some(load.await),
-                None => None,
-            }
-        };
+        let loaded = futures_util::future::OptionFuture::from(load);
         AtomicResponse::new(Box::pin(loaded.into_actor(self).then(
             move |loaded, act, ctx| {
                 let ended = match loaded {
@@ -179,7 +174,7 @@ impl RoomActor {
         &mut self,
         truth: Option<crate::event::RoomTruth>,
         fetched_at: chrono::DateTime<chrono::Utc>,
-        ended: Option<crate::room::state::StoredInstance>,
+        ended: Option<crate::record::StoredInstance>,
         reply: tokio::sync::oneshot::Sender<Result<Reconciled, RoomError>>,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, ()> {

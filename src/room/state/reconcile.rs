@@ -12,7 +12,7 @@ use super::{
     SessionRecord, Source, Transition,
 };
 use crate::event::RoomTruth;
-use crate::record::{RoomRecord, RoomStatus};
+use crate::record::{RoomStatus, StoredInstance};
 
 /// One change reconciliation made because a webhook was lost.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -53,9 +53,6 @@ impl CorrectionKind {
         }
     }
 }
-
-/// An ended instance, as stored, with its sessions.
-pub type StoredInstance = (RoomRecord, Vec<SessionRecord>);
 
 impl RoomState {
     /// The sid of an instance roomd ended that LiveKit lists as live, when
@@ -120,9 +117,10 @@ impl RoomState {
         at: DateTime<Utc>,
         changes: &mut Changes,
     ) -> bool {
-        let ended_by_roomd = [EndReason::Replaced, EndReason::Reconciled]
-            .iter()
-            .any(|why| room.end_reason.as_deref().map(String::as_str) == Some(why.as_str()));
+        let ended_by_roomd = room
+            .end_reason
+            .as_deref()
+            .is_some_and(|why| EndReason::is_roomds(why));
         if room.sid.as_deref() != Some(sid) || room.name != self.name || !ended_by_roomd {
             return false;
         }
@@ -218,12 +216,13 @@ impl RoomState {
             // Only roomd's own closing is undone (by reconciliation, or by
             // ending an instance LiveKit lists again): a leave LiveKit sent
             // is final, even while its list still shows the session.
-            let wrongly_closed = session.leave_reason().is_some_and(|why| {
-                *why == reconciled || why.as_str() == EndReason::Replaced.as_str()
-            }) && session
-                .sid
-                .as_deref()
-                .is_some_and(|sid| listed.contains(sid));
+            let wrongly_closed = session
+                .leave_reason()
+                .is_some_and(|why| EndReason::is_roomds(why))
+                && session
+                    .sid
+                    .as_deref()
+                    .is_some_and(|sid| listed.contains(sid));
             if wrongly_closed {
                 Arc::make_mut(session).reopen();
                 changes.session(room_id, session);
