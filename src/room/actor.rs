@@ -26,7 +26,7 @@ use super::messages::RoomError;
 use super::published::{Published, Slot};
 use super::registry;
 use super::snapshot::{Counters, LastEvent, RoomSnapshot, RoomView};
-use super::state::{Outcome, RoomState, Transition};
+use super::state::{Outcome, RoomState, Touched, Transition};
 use crate::event::Label;
 use crate::metrics::Metrics;
 use crate::record::StoredRoom;
@@ -110,6 +110,8 @@ pub struct RoomActor {
     recent: VecDeque<Arc<LastEvent>>,
     /// When this actor last committed a change (webhook or reconcile).
     last_change: registry::Moment,
+    /// Who changed lately, so a busy room can still be reconciled.
+    touched: Touched,
     counters: Counters,
     started_at: DateTime<Utc>,
     /// When this actor last told the registry it may retire.
@@ -143,6 +145,7 @@ impl RoomActor {
             parts: parts.clone(),
             recent: VecDeque::new(),
             last_change: registry::Moment::now(),
+            touched: Touched::default(),
             counters: Counters::default(),
             started_at: Utc::now(),
             retire_at: None,
@@ -226,6 +229,10 @@ impl RoomActor {
             parts: self.parts.clone(),
             recent: std::mem::take(&mut self.recent),
             last_change: self.last_change,
+            // A parked room is quiet: what changed before it parked is
+            // not worth its memory (a list fetched before that waits for
+            // the next round, as every list did before there was this log).
+            touched: Touched::default(),
             counters: self.counters,
             started_at: self.started_at,
             retire_at: self.retire_at,
@@ -394,6 +401,7 @@ impl RoomActor {
         if let Some(state) = &mut self.state {
             state.forget_older_than(history, Utc::now());
         }
+        self.touched.forget(crate::event::now());
     }
 
     /// The one path from "the state machine said X" to "committed,

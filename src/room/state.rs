@@ -32,7 +32,7 @@ use crate::seed::HashMap;
 
 mod reconcile;
 mod sessions;
-pub use reconcile::{Correction, CorrectionKind};
+pub use reconcile::{Correction, CorrectionKind, Touched};
 use sessions::{SessionKey, Sessions};
 
 /// What applying an event did.

@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use roomd::event::{LeaveReason, ParticipantKind, ParticipantRef, RoomEvent, RoomRef};
 use roomd::record::{RoomRecord, RoomStatus, SessionChange, SessionRecord, StoredRoom};
-use roomd::room::state::RoomState;
+use roomd::room::state::{RoomState, Touched};
 use uuid::Uuid;
 
 const NAME: &str = "prop-room";
@@ -509,12 +509,114 @@ proptest! {
             state = RoomState::restore(NAME, db.stored());
         }
         let before = state.clone();
-        let result = state.reconcile(truth.as_ref(), fetched_at, clock(events.len() + 1), None);
+        // An actor that starts afresh knows nothing of who changed lately.
+        let result = state.reconcile(
+            truth.as_ref(),
+            fetched_at,
+            clock(events.len() + 1),
+            None,
+            &Touched::default(),
+        );
         if changed_after_fetch {
             prop_assert!(result.is_none(), "a list older than the room was applied");
             prop_assert_eq!(&state, &before);
         }
     }
+
+    /// A room that changes while its list is fetched (a busy one changes
+    /// during every fetch) is still reconciled: the people nobody touched
+    /// since the fetch end as LiveKit listed them, whatever webhooks of
+    /// theirs were lost before it, and the others are left as they were.
+    #[test]
+    fn a_busy_room_is_reconciled_for_everyone_who_did_not_change_since_the_fetch(
+        (scenario, lost, fetch_after) in scenario().prop_flat_map(|s| {
+            let n = s.ordered().len();
+            (Just(s), prop::collection::vec(prop::bool::weighted(0.3), n), 0..=n)
+        })
+    ) {
+        let events = scenario.ordered();
+        let room = room();
+        let clock = |i: usize| t(50_000 + i as i64);
+        let fetched_at = clock(fetch_after) - chrono::Duration::milliseconds(500);
+        // LiveKit: every event, in order, up to the fetch.
+        let mut livekit = RoomState::new(NAME);
+        for (event, at) in &events[..fetch_after] {
+            livekit.apply(&room, event, *at);
+        }
+        prop_assume!(livekit.is_active());
+        let truth = roomd::event::RoomTruth {
+            room: room.clone(),
+            listed_at: fetched_at,
+            participants: open_refs(&livekit),
+        };
+        // roomd: some webhooks before the fetch lost, all after it delivered.
+        let mut state = RoomState::new(NAME);
+        let mut touched = Touched::default();
+        let mut busy = BTreeSet::new();
+        let mut changed_before_fetch = false;
+        for (i, (event, at)) in events.iter().enumerate() {
+            if i < fetch_after && lost[i] {
+                continue;
+            }
+            let mut transition = state.apply(&room, event, *at);
+            state.mark_changed(&mut transition, clock(i));
+            touched.record(&transition, clock(i));
+            if transition.outcome == Outcome::Applied {
+                changed_before_fetch |= i < fetch_after;
+                if let (true, Some(p)) = (i >= fetch_after, event.participant()) {
+                    busy.insert(p.identity.to_string());
+                }
+            }
+        }
+        let before = open_by_identity(&state);
+        let result = state.reconcile(Some(&truth), fetched_at, clock(events.len() + 1), None, &touched);
+        if !(state.is_active() && changed_before_fetch) {
+            // Ended since the fetch, or nothing to tell the list's age by.
+            return Ok(());
+        }
+        prop_assert!(result.is_some(), "a busy room was not reconciled");
+        let after = open_by_identity(&state);
+        let listed = open_by_identity(&livekit);
+        for identity in (0..4).map(|i| format!("person-{i}")) {
+            let (now, expected) = if busy.contains(&identity) {
+                (after.get(&identity), before.get(&identity))
+            } else {
+                (after.get(&identity), listed.get(&identity))
+            };
+            prop_assert_eq!(now, expected, "{} (busy: {})", identity, busy.contains(&identity));
+        }
+        let people = after.values().filter(|sids| !sids.is_empty()).count();
+        prop_assert_eq!(state.current().unwrap().participant_count(), people);
+    }
+}
+
+/// The open sessions of a room, as LiveKit's list would give them.
+fn open_refs(state: &RoomState) -> Vec<ParticipantRef> {
+    state
+        .current()
+        .map(|c| {
+            c.open_sessions()
+                .map(|s| ParticipantRef {
+                    sid: s.sid.clone(),
+                    identity: s.identity.clone(),
+                    kind: s.kind.clone(),
+                    name: None,
+                    joined_at: s.joined_at(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each person's open sids (people with none left out).
+fn open_by_identity(state: &RoomState) -> BTreeMap<String, BTreeSet<String>> {
+    let mut open: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for s in state.current().into_iter().flat_map(|c| c.open_sessions()) {
+        open.entry(s.identity.to_string())
+            .or_default()
+            .insert(s.sid.as_deref().unwrap_or("").to_owned());
+    }
+    open
 }
 
 /// Forgetting is measured on LiveKit's clock, against the room's newest
@@ -730,7 +832,13 @@ fn a_listing_older_than_the_rooms_last_change_does_not_take_it_back() {
             listed_at: clock(if listed_after_the_change { 11 } else { 9 }),
             participants: Vec::new(),
         };
-        state.reconcile(Some(&truth), clock(12), clock(13), None);
+        state.reconcile(
+            Some(&truth),
+            clock(12),
+            clock(13),
+            None,
+            &Touched::default(),
+        );
         let sid = state
             .current()
             .unwrap()

@@ -52,6 +52,7 @@ impl Handler<Apply> for RoomActor {
         } = msg;
         slot.take();
         let _request = span.enter();
+        let touched = &mut self.touched;
         let Some(state) = &mut self.state else {
             // Only reachable if loading failed; the actor is stopping.
             let _ = reply.send(Err(RoomError::NotLoaded(self.name.to_string())));
@@ -68,7 +69,9 @@ impl Handler<Apply> for RoomActor {
             let mut transition = state.apply(&room, &event, delivery.at());
             // Now, not when the webhook arrived: a reconcile list fetched
             // before this moment may not show the change yet.
-            state.mark_changed(&mut transition, crate::event::now());
+            let now = crate::event::now();
+            state.mark_changed(&mut transition, now);
+            touched.record(&transition, now);
             transition
         });
         let Some(transition) = applied else {
@@ -183,14 +186,15 @@ impl RoomActor {
             return Box::pin(fut::ready(()));
         };
         let now = crate::event::now();
+        let touched = &mut self.touched;
         let reconciled = guarded(|| {
             let mut next = state.clone();
-            next.reconcile(truth.as_ref(), fetched_at, now, ended).map(
-                |(mut transition, corrections)| {
+            next.reconcile(truth.as_ref(), fetched_at, now, ended, touched)
+                .map(|(mut transition, corrections)| {
                     next.mark_changed(&mut transition, now);
+                    touched.record(&transition, now);
                     (next, transition, corrections)
-                },
-            )
+                })
         });
         let Some(reconciled) = reconciled else {
             tracing::error!(room = %self.name, "room state machine panicked in reconcile; restarting the room");

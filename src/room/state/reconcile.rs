@@ -2,7 +2,7 @@
 //! LiveKit's RoomService lists, when webhooks were lost. Pure like the rest:
 //! it returns the rows to write and the corrections it made.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -11,7 +11,7 @@ use super::{
     Changes, EndReason, Instance, LeaveReason, Outcome, RoomEvent, RoomState, SessionKey,
     SessionRecord, Source, Transition,
 };
-use crate::event::RoomTruth;
+use crate::event::{Identity, RoomTruth};
 use crate::record::{RoomStatus, StoredInstance};
 
 /// One change reconciliation made because a webhook was lost.
@@ -54,6 +54,86 @@ impl CorrectionKind {
     }
 }
 
+/// Who changed in a room lately, by roomd's clock. A room that takes a
+/// webhook while every round's list is fetched was never reconciled (found
+/// by the adversary): the list may be older than the room. It is not older
+/// than the people nobody touched since it was fetched, so a round applies
+/// it to them, and the others wait for a later one.
+///
+/// Kept beside the room's state, not in it: it is not committed, and an
+/// actor that starts afresh knows nothing recent, so it reconciles a busy
+/// room only from its first change on.
+#[derive(Debug, Default)]
+pub struct Touched {
+    /// Every change from this time on is in `changes`; `None` until the
+    /// first one.
+    since: Option<DateTime<Utc>>,
+    changes: VecDeque<(DateTime<Utc>, Identity)>,
+}
+
+impl Touched {
+    /// How old a list can be and still be applied to a busy room: a round
+    /// fetches a room's participants just before the actor takes the list.
+    const KEEP: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+    /// Bounds the memory of the busiest rooms (a list older than the
+    /// oldest change kept waits for a quieter round).
+    const MOST: usize = 8192;
+
+    /// `transition` was applied at `now`.
+    pub fn record(&mut self, transition: &Transition, now: DateTime<Utc>) {
+        if transition.changes.sessions.is_empty() && transition.changes.rooms.is_empty() {
+            return;
+        }
+        self.since.get_or_insert(now);
+        self.changes.extend(
+            transition
+                .changes
+                .sessions
+                .iter()
+                .map(|c| (now, c.row.identity.clone())),
+        );
+        self.forget(now);
+    }
+
+    /// Forgets changes too old for any list still on its way.
+    pub fn forget(&mut self, now: DateTime<Utc>) {
+        let Some(since) = self.since else {
+            return;
+        };
+        let cutoff = now - Self::KEEP;
+        let mut forgot = None;
+        while let Some((at, _)) = self.changes.front() {
+            if *at >= cutoff && self.changes.len() <= Self::MOST {
+                break;
+            }
+            forgot = Some(*at);
+            self.changes.pop_front();
+        }
+        // Everything from the new `since` on is still here.
+        let mut kept_from = since.max(cutoff);
+        if let Some(at) = forgot {
+            kept_from = kept_from.max(at + chrono::TimeDelta::nanoseconds(1));
+        }
+        self.since = Some(kept_from);
+        if self.changes.is_empty() {
+            self.changes = VecDeque::new();
+        }
+    }
+
+    /// The people touched at or after `fetched_at`; `None` if that is
+    /// before what this log covers.
+    fn since(&self, fetched_at: DateTime<Utc>) -> Option<HashSet<&str>> {
+        self.since.filter(|since| *since <= fetched_at)?;
+        Some(
+            self.changes
+                .iter()
+                .filter(|(at, _)| *at >= fetched_at)
+                .map(|(_, identity)| identity.as_str())
+                .collect(),
+        )
+    }
+}
+
 impl RoomState {
     /// The sid of an instance roomd ended that LiveKit lists as live, when
     /// the listing is LiveKit's word (the room has not changed since):
@@ -85,23 +165,30 @@ impl RoomState {
 
     /// Makes the room agree with LiveKit's RoomService (`truth`; `None` when
     /// LiveKit does not have the room), fetched at `fetched_at` (roomd's
-    /// clock). `None` when the room changed since: the list may be older
-    /// than the room, and the next round decides. `ended` is the stored
-    /// instance [`listed_ended_sid`](Self::listed_ended_sid) named, if any.
+    /// clock). `ended` is the stored instance
+    /// [`listed_ended_sid`](Self::listed_ended_sid) named, if any.
+    ///
+    /// A room that changed since the fetch may have moved past the list.
+    /// Then only the live instance LiveKit lists is reconciled, and only for
+    /// the people `touched` shows unchanged since; `None` (nothing done,
+    /// the next round decides) when that cannot be told.
     pub fn reconcile(
         &mut self,
         truth: Option<&RoomTruth>,
         fetched_at: DateTime<Utc>,
         at: DateTime<Utc>,
         ended: Option<StoredInstance>,
+        touched: &Touched,
     ) -> Option<(Transition, Vec<Correction>)> {
-        if self
-            .changed_at()
-            .is_some_and(|changed| changed >= fetched_at)
-        {
-            return None;
+        if self.changed_at().is_none_or(|changed| changed < fetched_at) {
+            return Some(self.reconcile_fresh(truth, at, ended, &HashSet::new()));
         }
-        Some(self.reconcile_fresh(truth, at, ended))
+        let busy = touched.since(fetched_at)?;
+        let truth = truth?;
+        let current = self.current.as_ref().filter(|c| c.is_active())?;
+        let listed = truth.room.sid.as_deref()?;
+        (current.room.sid.as_deref() == Some(listed)).then_some(())?;
+        Some(self.reconcile_fresh(Some(truth), at, None, &busy))
     }
 
     /// Makes `stored`, an instance roomd replaced or reconciliation ended,
@@ -139,11 +226,13 @@ impl RoomState {
         true
     }
 
+    /// Reconciles everyone but `busy` (identities the list may be older than).
     fn reconcile_fresh(
         &mut self,
         truth: Option<&RoomTruth>,
         at: DateTime<Utc>,
         ended: Option<StoredInstance>,
+        busy: &HashSet<&str>,
     ) -> (Transition, Vec<Correction>) {
         let mut corrections = Vec::new();
         let name = self.name.clone();
@@ -213,6 +302,9 @@ impl RoomState {
         let reconciled = LeaveReason::Reconciled.as_string();
         let room_id = instance.room.id;
         for session in instance.sessions.sorted_mut() {
+            if busy.contains(&*session.identity) {
+                continue;
+            }
             // Only roomd's own closing is undone (by reconciliation, or by
             // ending an instance LiveKit lists again): a leave LiveKit sent
             // is final, even while its list still shows the session.
@@ -243,7 +335,11 @@ impl RoomState {
                 corrections.push(correction(CorrectionKind::SessionClosed, Some(&*session)));
             }
         }
-        for p in &truth.participants {
+        for p in truth
+            .participants
+            .iter()
+            .filter(|p| !busy.contains(&*p.identity))
+        {
             let known = p
                 .sid
                 .as_ref()

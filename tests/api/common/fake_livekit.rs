@@ -25,9 +25,28 @@ struct Truth {
 pub struct FakeLiveKit {
     pub url: String,
     truth: Arc<Mutex<Truth>>,
-    held: tokio::sync::watch::Sender<bool>,
+    held: tokio::sync::watch::Sender<Hold>,
     requests: Arc<std::sync::atomic::AtomicUsize>,
     handle: ServerHandle,
+}
+
+/// Which answers are computed when asked but sent only on `release`: a list
+/// fetched at one moment that arrives later.
+#[derive(Clone, Copy, PartialEq)]
+enum Hold {
+    Nothing,
+    Everything,
+    Participants,
+}
+
+impl Hold {
+    fn holds(self, method: &str) -> bool {
+        match self {
+            Hold::Nothing => false,
+            Hold::Everything => true,
+            Hold::Participants => method == "ListParticipants",
+        }
+    }
 }
 
 /// A participant as ListParticipants returns it.
@@ -52,9 +71,7 @@ pub fn active(sid: &str, identity: &str) -> proto::ParticipantInfo {
 struct Shared {
     truth: Arc<Mutex<Truth>>,
     verifier: TokenVerifier,
-    /// While true, answers are computed when asked but sent only once it
-    /// turns false: a list fetched at one moment that arrives later.
-    held: tokio::sync::watch::Receiver<bool>,
+    held: tokio::sync::watch::Receiver<Hold>,
     requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -102,7 +119,7 @@ async fn twirp(
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut held = shared.held.clone();
-    let _ = held.wait_for(|held| !held).await;
+    let _ = held.wait_for(|held| !held.holds(&method)).await;
     answer
 }
 
@@ -179,7 +196,7 @@ fn answer(req: &HttpRequest, method: &str, body: &[u8], shared: &Shared) -> Http
 impl FakeLiveKit {
     pub async fn start(api_key: &str, api_secret: &str) -> Self {
         let truth = Arc::new(Mutex::new(Truth::default()));
-        let (held, held_rx) = tokio::sync::watch::channel(false);
+        let (held, held_rx) = tokio::sync::watch::channel(Hold::Nothing);
         let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let shared = web::Data::new(Shared {
             truth: truth.clone(),
@@ -210,11 +227,16 @@ impl FakeLiveKit {
 
     /// From now on answers are computed when asked and sent on `release`.
     pub fn hold(&self) {
-        self.held.send_replace(true);
+        self.held.send_replace(Hold::Everything);
+    }
+
+    /// Like `hold`, for ListParticipants only: ListRooms answers at once.
+    pub fn hold_participants(&self) {
+        self.held.send_replace(Hold::Participants);
     }
 
     pub fn release(&self) {
-        self.held.send_replace(false);
+        self.held.send_replace(Hold::Nothing);
     }
 
     /// RoomService calls answered (or being held) so far.
