@@ -194,7 +194,9 @@ impl Cluster {
         }
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.forward_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the peers' keep-alive (actix-web's 5 s): a connection
+            // the owner closes idle must not be reused as it closes.
+            .pool_idle_timeout(Duration::from_secs(3))
             .build()
             .expect("a reqwest client without custom TLS builds");
         let stream_client = reqwest::Client::builder()

@@ -209,6 +209,7 @@ async fn send_on(
 ) -> Result<Option<Forwarded>, ApiError> {
     let mut failed: Option<String> = None;
     let mut refused: Option<Forwarded> = None;
+    let mut tried_again = false;
     loop {
         let within = deadline.saturating_duration_since(Instant::now());
         match cluster.route_past(room, failed.as_deref(), within).await {
@@ -238,11 +239,20 @@ async fn send_on(
                         tracing::info!(owner = %node, status = answer.status, "webhook forwarded to the room's owner");
                         return Ok(Some(answer));
                     }
+                    // A live owner can fail a forward at once: it closed
+                    // an idle pooled connection just as this node reused
+                    // it. Once more, on a new connection, before waiting for
+                    // shards that are not moving; a delivery the owner did
+                    // get is answered `duplicate`.
+                    Err(err) if !err.is_timeout() && !tried_again && Instant::now() < deadline => {
+                        tracing::info!(owner = %node, error = %crate::telemetry::chain(&err), "the room's owner did not answer; sending the webhook once more");
+                        tried_again = true;
+                    }
                     // The owner went away (stopped, killed): its shards are
                     // about to move; wait for that once, not for LiveKit's
                     // next retry.
                     Err(err) if failed.is_none() && Instant::now() < deadline => {
-                        tracing::info!(owner = %node, error = %err, "the room's owner did not answer; waiting for its shards to move");
+                        tracing::info!(owner = %node, error = %crate::telemetry::chain(&err), "the room's owner did not answer; waiting for its shards to move");
                         failed = Some(node);
                     }
                     Err(err) => return Err(ApiError::Unavailable(Box::new(err))),

@@ -377,9 +377,6 @@ async fn three_nodes_lose_one_to_sigkill_gain_one_and_hand_one_over_with_counts_
         for h in sent.history.lock().unwrap().iter() {
             eprintln!("exhausted: {h}");
         }
-        for r in sent.refusals.lock().unwrap().iter() {
-            eprintln!("5xx: {r}");
-        }
         eprintln!(
             "sigkill phase: {} tries, {} ok, {} 5xx, {} connection errors, {} exhausted, {:.1} s",
             sent.tries.load(Ordering::Relaxed),
@@ -413,6 +410,11 @@ async fn three_nodes_lose_one_to_sigkill_gain_one_and_hand_one_over_with_counts_
         }
         let bases = vec![a.base.clone(), b.base.clone(), d.base.clone()];
         let (a_log, b_log, d_log) = (a.log_handle(), b.log_handle(), d.log_handle());
+        // Where this phase's lines begin in each log.
+        let begun: Vec<usize> = [&a_log, &b_log, &d_log]
+            .iter()
+            .map(|log| log.lock().unwrap().len())
+            .collect();
         let leaving = Arc::new(std::sync::Mutex::new(Some(d)));
         let stopped = leaving.clone();
         let sent = drive(bases, scripts, move || {
@@ -426,15 +428,18 @@ async fn three_nodes_lose_one_to_sigkill_gain_one_and_hand_one_over_with_counts_
         for r in sent.refusals.lock().unwrap().iter() {
             eprintln!("5xx: {r}");
         }
-        for (name, log) in [("a", &a_log), ("b", &b_log), ("d", &d_log)] {
+        for ((name, log), begun) in [("a", &a_log), ("b", &b_log), ("d", &d_log)]
+            .into_iter()
+            .zip(begun)
+        {
             let lines = log.lock().unwrap();
             std::fs::write(format!("/tmp/cluster-{name}.log"), lines.join("\n")).unwrap();
             if sent.unavailable.load(Ordering::Relaxed) > 0 {
-                // CI keeps only what the test printed.
-                for line in lines
-                    .iter()
-                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                {
+                // CI keeps only what the test printed: this phase's
+                // warnings, and what led to them.
+                for line in lines[begun..].iter().filter(|l| {
+                    l.contains("WARN") || l.contains("ERROR") || l.contains("did not answer")
+                }) {
                     eprintln!("{name}: {line}");
                 }
             }
@@ -717,6 +722,90 @@ async fn an_owner_that_knows_no_successor_costs_no_503() {
             "a waited for the shard itself"
         );
         assert_exact(&pg, &[&a], &HashMap::from([(room, 2)])).await;
+        drop((a, b)); // killed: see `Roomd`'s Drop
+        pg.close().await.ok();
+    })
+    .await;
+}
+
+/// A TCP relay to `to`; once `cut` is set, the first connection that sends
+/// anything more is closed without passing it on or answering. That is what
+/// a client sees when it reuses a pooled connection just as the peer closes
+/// it idle (actix-web does after 5 s).
+async fn cutting_relay(to: String, cut: Arc<AtomicBool>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = tokio::net::TcpStream::connect(&to).await.unwrap();
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_upstream, mut to_upstream) = upstream.into_split();
+                let answers = tokio::spawn(async move {
+                    tokio::io::copy(&mut from_upstream, &mut to_client)
+                        .await
+                        .ok();
+                });
+                let mut buf = vec![0; 64 * 1024];
+                loop {
+                    let n = from_client.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 || cut.swap(false, Ordering::SeqCst) {
+                        break;
+                    }
+                    if to_upstream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                answers.abort();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_owner_closed_costs_no_503() {
+    common::on_postgres(async |db| {
+        let client = reqwest::Client::new();
+        let a = node(db, "ra").ready(&client).await;
+        // `b` is reached through a relay that can cut a kept-alive connection.
+        let bind = format!("127.0.0.1:{}", free_port());
+        let cut = Arc::new(AtomicBool::new(false));
+        let relay = cutting_relay(bind.clone(), cut.clone()).await;
+        let relay_url = format!("http://127.0.0.1:{relay}");
+        let b = Roomd::start_with(
+            &db.url,
+            &bind,
+            &[
+                ("ROOMD__CLUSTER__MODE", "postgres"),
+                ("ROOMD__CLUSTER__NODE_ID", "rb"),
+                ("ROOMD__CLUSTER__ADVERTISE_URL", &relay_url),
+            ],
+        )
+        .ready(&client)
+        .await;
+        until_shards(&a, |s| s == 128).await;
+        until_shards(&b, |s| s == 128).await;
+        let (room, _) = room_of_second("kept");
+        // Sent on from `a` to `b`, leaving `a` a pooled connection to `b`.
+        assert_eq!(a.send(&join_of(&room, "r", 1)).await, StatusCode::OK);
+
+        cut.store(true, Ordering::SeqCst);
+        assert_eq!(
+            a.send(&join_of(&room, "r", 2)).await,
+            StatusCode::OK,
+            "a sends it again on a new connection; b never went away"
+        );
+        assert!(
+            a.logs()
+                .iter()
+                .any(|l| l.contains("sending the webhook once more")),
+            "the pooled connection was cut"
+        );
+        let pg = Database::connect(&db.url).await.unwrap();
+        assert_exact(&pg, &[&a, &b], &HashMap::from([(room, 2)])).await;
         drop((a, b)); // killed: see `Roomd`'s Drop
         pg.close().await.ok();
     })
