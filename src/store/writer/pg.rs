@@ -26,6 +26,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use sea_orm::sqlx::postgres::PgRow;
 use sea_orm::sqlx::{self, PgConnection, Row};
 use uuid::Uuid;
 
@@ -55,12 +56,57 @@ pub(super) struct Outcome {
     pub held: HashSet<Fence>,
 }
 
+// What `SQL` and `SQL_ONE` share, so the two cannot drift apart: where
+// each row goes, what a conflict does and what the statement answers.
+macro_rules! shared {
+    (rooms_into) => {
+        r#"  INSERT INTO rooms (id, livekit_name, livekit_sid, status, current_participants, started_at,
+    ended_at, end_reason, created_at, updated_at, changed_at)
+"#
+    };
+    (rooms_on_conflict) => {
+        r#"  ON CONFLICT (id) DO UPDATE SET livekit_sid = EXCLUDED.livekit_sid, status = EXCLUDED.status,
+    current_participants = EXCLUDED.current_participants, started_at = EXCLUDED.started_at,
+    ended_at = EXCLUDED.ended_at, end_reason = EXCLUDED.end_reason,
+    updated_at = EXCLUDED.updated_at, changed_at = EXCLUDED.changed_at
+"#
+    };
+    (sessions_into) => {
+        r#"  INSERT INTO participants (id, room_id, identity, user_id, sid, kind, name, status, joined_at,
+    left_at, leave_reason, created_at, updated_at)
+"#
+    };
+    (sessions_on_conflict) => {
+        r#"  ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, joined_at = EXCLUDED.joined_at,
+    left_at = EXCLUDED.left_at, leave_reason = EXCLUDED.leave_reason,
+    updated_at = EXCLUDED.updated_at
+"#
+    };
+    (events_into) => {
+        r#"  INSERT INTO webhook_events (id, event_id, event, room_name, room_sid, room_id,
+    participant_identity, participant_sid, created_at, received_at, outcome, deliveries)
+"#
+    };
+    (events_on_conflict) => {
+        r#"  ON CONFLICT (event_id) DO UPDATE SET deliveries = webhook_events.deliveries + 1
+  RETURNING id
+"#
+    };
+    (answer) => {
+        r#"SELECT (SELECT coalesce(array_agg(id), '{}') FROM ins) AS stored,
+       (SELECT coalesce(array_agg(shard), '{}') FROM held) AS held_shards,
+       (SELECT coalesce(array_agg(epoch), '{}') FROM held) AS held_epochs
+"#
+    };
+}
+
 // The fence: `held` locks this node's rows of the batch's shards FOR SHARE
 // until the statement's transaction ends, exactly as the transactional path
 // does (see `held_shards`): a takeover's `epoch + 1` waits for the lock, or
 // this statement, finding the row changed, re-reads it and admits nothing
 // of that shard.
-const SQL: &str = r#"
+const SQL: &str = concat!(
+    r#"
 WITH ev AS (
   SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[],
                        $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[],
@@ -78,31 +124,29 @@ admitted AS (
   WHERE ev.shard IS NULL OR EXISTS (SELECT 1 FROM held WHERE held.shard = ev.shard AND held.epoch = ev.epoch)
 ),
 ins AS (
-  INSERT INTO webhook_events (id, event_id, event, room_name, room_sid, room_id,
-    participant_identity, participant_sid, created_at, received_at, outcome, deliveries)
-  SELECT id, event_id, event, room_name, room_sid, room_id, participant_identity,
+"#,
+    shared!(events_into),
+    r#"  SELECT id, event_id, event, room_name, room_sid, room_id, participant_identity,
     participant_sid, created_at, received_at, outcome, 1
   FROM admitted
-  ON CONFLICT (event_id) DO UPDATE SET deliveries = webhook_events.deliveries + 1
-  RETURNING id
-),
+"#,
+    shared!(events_on_conflict),
+    r#"),
 room_rows AS (
-  INSERT INTO rooms (id, livekit_name, livekit_sid, status, current_participants, started_at,
-    ended_at, end_reason, created_at, updated_at, changed_at)
-  SELECT id, name, sid, status, current, started_at, ended_at, end_reason, $35, $35, changed_at
+"#,
+    shared!(rooms_into),
+    r#"  SELECT id, name, sid, status, current, started_at, ended_at, end_reason, $35, $35, changed_at
   FROM UNNEST($16::uuid[], $17::uuid[], $18::text[], $19::text[], $20::text[], $21::int4[],
               $22::timestamptz[], $23::timestamptz[], $24::text[], $25::timestamptz[])
     AS r(job, id, name, sid, status, current, started_at, ended_at, end_reason, changed_at)
   WHERE r.job IN (SELECT id FROM ins)
-  ON CONFLICT (id) DO UPDATE SET livekit_sid = EXCLUDED.livekit_sid, status = EXCLUDED.status,
-    current_participants = EXCLUDED.current_participants, started_at = EXCLUDED.started_at,
-    ended_at = EXCLUDED.ended_at, end_reason = EXCLUDED.end_reason,
-    updated_at = EXCLUDED.updated_at, changed_at = EXCLUDED.changed_at
-),
+"#,
+    shared!(rooms_on_conflict),
+    r#"),
 session_rows AS (
-  INSERT INTO participants (id, room_id, identity, user_id, sid, kind, name, status, joined_at,
-    left_at, leave_reason, created_at, updated_at)
-  SELECT id, room_id, identity, user_id, sid, kind, name, status, joined_at, left_at,
+"#,
+    shared!(sessions_into),
+    r#"  SELECT id, room_id, identity, user_id, sid, kind, name, status, joined_at, left_at,
     leave_reason, $35, $35
   FROM UNNEST($26::uuid[], $27::uuid[], $28::uuid[], $29::text[], $30::uuid[], $31::text[],
               $32::text[], $33::text[], $34::text[], $36::timestamptz[], $37::timestamptz[],
@@ -110,14 +154,12 @@ session_rows AS (
     AS s(job, id, room_id, identity, user_id, sid, kind, name, status, joined_at, left_at,
          leave_reason)
   WHERE s.job IN (SELECT id FROM ins)
-  ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, joined_at = EXCLUDED.joined_at,
-    left_at = EXCLUDED.left_at, leave_reason = EXCLUDED.leave_reason,
-    updated_at = EXCLUDED.updated_at
-)
-SELECT (SELECT coalesce(array_agg(id), '{}') FROM ins) AS stored,
-       (SELECT coalesce(array_agg(shard), '{}') FROM held) AS held_shards,
-       (SELECT coalesce(array_agg(epoch), '{}') FROM held) AS held_epochs
-"#;
+"#,
+    shared!(sessions_on_conflict),
+    r#")
+"#,
+    shared!(answer)
+);
 
 /// Writes `jobs` (whose audit rows get `row_ids`) in one statement.
 pub(super) async fn write(
@@ -126,6 +168,9 @@ pub(super) async fn write(
     row_ids: &[Uuid],
     fence_owner: Option<&str>,
 ) -> Result<Outcome, sqlx::Error> {
+    if let (Some(job), [row]) = (single(jobs), row_ids) {
+        return write_one(conn, job, *row, fence_owner).await;
+    }
     let n = jobs.len();
     let mut ev = Events::with_capacity(n);
     let mut rooms = Rooms::default();
@@ -224,6 +269,11 @@ pub(super) async fn write(
         .bind(sessions.leave_reason)
         .fetch_one(conn)
         .await?;
+    outcome(row)
+}
+
+/// What `SQL` or `SQL_ONE` answered.
+fn outcome(row: PgRow) -> Result<Outcome, sqlx::Error> {
     let stored: Vec<Uuid> = row.try_get("stored")?;
     let held_shards: Vec<i32> = row.try_get("held_shards")?;
     let held_epochs: Vec<i64> = row.try_get("held_epochs")?;
@@ -238,6 +288,109 @@ pub(super) async fn write(
             })
             .collect(),
     })
+}
+
+/// Whether `job` can go as `SQL_ONE`: serial delivery's batch, one event
+/// changing at most one room and one session.
+fn single(jobs: &[Job]) -> Option<&Job> {
+    match jobs {
+        [job] if job.changes.rooms.len() <= 1 && job.changes.sessions.len() <= 1 => Some(job),
+        _ => None,
+    }
+}
+
+// `SQL` for one event with at most one room and one session, with scalar
+// arguments: a room under LiveKit's serial delivery always sends one, and
+// PostgreSQL decodes 13 scalars faster than 38 arrays and plans no
+// `UNNEST` (0.13 ms of a serial event's ~1.2 ms, measured from the
+// statement log). Same fence, same conflict handling, same output.
+const SQL_ONE: &str = concat!(
+    r#"
+WITH held AS (
+  SELECT shard, epoch FROM cluster_shards
+  WHERE $14::text IS NOT NULL AND owner = $14 AND shard = $12::int4
+  FOR SHARE
+),
+ins AS (
+"#,
+    shared!(events_into),
+    r#"  SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text, $6::uuid, $7::text, $8::text,
+    $9::timestamptz, $10::timestamptz, $11::text, 1
+  WHERE $12::int4 IS NULL OR EXISTS (SELECT 1 FROM held WHERE held.epoch = $13::int8)
+"#,
+    shared!(events_on_conflict),
+    r#"),
+room_rows AS (
+"#,
+    shared!(rooms_into),
+    r#"  SELECT $15::uuid, $16::text, $17::text, $18::text, $19::int4, $20::timestamptz,
+    $21::timestamptz, $22::text, $24::timestamptz, $24::timestamptz, $23::timestamptz
+  WHERE $15::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM ins WHERE ins.id = $1::uuid)
+"#,
+    shared!(rooms_on_conflict),
+    r#"),
+session_rows AS (
+"#,
+    shared!(sessions_into),
+    r#"  SELECT $25::uuid, $26::uuid, $27::text, $28::uuid, $29::text, $30::text, $31::text,
+    $32::text, $33::timestamptz, $34::timestamptz, $35::text, $24::timestamptz,
+    $24::timestamptz
+  WHERE $25::uuid IS NOT NULL AND EXISTS (SELECT 1 FROM ins WHERE ins.id = $1::uuid)
+"#,
+    shared!(sessions_on_conflict),
+    r#")
+"#,
+    shared!(answer)
+);
+
+/// Writes `job` (whose audit row gets `row`) as `SQL_ONE`.
+async fn write_one(
+    conn: &mut PgConnection,
+    job: &Job,
+    row: Uuid,
+    fence_owner: Option<&str>,
+) -> Result<Outcome, sqlx::Error> {
+    let e = &job.event;
+    let room = job.changes.rooms.first();
+    let session = job.changes.sessions.first();
+    let s = session.map(|s| &s.row);
+    let query = sqlx::query(SQL_ONE)
+        .bind(row)
+        .bind(e.event_id.as_deref())
+        .bind(e.event.as_str())
+        .bind(e.room_name.as_deref())
+        .bind(e.room_sid.as_deref())
+        .bind(e.room_id)
+        .bind(e.participant_identity.as_deref())
+        .bind(e.participant_sid.as_deref())
+        .bind(e.created_at)
+        .bind(e.received_at)
+        .bind(e.outcome)
+        .bind(job.fence.map(|f| f.shard as i32))
+        .bind(job.fence.map(|f| f.epoch))
+        .bind(fence_owner)
+        .bind(room.map(|r| r.id))
+        .bind(room.map(|r| &*r.name))
+        .bind(room.and_then(|r| r.sid.as_deref()))
+        .bind(room.map(|r| r.status.as_str()))
+        .bind(room.map(|r| r.current_participants))
+        .bind(room.map(|r| r.started_at))
+        .bind(room.and_then(|r| r.ended_at))
+        .bind(room.and_then(|r| r.end_reason.as_deref().map(String::as_str)))
+        .bind(room.and_then(|r| r.changed_at))
+        .bind(Utc::now())
+        .bind(s.map(|s| s.id))
+        .bind(session.map(|s| s.room_id))
+        .bind(s.map(|s| &*s.identity))
+        .bind(s.and_then(|s| s.user_id()))
+        .bind(s.and_then(|s| s.sid.as_deref()))
+        .bind(s.map(|s| s.kind.as_str()))
+        .bind(s.and_then(|s| s.name.as_deref()))
+        .bind(s.map(|s| if s.is_open() { "joined" } else { "left" }))
+        .bind(s.and_then(|s| s.joined_at()))
+        .bind(s.and_then(|s| s.left_at()))
+        .bind(s.and_then(|s| s.leave_reason().map(|reason| reason.as_str())));
+    outcome(query.fetch_one(conn).await?)
 }
 
 /// The batch's audit rows, column by column.
