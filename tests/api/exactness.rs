@@ -702,9 +702,10 @@ async fn a_hung_database_connection_does_not_stall_its_rooms() {
     let app = common::spawn_app_with(settings, "postgres").await;
     app.ok(&webhook::joined("hung", "RM_hung", "PA_a", "alice").body())
         .await;
-    // Bob's commit is under way (each chunk held 300 ms, so its round trips
-    // take seconds) when every open connection hangs for good.
-    proxy.slow(Duration::from_millis(300));
+    // Bob's commit is under way (each chunk held 800 ms: its statement, one
+    // round trip on the connection alice's used, cannot have been answered)
+    // when every open connection hangs for good.
+    proxy.slow(Duration::from_millis(800));
     let bob = webhook::joined("hung", "RM_hung", "PA_b", "bob")
         .id("EV_hung_bob")
         .body();
@@ -714,7 +715,7 @@ async fn a_hung_database_connection_does_not_stall_its_rooms() {
         async move { app.webhook(&bob).await }
     };
     let freeze = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         proxy.freeze();
         proxy.slow(Duration::ZERO);
     };
