@@ -728,53 +728,16 @@ async fn an_owner_that_knows_no_successor_costs_no_503() {
     .await;
 }
 
-/// A TCP relay to `to`; once `cut` is set, the first connection that sends
-/// anything more is closed without passing it on or answering. That is what
-/// a client sees when it reuses a pooled connection just as the peer closes
-/// it idle (actix-web does after 5 s).
-async fn cutting_relay(to: String, cut: Arc<AtomicBool>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let upstream = tokio::net::TcpStream::connect(&to).await.unwrap();
-            let cut = cut.clone();
-            tokio::spawn(async move {
-                let (mut from_client, mut to_client) = client.into_split();
-                let (mut from_upstream, mut to_upstream) = upstream.into_split();
-                let answers = tokio::spawn(async move {
-                    tokio::io::copy(&mut from_upstream, &mut to_client)
-                        .await
-                        .ok();
-                });
-                let mut buf = vec![0; 64 * 1024];
-                loop {
-                    let n = from_client.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 || cut.swap(false, Ordering::SeqCst) {
-                        break;
-                    }
-                    if to_upstream.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                answers.abort();
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_owner_closed_costs_no_503() {
     common::on_postgres(async |db| {
         let client = reqwest::Client::new();
         let a = node(db, "ra").ready(&client).await;
-        // `b` is reached through a relay that can cut a kept-alive connection.
-        let bind = format!("127.0.0.1:{}", free_port());
-        let cut = Arc::new(AtomicBool::new(false));
-        let relay = cutting_relay(bind.clone(), cut.clone()).await;
-        let relay_url = format!("http://127.0.0.1:{relay}");
+        // `b` is reached through a proxy that can cut a kept-alive connection.
+        let port = free_port();
+        let bind = format!("127.0.0.1:{port}");
+        let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], port).into()).await;
+        let relay_url = format!("http://127.0.0.1:{}", proxy.port);
         let b = Roomd::start_with(
             &db.url,
             &bind,
@@ -792,7 +755,7 @@ async fn a_pooled_connection_the_owner_closed_costs_no_503() {
         // Sent on from `a` to `b`, leaving `a` a pooled connection to `b`.
         assert_eq!(a.send(&join_of(&room, "r", 1)).await, StatusCode::OK);
 
-        cut.store(true, Ordering::SeqCst);
+        proxy.cut_next();
         assert_eq!(
             a.send(&join_of(&room, "r", 2)).await,
             StatusCode::OK,

@@ -1,5 +1,6 @@
 //! A TCP proxy between roomd and PostgreSQL that a drill can cut (every
-//! connection closed, new ones refused: the server is gone), slow down
+//! connection closed, new ones refused: the server is gone), cut the next
+//! request (the connection it came on closes unanswered), slow down
 //! (each chunk held back: a database under strain) or freeze (open
 //! connections stop relaying but stay open, new ones work: a hung
 //! connection, as a broken NAT or a stuck server backend leaves it).
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 pub struct Proxy {
     pub port: u16,
     down: Arc<AtomicBool>,
+    cut_next: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     cuts: watch::Sender<u64>,
     freezes: watch::Sender<u64>,
@@ -26,11 +28,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
+        let cut_next = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (cuts, _) = watch::channel(0);
         let (freezes, _) = watch::channel(0);
-        let (d, delay, c, f) = (
+        let (d, next, delay, c, f) = (
             down.clone(),
+            cut_next.clone(),
             delay_ms.clone(),
             cuts.clone(),
             freezes.clone(),
@@ -41,12 +45,12 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let (delay, cut) = (delay.clone(), c.subscribe());
+                let (next, delay, cut) = (next.clone(), delay.clone(), c.subscribe());
                 let mut freeze = f.subscribe();
                 freeze.mark_unchanged();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        pipe(client, server, delay, cut, freeze).await;
+                        pipe(client, server, next, delay, cut, freeze).await;
                     }
                 });
             }
@@ -54,6 +58,7 @@ impl Proxy {
         Self {
             port,
             down,
+            cut_next,
             delay_ms,
             cuts,
             freezes,
@@ -70,6 +75,13 @@ impl Proxy {
     pub fn cut(&self) {
         self.down.store(true, Ordering::SeqCst);
         self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// The next request on an open connection is not passed on: its
+    /// connection closes unanswered, as a server closing an idle kept-alive
+    /// connection just as the client reuses it (actix-web does after 5 s).
+    pub fn cut_next(&self) {
+        self.cut_next.store(true, Ordering::SeqCst);
     }
 
     pub fn restore(&self) {
@@ -94,14 +106,15 @@ impl Proxy {
 async fn pipe(
     client: TcpStream,
     server: TcpStream,
+    cut_next: Arc<AtomicBool>,
     delay: Arc<AtomicU64>,
     mut cut: watch::Receiver<u64>,
     freeze: watch::Receiver<u64>,
 ) {
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = copy(cr, sw, delay.clone(), freeze.clone());
-    let down = copy(sr, cw, delay, freeze);
+    let up = copy(cr, sw, Some(cut_next), delay.clone(), freeze.clone());
+    let down = copy(sr, cw, None, delay, freeze);
     tokio::select! {
         _ = up => {}
         _ = down => {}
@@ -112,6 +125,7 @@ async fn pipe(
 async fn copy(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
+    cut_next: Option<Arc<AtomicBool>>,
     delay: Arc<AtomicU64>,
     mut freeze: watch::Receiver<u64>,
 ) {
@@ -126,6 +140,12 @@ async fn copy(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if cut_next
+            .as_ref()
+            .is_some_and(|cut| cut.swap(false, Ordering::SeqCst))
+        {
+            return;
+        }
         let ms = delay.load(Ordering::SeqCst);
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
