@@ -130,6 +130,7 @@ impl Application {
                     history_horizon: Duration::from_secs(settings.rooms.history_horizon_secs),
                     load_timeout: Duration::from_millis(settings.writer.transaction_timeout_ms),
                 },
+                reconciles: !settings.livekit.url.is_empty(),
             },
             cluster.as_ref().map(|c| c.ownership()),
             metrics,

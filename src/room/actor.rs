@@ -88,6 +88,8 @@ pub struct ActorParts {
     pub snapshots: Snapshots,
     pub mailbox_capacity: usize,
     pub lifecycle: Lifecycle,
+    /// See [`SupervisorSettings::reconciles`](super::SupervisorSettings).
+    pub reconciles: bool,
     pub metrics: Arc<Metrics>,
     pub feeds: Arc<Feeds>,
     /// On a cluster, the shards this node holds; `None` on a single node.

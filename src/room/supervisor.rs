@@ -54,6 +54,11 @@ pub struct SupervisorSettings {
     /// How long a delivery waits for its commit before it is answered 503.
     pub commit_timeout: Duration,
     pub lifecycle: Lifecycle,
+    /// Whether rooms are reconciled against LiveKit (`livekit.url` is set):
+    /// only then do actors keep who changed lately ([`Touched`]).
+    ///
+    /// [`Touched`]: super::state::Touched
+    pub reconciles: bool,
 }
 
 /// What admins see of the supervisor.
@@ -102,6 +107,7 @@ impl Supervisor {
             snapshots: Snapshots::default(),
             mailbox_capacity: settings.mailbox_capacity.max(1),
             lifecycle: settings.lifecycle,
+            reconciles: settings.reconciles,
             metrics,
             feeds: Arc::new(Feeds::default()),
             ownership,

@@ -52,7 +52,8 @@ impl Handler<Apply> for RoomActor {
         } = msg;
         slot.take();
         let _request = span.enter();
-        let touched = &mut self.touched;
+        // Without reconciliation no list ever asks who changed.
+        let touched = self.parts.reconciles.then_some(&mut self.touched);
         let Some(state) = &mut self.state else {
             // Only reachable if loading failed; the actor is stopping.
             let _ = reply.send(Err(RoomError::NotLoaded(self.name.to_string())));
@@ -71,7 +72,9 @@ impl Handler<Apply> for RoomActor {
             // before this moment may not show the change yet.
             let now = crate::event::now();
             state.mark_changed(&mut transition, now);
-            touched.record(&transition, now);
+            if let Some(touched) = touched {
+                touched.record(&transition, now);
+            }
             transition
         });
         let Some(transition) = applied else {
