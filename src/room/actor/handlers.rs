@@ -189,6 +189,10 @@ impl RoomActor {
             return Box::pin(fut::ready(()));
         };
         let now = crate::event::now();
+        // Each round visits every live room: a room that went quiet after
+        // a burst frees its log here, not at its next change (found by
+        // the adversary).
+        self.touched.forget(now);
         let touched = &mut self.touched;
         let reconciled = guarded(|| {
             let mut next = state.clone();

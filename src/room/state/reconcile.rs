@@ -68,11 +68,29 @@ pub struct Touched {
     /// Every change from this time on is in `changes`; `None` until the
     /// first one.
     since: Option<DateTime<Utc>>,
-    /// When (microseconds since the epoch; `crate::event::now` has no finer
-    /// part) and whose row. 16 bytes an entry: with a `DateTime` and a copy
-    /// of the identity it was 40, which a burst of joins showed as 54 more
-    /// bytes per open participant (docs/PERFORMANCE.md, twelfth pass).
-    changes: VecDeque<(i64, Arc<SessionRecord>)>,
+    /// When (microseconds since the epoch, rounded down) and whose
+    /// identity (`Busy::key`). 16 bytes an entry and nothing held beyond
+    /// it: a `DateTime` and a copy of the identity took 40, which a burst
+    /// of joins showed as 54 more bytes per open participant; the row's
+    /// `Arc` kept every version a later change replaced alive
+    /// (docs/PERFORMANCE.md, twelfth pass).
+    changes: VecDeque<(i64, u64)>,
+}
+
+/// The identities a list may be older than, as `Busy::key`s. Two
+/// identities with one key only make the other wait for a later round
+/// too, which is what a busy identity does anyway.
+#[derive(Debug, Default)]
+struct Busy(HashSet<u64>);
+
+impl Busy {
+    fn key(identity: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(identity.as_bytes())
+    }
+
+    fn contains(&self, identity: &str) -> bool {
+        !self.0.is_empty() && self.0.contains(&Self::key(identity))
+    }
 }
 
 impl Touched {
@@ -94,7 +112,7 @@ impl Touched {
                 .changes
                 .sessions
                 .iter()
-                .map(|c| (now.timestamp_micros(), c.row.clone())),
+                .map(|c| (now.timestamp_micros(), Busy::key(&c.row.identity))),
         );
         self.forget(now);
     }
@@ -115,8 +133,11 @@ impl Touched {
         }
         // Everything from the new `since` on is still here.
         let mut kept_from = since.max(cutoff);
-        if let Some(at) = forgot.and_then(DateTime::from_timestamp_micros) {
-            kept_from = kept_from.max(at + chrono::TimeDelta::nanoseconds(1));
+        // A forgotten change happened before the end of its microsecond
+        // (found by the adversary: `at + 1 ns` claimed the rest of the
+        // microsecond, and a change in it, after a fetch in it, was lost).
+        if let Some(at) = forgot.and_then(|at| DateTime::from_timestamp_micros(at + 1)) {
+            kept_from = kept_from.max(at);
         }
         self.since = Some(kept_from);
         if self.changes.is_empty() {
@@ -126,17 +147,17 @@ impl Touched {
 
     /// The people touched at or after `fetched_at`; `None` if that is
     /// before what this log covers.
-    fn since(&self, fetched_at: DateTime<Utc>) -> Option<HashSet<&str>> {
+    fn since(&self, fetched_at: DateTime<Utc>) -> Option<Busy> {
         self.since.filter(|since| *since <= fetched_at)?;
         // Rounded down: a change in the same microsecond counts as after.
         let fetched_at = fetched_at.timestamp_micros();
-        Some(
+        Some(Busy(
             self.changes
                 .iter()
                 .filter(|(at, _)| *at >= fetched_at)
-                .map(|(_, row)| row.identity.as_str())
+                .map(|&(_, key)| key)
                 .collect(),
-        )
+        ))
     }
 }
 
@@ -187,7 +208,7 @@ impl RoomState {
         touched: &Touched,
     ) -> Option<(Transition, Vec<Correction>)> {
         if self.changed_at().is_none_or(|changed| changed < fetched_at) {
-            return Some(self.reconcile_fresh(truth, at, ended, &HashSet::new()));
+            return Some(self.reconcile_fresh(truth, at, ended, &Busy::default()));
         }
         let busy = touched.since(fetched_at)?;
         let truth = truth?;
@@ -238,7 +259,7 @@ impl RoomState {
         truth: Option<&RoomTruth>,
         at: DateTime<Utc>,
         ended: Option<StoredInstance>,
-        busy: &HashSet<&str>,
+        busy: &Busy,
     ) -> (Transition, Vec<Correction>) {
         let mut corrections = Vec::new();
         let name = self.name.clone();
@@ -308,7 +329,7 @@ impl RoomState {
         let reconciled = LeaveReason::Reconciled.as_string();
         let room_id = instance.room.id;
         for session in instance.sessions.sorted_mut() {
-            if busy.contains(&*session.identity) {
+            if busy.contains(&session.identity) {
                 continue;
             }
             // Only roomd's own closing is undone (by reconciliation, or by
@@ -344,7 +365,7 @@ impl RoomState {
         for p in truth
             .participants
             .iter()
-            .filter(|p| !busy.contains(&*p.identity))
+            .filter(|p| !busy.contains(&p.identity))
         {
             let known = p
                 .sid
@@ -373,5 +394,87 @@ impl RoomState {
             Outcome::Applied
         };
         (transition, corrections)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ParticipantKind;
+    use crate::record::Changes;
+    use chrono::TimeDelta;
+    use uuid::Uuid;
+
+    fn row(identity: &str) -> Arc<SessionRecord> {
+        let kind = ParticipantKind::standard();
+        Arc::new(SessionRecord::new(
+            Uuid::new_v4(),
+            identity.into(),
+            None,
+            kind,
+            None,
+            None,
+        ))
+    }
+
+    fn changed(row: &Arc<SessionRecord>) -> Transition {
+        let mut changes = Changes::default();
+        changes.session(Uuid::nil(), row);
+        Transition {
+            outcome: Outcome::Applied,
+            room_id: None,
+            changes,
+        }
+    }
+
+    fn base() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    // From the adversary: past `MOST` changes the oldest is forgotten, and
+    // the log must not claim the rest of that change's microsecond. With
+    // `+ 1 ns`, a fetch at .500 us looked covered while the change at
+    // .900 us, after it, was gone: the stale list closed its person.
+    #[test]
+    fn a_forgotten_change_takes_the_rest_of_its_microsecond_out_of_the_log() {
+        let mut touched = Touched::default();
+        let fetched_at = base() + TimeDelta::nanoseconds(500);
+        let change = base() + TimeDelta::nanoseconds(900);
+        // The log covers from well before the fetch.
+        touched.record(&changed(&row("early")), base() - TimeDelta::seconds(5));
+        for i in 0..=Touched::MOST {
+            touched.record(&changed(&row(&format!("p{i}"))), change);
+        }
+        assert_eq!(touched.changes.len(), Touched::MOST);
+        assert!(touched.since(fetched_at).is_none());
+        // From the next microsecond on it covers again, and every change
+        // it kept was before that.
+        let next = base() + TimeDelta::microseconds(1);
+        let busy = touched.since(next).expect("covered");
+        assert!(!busy.contains("p8192"));
+    }
+
+    // From the adversary: entries kept the changed row alive, so a leave
+    // (a new version of the row) held the join's version for a minute.
+    #[test]
+    fn the_log_holds_no_row() {
+        let mut touched = Touched::default();
+        let joined = row("alice");
+        touched.record(&changed(&joined), base());
+        assert_eq!(Arc::strong_count(&joined), 1);
+        let busy = touched.since(base()).expect("covered");
+        assert!(busy.contains("alice") && !busy.contains("bob"));
+    }
+
+    #[test]
+    fn a_quiet_minute_empties_the_log_and_frees_it() {
+        let mut touched = Touched::default();
+        for i in 0..100 {
+            touched.record(&changed(&row(&format!("p{i}"))), base());
+        }
+        touched.forget(base() + Touched::KEEP + TimeDelta::microseconds(1));
+        assert!(touched.changes.is_empty());
+        assert_eq!(touched.changes.capacity(), 0);
+        assert!(touched.since(base()).is_none());
     }
 }
