@@ -206,34 +206,28 @@ done
 
 # Memory: MEM_ROOMS x MEM_PEOPLE open participants on PostgreSQL, then
 # IDLE_ROOMS live rooms with nobody in.
-mem_run() { # $1 = step: MEM_ROOMS x MEM_PEOPLE open on PostgreSQL, the load generator's report in $WORK/out
+mem_run() { # $1 = step, $2 rooms x $3 people open on PostgreSQL; the load generator's report in $WORK/out
   STEP=$1
   fresh_pg
   start_roomd "$PG_URL"
-  $BIN/roomd-loadgen webhooks --url "http://127.0.0.1:$PORT_ROOMD" --rooms "$MEM_ROOMS" \
-    --participants "$MEM_PEOPLE" --churn 0 --duplicates 0 --concurrency 64 --pid "$ROOMD_PID" >"$WORK/out" 2>&1 \
+  $BIN/roomd-loadgen webhooks --url "http://127.0.0.1:$PORT_ROOMD" --rooms "$2" \
+    --participants "$3" --churn 0 --duplicates 0 --concurrency 64 --pid "$ROOMD_PID" >"$WORK/out" 2>&1 \
     || fail "the load generator failed"
   stop_roomd
 }
-mem_run "memory per participant"
+mem_run "memory per participant" "$MEM_ROOMS" "$MEM_PEOPLE"
 mem_line=$(grep '^server RSS' "$WORK/out")
 mem_bytes=$(field "$WORK/out" '.*\(([0-9]+) bytes per open participant.*')
 # The same with reconciliation on: each actor then keeps who changed in the
 # last minute (16 bytes a change), which a burst of joins still holds. The
 # URL goes nowhere; the log does not depend on LiveKit answering.
 export ROOMD__LIVEKIT__URL=http://127.0.0.1:9
-mem_run "memory per participant, reconciliation on"
+mem_run "memory per participant, reconciliation on" "$MEM_ROOMS" "$MEM_PEOPLE"
 unset ROOMD__LIVEKIT__URL
 mem_rec_bytes=$(field "$WORK/out" '.*\(([0-9]+) bytes per open participant.*')
-STEP="memory per idle room"
-fresh_pg
-start_roomd "$PG_URL"
-$BIN/roomd-loadgen webhooks --url "http://127.0.0.1:$PORT_ROOMD" --rooms "$IDLE_ROOMS" \
-  --participants 0 --churn 0 --duplicates 0 --concurrency 64 --pid "$ROOMD_PID" >"$WORK/out" 2>&1 \
-  || fail "the load generator failed"
+mem_run "memory per idle room" "$IDLE_ROOMS" 0
 idle_line=$(grep '^server RSS' "$WORK/out")
 idle_bytes=$(field "$WORK/out" '.*[( ]([0-9]+) bytes per room\)')
-stop_roomd
 trap - ERR
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}'; }
