@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::record::StoredRoom;
 use crate::record::{Committed, EventRecord};
 use crate::shard::{Fence, Ownership};
-use crate::store::{self, StoreError, Writer};
+use crate::store::{Loader, StoreError, Writer};
 
 /// Events an actor keeps for the debug view.
 mod handlers;
@@ -84,6 +84,8 @@ impl Lifecycle {
 pub struct ActorParts {
     pub db: DatabaseConnection,
     pub writer: Writer,
+    /// Loads rooms for starting actors, several to a query.
+    pub loader: Loader,
     pub registry: Registry,
     pub snapshots: Snapshots,
     pub mailbox_capacity: usize,
@@ -291,12 +293,12 @@ impl RoomActor {
     /// (`ctx.wait`). If the database cannot answer, the actor stops: the
     /// next event for the room starts a new one, which tries again.
     fn load(&mut self, ctx: &mut Context<Self>) {
-        let db = self.parts.db.clone();
+        let loader = self.parts.loader.clone();
         let name = self.name.clone();
         let horizon = self.parts.lifecycle.horizon();
         let deadline = self.parts.lifecycle.load_timeout;
         let load = async move {
-            tokio::time::timeout(deadline, store::load_room(&db, &name, horizon))
+            tokio::time::timeout(deadline, loader.load(name, horizon))
                 .await
                 .unwrap_or(Err(StoreError::TimedOut(deadline)))
         };

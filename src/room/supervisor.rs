@@ -22,7 +22,7 @@ use super::state::{Correction, RoomState};
 use crate::metrics::Metrics;
 use crate::record::StoredRoom;
 use crate::shard::{Fence, Ownership};
-use crate::store::{self, StoreError, Writer};
+use crate::store::{self, Loader, StoreError, Writer};
 
 /// Rooms read per query during recovery (bounds its transient memory: a
 /// page and the next one being read).
@@ -100,9 +100,13 @@ impl Supervisor {
         ownership: Option<Arc<Ownership>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let loader = Loader::start(db.clone(), |task| {
+            arbiter.spawn(task);
+        });
         let parts = Arc::new(ActorParts {
             db,
             writer,
+            loader,
             registry: Registry::default(),
             snapshots: Snapshots::default(),
             mailbox_capacity: settings.mailbox_capacity.max(1),

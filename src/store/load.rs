@@ -185,17 +185,73 @@ pub async fn load_room(
     name: &str,
     horizon: DateTime<Utc>,
 ) -> Result<StoredRoom, StoreError> {
-    let Some(room) = find_latest_rooms(db, &[name]).await?.pop() else {
-        return Ok(StoredRoom::default());
-    };
-    Ok(StoredRoom {
-        latest: Some(with_sessions(db, room, horizon).await?),
-        ended_sids: ended_sids(db, vec![name.to_owned()], horizon)
-            .await?
-            .into_iter()
-            .map(|(_, ended)| ended)
-            .collect(),
-    })
+    let mut rooms = load_rooms(db, &[name], horizon).await?;
+    Ok(rooms.pop().unwrap_or_default())
+}
+
+/// [`load_room`] for each of `names`, in their order: three queries for the
+/// whole list, and one when none of them has a room yet (a burst of new
+/// rooms). A name listed twice gets the same answer twice.
+pub async fn load_rooms(
+    db: &impl ConnectionTrait,
+    names: &[&str],
+    horizon: DateTime<Utc>,
+) -> Result<Vec<StoredRoom>, StoreError> {
+    let mut latest: HashMap<Arc<str>, RoomRecord> = find_latest_rooms(db, &padded(names))
+        .await?
+        .into_iter()
+        .map(|room| (room.name.clone(), room))
+        .collect();
+    if latest.is_empty() {
+        return Ok(names.iter().map(|_| StoredRoom::default()).collect());
+    }
+    let ids: Vec<Uuid> = latest.values().map(|room| room.id).collect();
+    let mut sessions: HashMap<Uuid, Vec<SessionRecord>> = HashMap::with_capacity(ids.len());
+    let filter = Condition::all().add(participants::Column::RoomId.is_in(padded(&ids)));
+    for (room_id, session) in load_sessions(db, filter, horizon).await? {
+        sessions.entry(room_id).or_default().push(session);
+    }
+    let present: Vec<String> = latest.keys().map(|name| name.to_string()).collect();
+    let mut ended: HashMap<String, Vec<(String, DateTime<Utc>)>> = HashMap::new();
+    for (name, sid) in ended_sids(db, padded(&present), horizon).await? {
+        ended.entry(name).or_default().push(sid);
+    }
+    let mut loaded: HashMap<&str, StoredRoom> = HashMap::with_capacity(latest.len());
+    for name in names {
+        if let Some(room) = latest.remove(*name) {
+            let stored = StoredRoom {
+                ended_sids: ended.remove(*name).unwrap_or_default(),
+                latest: Some((room.clone(), sessions.remove(&room.id).unwrap_or_default())),
+            };
+            loaded.insert(name, stored);
+        }
+    }
+    // A name's rows are moved out at its last place in `names` (copied
+    // before, which only a name listed twice needs).
+    Ok(names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let again = names[i + 1..].contains(name);
+            let stored = if again {
+                loaded.get(name).cloned()
+            } else {
+                loaded.remove(name)
+            };
+            stored.unwrap_or_default()
+        })
+        .collect())
+}
+
+/// `items` repeated at the end up to a power of two: a list bound as
+/// `IN ($1, ...)` is a new statement to prepare for every length, and a
+/// repeated value selects nothing more.
+fn padded<T: Clone>(items: &[T]) -> Vec<T> {
+    let mut padded = items.to_vec();
+    if let Some(last) = items.last() {
+        padded.resize(items.len().next_power_of_two(), last.clone());
+    }
+    padded
 }
 
 /// The instance LiveKit names `sid`, with the sessions an actor keeps

@@ -4,6 +4,7 @@
 
 pub mod entity;
 mod load;
+mod loader;
 mod retention;
 pub mod rows;
 mod writer;
@@ -15,8 +16,9 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 
 pub use load::{
     ActivePage, active_room_names, active_rooms_page, find_latest_rooms, load_active_rooms,
-    load_instance, load_room, open_counts_by_kind,
+    load_instance, load_room, load_rooms, open_counts_by_kind,
 };
+pub use loader::Loader;
 pub use retention::delete_audit_before;
 pub use writer::{FenceOwner, Writer};
 
@@ -28,6 +30,8 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("the writer has stopped")]
     WriterStopped,
+    #[error("the loader has stopped")]
+    LoaderStopped,
     #[error("the database cannot be reached")]
     Unreachable(#[source] std::sync::Arc<StoreError>),
     #[error("the transaction did not finish within {0:?}; it was abandoned")]

@@ -115,15 +115,20 @@ async fn burst(
     acked.into_inner().unwrap()
 }
 
+/// A pool of the test's own on `db`, as roomd opens it.
+async fn store_of(db: &TestDb) -> sea_orm::DatabaseConnection {
+    roomd::store::connect(&common::settings_for(db).database, 5000)
+        .await
+        .unwrap()
+}
+
 /// Every acknowledged event has its audit row and its session row.
 async fn assert_committed(
     db: &TestDb,
     events: &[(String, String, String)],
     acked: &HashSet<String>,
 ) {
-    let store = roomd::store::connect(&common::settings_for(db).database, 5000)
-        .await
-        .unwrap();
+    let store = store_of(db).await;
     let committed: HashSet<String> = webhook_events::Entity::find()
         .all(&store)
         .await
@@ -277,6 +282,136 @@ async fn a_start_read_from_roomds_clock_is_the_same_after_a_restart() {
             assert_eq!(&after, started, "[{}] clock-{i}", db.backend);
         }
         second.stop().await;
+    })
+    .await;
+}
+
+// Actors that start together are loaded together (one query for rooms
+// that do not exist yet, three for those that do): each must get what it
+// would alone, whatever else shares its batch.
+#[actix_web::test]
+async fn rooms_loaded_together_are_each_what_they_are_alone() {
+    common::on_every_database(async |db| {
+        let app = common::spawn_app(db).await;
+        for (i, who) in ["ann", "bob", "cyd"].iter().enumerate() {
+            app.ok(
+                &webhook::joined("full", "RM_full", &format!("PA_f{i}"), who)
+                    .id(&format!("EV_full_{i}"))
+                    .body(),
+            )
+            .await;
+        }
+        app.ok(&webhook::left("full", "RM_full", "PA_f1", "bob")
+            .id("EV_full_left")
+            .body())
+            .await;
+        // An instance that ended and a new one under the same name: the
+        // load carries the ended sid as well as the live instance.
+        app.ok(&webhook::joined("again", "RM_a1", "PA_a1", "dee")
+            .id("EV_again_1")
+            .body())
+            .await;
+        app.ok(&webhook::room_finished("again", "RM_a1")
+            .id("EV_again_end")
+            .body())
+            .await;
+        app.ok(&webhook::joined("again", "RM_a2", "PA_a2", "eve")
+            .id("EV_again_2")
+            .body())
+            .await;
+        app.stop().await;
+
+        let store = store_of(db).await;
+        let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
+        let names = ["full", "nobody", "again", "full", "nobody-else"];
+        let together = roomd::store::load_rooms(&store, &names, horizon)
+            .await
+            .unwrap();
+        assert_eq!(together.len(), names.len());
+        for (name, loaded) in names.iter().zip(&together) {
+            let alone = roomd::store::load_room(&store, name, horizon)
+                .await
+                .unwrap();
+            assert_eq!(loaded, &alone, "[{}] {name}", db.backend);
+        }
+        let full = together[0].latest.as_ref().expect("full exists");
+        assert_eq!(full.0.current_participants, 2, "[{}]", db.backend);
+        assert_eq!(full.1.len(), 3, "[{}] every session of full", db.backend);
+        assert!(together[1].latest.is_none() && together[4].latest.is_none());
+        let again = &together[2];
+        assert_eq!(
+            again.latest.as_ref().unwrap().0.sid.as_deref(),
+            Some("RM_a2")
+        );
+        assert_eq!(
+            again
+                .ended_sids
+                .iter()
+                .map(|(sid, _)| sid.as_str())
+                .collect::<Vec<_>>(),
+            ["RM_a1"],
+            "[{}]",
+            db.backend
+        );
+        store.close().await.ok();
+    })
+    .await;
+}
+
+// The loader answers each start on its own: a room whose row roomd cannot
+// read fails its own actor's load, not the loads batched with it.
+#[actix_web::test]
+async fn a_room_that_cannot_be_read_fails_only_its_own_load() {
+    common::on_every_database(async |db| {
+        let app = common::spawn_app(db).await;
+        for r in 0..24 {
+            app.ok(&webhook::joined(
+                &format!("good{r}"),
+                &format!("RM_g{r}"),
+                &format!("PA_g{r}"),
+                "ann",
+            )
+            .id(&format!("EV_good_{r}"))
+            .body())
+                .await;
+        }
+        app.ok(&webhook::joined("bad", "RM_bad", "PA_bad", "ann")
+            .id("EV_bad")
+            .body())
+            .await;
+        app.stop().await;
+
+        let store = store_of(db).await;
+        use sea_orm::ConnectionTrait;
+        store
+            .execute_unprepared("UPDATE rooms SET status = 'bogus' WHERE livekit_name = 'bad'")
+            .await
+            .unwrap();
+        let loader = roomd::store::Loader::start(store.clone(), |task| {
+            tokio::spawn(task);
+        });
+        let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
+        let names: Vec<String> = std::iter::once("bad".to_owned())
+            .chain((0..24).map(|r| format!("good{r}")))
+            .chain(std::iter::once("bad".to_owned()))
+            .collect();
+        let loads = names
+            .iter()
+            .map(|name| loader.load(std::sync::Arc::from(name.as_str()), horizon));
+        let loaded = futures::future::join_all(loads).await;
+        for (name, result) in names.iter().zip(loaded) {
+            match result {
+                Ok(room) if name != "bad" => assert_eq!(
+                    room.latest.map(|(room, _)| room.current_participants),
+                    Some(1),
+                    "[{}] {name}",
+                    db.backend
+                ),
+                Err(roomd::store::StoreError::Corrupt(_)) if name == "bad" => {}
+                other => panic!("[{}] {name}: {other:?}", db.backend),
+            }
+        }
+        store.close().await.ok();
     })
     .await;
 }

@@ -28,7 +28,7 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
 use model::{Mix, RoomModel, Signer};
-use report::{Statuses, print_latency, rss_mib};
+use report::{Statuses, print_latency, print_percentiles, rss_mib};
 
 #[derive(Parser, Debug)]
 #[command(about = "Load, ground truth and ceilings for roomd")]
@@ -392,6 +392,9 @@ async fn webhooks(args: WebhookArgs) -> anyhow::Result<()> {
         ok as f64 / secs
     );
     print_latency(outcome.latencies);
+    if !outcome.cold.is_empty() {
+        print_percentiles("a room's first delivery, ms", outcome.cold);
+    }
     println!("status: {}", outcome.statuses);
     let open: usize = rooms.iter().map(RoomModel::expected_count).sum();
     println!("open participants (truth): {open}");

@@ -38,10 +38,15 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-pub fn print_latency(mut latencies: Vec<Duration>) {
+pub fn print_latency(latencies: Vec<Duration>) {
+    print_percentiles("latency ms", latencies);
+}
+
+/// `what: p50 ..  p90 ..  p99 ..  max ..`, in milliseconds.
+pub fn print_percentiles(what: &str, mut latencies: Vec<Duration>) {
     latencies.sort_unstable();
     println!(
-        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        "{what}: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.90),
         percentile(&latencies, 0.99),

@@ -37,6 +37,9 @@ pub struct Plan {
 #[derive(Default)]
 pub struct Outcome {
     pub latencies: Vec<Duration>,
+    /// Each room's first delivery: the one that makes roomd start the
+    /// room's actor and load it (its answered attempt).
+    pub cold: Vec<Duration>,
     pub statuses: Statuses,
     /// Event ids answered 200 (committed, roomd says).
     pub acked: Vec<String>,
@@ -104,6 +107,7 @@ pub async fn run(plan: &Plan, rooms: Vec<RoomModel>) -> (Outcome, Vec<RoomModel>
     let mut outcome = Outcome::default();
     for part in futures_util::future::join_all(workers).await {
         outcome.latencies.extend(part.latencies);
+        outcome.cold.extend(part.cold);
         outcome.statuses.merge(part.statuses);
         outcome.acked.extend(part.acked);
         outcome.abandoned += part.abandoned;
@@ -133,12 +137,17 @@ async fn worker(shared: &Shared<'_>) -> Outcome {
             shared.done.lock().unwrap().push(room);
             continue;
         }
+        let mut cold = !room.is_started();
         let events = room.next_events(&plan.mix, plan.steps, &plan.signer);
         shared
             .generated
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         for event in room.arrange(events, plan.window, plan.duplicates) {
+            let answers = out.latencies.len();
             deliver(shared, &event, &mut out).await;
+            if std::mem::take(&mut cold) && out.latencies.len() > answers {
+                out.cold.extend(out.latencies.last());
+            }
         }
         shared.rooms.lock().unwrap().push_back(room);
     }
