@@ -117,6 +117,12 @@ webhooks() { # $1 = label, $2 = url, rest = loadgen args; CPU_OF=pid also record
   record "$label.eps" "$(field "$WORK/out" '.*: ([0-9]+) events\/s,.*')"
   record "$label.p50" "$(field "$WORK/out" '^latency ms: p50 ([0-9.]+) .*')"
   record "$label.p99" "$(field "$WORK/out" '^latency ms: .* p99 ([0-9.]+) .*')"
+  # A run over new rooms also prints their first deliveries apart: each
+  # starts its room's actor and waits for its load.
+  if grep -q "^a room's first delivery" "$WORK/out"; then
+    record "$label.coldp50" "$(field "$WORK/out" "^a room's first delivery, ms: p50 ([0-9.]+) .*")"
+    record "$label.coldp99" "$(field "$WORK/out" "^a room's first delivery, ms: .* p99 ([0-9.]+) .*")"
+  fi
   grep -q '^status: 200=[0-9]*$' "$WORK/out" || echo "  ($label: $(grep '^status' "$WORK/out"))" >&2
 }
 
@@ -244,6 +250,7 @@ roomd benchmarks: $(nproc) cores, $REPS repetitions (medians), $ROOMS rooms x $P
 | roomd's CPU per event (PostgreSQL, peak) vs the ceiling's per delivery | $(med pg.cpuev) us vs $(med ceiling.cpudl) us | $(ratio "$(med pg.cpuev)" "$(med ceiling.cpudl)")x (<= 1.5) |
 | roomd SQLite, webhooks                    | $(med sqlite.eps) events/s, $(med sqlite.dps) deliveries/s, p50 $(med sqlite.p50) p99 $(med sqlite.p99) ms | $(ratio "$(med sqlite.eps)" "$(med naivesqlite.eps)")x naive; $(ratio "$(med sqlite.dps)" "$(med ceiling.dps)") of HTTP |
 | roomd PostgreSQL at half peak ($(med pghalf.rate)/s), new rooms | p50 $(med pghalf.p50) p99 $(med pghalf.p99) ms | p99 < 10 ms |
+| ... of which each room's first delivery (its actor starts and loads) | p50 $(med pghalf.coldp50) p99 $(med pghalf.coldp99) ms |  |
 | roomd PostgreSQL at half peak, rooms already live, every event a redelivery | p50 $(med pgwarm.p50) p99 $(med pgwarm.p99) ms | p99 < 5 ms |
 | one room, serial delivery: HTTP ceiling   | $(med serialceil.eps) events/s, p50 $(med serialceil.p50) ms |  |
 | one room, serial delivery: roomd PostgreSQL | $(med serialpg.eps) events/s, p50 $(med serialpg.p50) ms | $(ratio "$(med serialpg.eps)" "$(med serialceil.eps)") of the serial ceiling (>= 0.25) |
