@@ -100,8 +100,11 @@ impl Supervisor {
         ownership: Option<Arc<Ownership>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let loader = Loader::start(db.clone(), |task| {
-            arbiter.spawn(task);
+        let loader = Loader::start(db.clone(), settings.lifecycle.load_timeout, {
+            let arbiter = arbiter.clone();
+            move |task| {
+                arbiter.spawn(task);
+            }
         });
         let parts = Arc::new(ActorParts {
             db,

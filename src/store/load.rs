@@ -108,6 +108,7 @@ pub async fn find_latest_rooms(
     if names.is_empty() {
         return Ok(Vec::new());
     }
+    let names = padded(names);
     let backend = db.get_database_backend();
     let params: Vec<String> = (1..=names.len())
         .map(|i| match backend {
@@ -185,62 +186,28 @@ pub async fn load_room(
     name: &str,
     horizon: DateTime<Utc>,
 ) -> Result<StoredRoom, StoreError> {
-    let mut rooms = load_rooms(db, &[name], horizon).await?;
-    Ok(rooms.pop().unwrap_or_default())
+    match find_latest_rooms(db, &[name]).await?.pop() {
+        Some(room) => load_rest(db, room, horizon).await,
+        None => Ok(StoredRoom::default()),
+    }
 }
 
-/// [`load_room`] for each of `names`, in their order: three queries for the
-/// whole list, and one when none of them has a room yet (a burst of new
-/// rooms). A name listed twice gets the same answer twice.
-pub async fn load_rooms(
+/// [`load_room`] after its first query found `room`, the latest instance
+/// under its name: the sessions and the ended sids to go with it.
+pub async fn load_rest(
     db: &impl ConnectionTrait,
-    names: &[&str],
+    room: RoomRecord,
     horizon: DateTime<Utc>,
-) -> Result<Vec<StoredRoom>, StoreError> {
-    let mut latest: HashMap<Arc<str>, RoomRecord> = find_latest_rooms(db, &padded(names))
+) -> Result<StoredRoom, StoreError> {
+    let ended_sids = ended_sids(db, vec![room.name.to_string()], horizon)
         .await?
         .into_iter()
-        .map(|room| (room.name.clone(), room))
+        .map(|(_, ended)| ended)
         .collect();
-    if latest.is_empty() {
-        return Ok(names.iter().map(|_| StoredRoom::default()).collect());
-    }
-    let ids: Vec<Uuid> = latest.values().map(|room| room.id).collect();
-    let mut sessions: HashMap<Uuid, Vec<SessionRecord>> = HashMap::with_capacity(ids.len());
-    let filter = Condition::all().add(participants::Column::RoomId.is_in(padded(&ids)));
-    for (room_id, session) in load_sessions(db, filter, horizon).await? {
-        sessions.entry(room_id).or_default().push(session);
-    }
-    let present: Vec<String> = latest.keys().map(|name| name.to_string()).collect();
-    let mut ended: HashMap<String, Vec<(String, DateTime<Utc>)>> = HashMap::new();
-    for (name, sid) in ended_sids(db, padded(&present), horizon).await? {
-        ended.entry(name).or_default().push(sid);
-    }
-    let mut loaded: HashMap<&str, StoredRoom> = HashMap::with_capacity(latest.len());
-    for name in names {
-        if let Some(room) = latest.remove(*name) {
-            let stored = StoredRoom {
-                ended_sids: ended.remove(*name).unwrap_or_default(),
-                latest: Some((room.clone(), sessions.remove(&room.id).unwrap_or_default())),
-            };
-            loaded.insert(name, stored);
-        }
-    }
-    // A name's rows are moved out at its last place in `names` (copied
-    // before, which only a name listed twice needs).
-    Ok(names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let again = names[i + 1..].contains(name);
-            let stored = if again {
-                loaded.get(name).cloned()
-            } else {
-                loaded.remove(name)
-            };
-            stored.unwrap_or_default()
-        })
-        .collect())
+    Ok(StoredRoom {
+        latest: Some(with_sessions(db, room, horizon).await?),
+        ended_sids,
+    })
 }
 
 /// `items` repeated at the end up to a power of two: a list bound as

@@ -1,14 +1,17 @@
-//! Loads the rooms of starting actors a batch at a time.
+//! Loads the rooms of starting actors, a batch of names at a time.
 //!
 //! An actor's first event waits for its room's committed state. One load
-//! per actor was a pool checkout (with its ping) and a query each: a burst
-//! of new rooms (128 at once at the start of the bench's half-peak run)
-//! queued 128 of them on the pool, and their first events waited 12-27 ms
-//! (p50) where the same burst on live rooms waited 6. Loads that queue up
-//! while one is in flight now go as one [`load_rooms`]: one query when none
-//! of the rooms exists yet, three when some do.
+//! per actor was a pool checkout (with its ping) and a query at least: a
+//! burst of new rooms (128 at once at the start of the bench's half-peak
+//! run) queued 128 of them on the pool, and their first events waited
+//! 12-27 ms (p50) where the same burst on live rooms waited 6. Now the
+//! names that queue up while a batch is out are looked up together, in
+//! one query: a room that does not exist yet needs nothing more, and each
+//! one that does gets the rest of its load on its own, so that a room
+//! with a long history holds no other room's start.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -16,15 +19,13 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::StoreError;
-use super::load::{load_room, load_rooms};
-use crate::record::StoredRoom;
+use super::load::{find_latest_rooms, load_rest, load_room};
+use crate::record::{RoomRecord, StoredRoom};
 
-/// Rooms per batch: a bound on one batch's rows, and on the time its
-/// slowest room holds the others.
+/// Names per lookup.
 const MAX_BATCH: usize = 64;
 
-/// Batches in flight at once: a room with a long history holds one task,
-/// not every start. Half of the default pool, which reads share.
+/// Lookups in flight at once.
 const TASKS: usize = 4;
 
 struct Job {
@@ -33,22 +34,41 @@ struct Job {
     reply: oneshot::Sender<Result<StoredRoom, StoreError>>,
 }
 
-/// A handle to the loader tasks; they stop when the last handle is dropped.
+/// A handle to the loader; its tasks stop when the last handle is dropped.
 #[derive(Clone)]
 pub struct Loader {
     jobs: mpsc::Sender<Job>,
 }
 
+/// What every load shares.
+#[derive(Clone)]
+struct Parts {
+    db: DatabaseConnection,
+    /// How long one query may take before it is abandoned, its
+    /// connection with it: a connection that stopped answering must not
+    /// keep a task, and every room after it, waiting.
+    deadline: Duration,
+    spawn: Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>,
+}
+
 impl Loader {
-    /// Hands [`TASKS`] tasks to `spawn`, which runs them where the actors
-    /// run, so that a load's answer wakes no other thread.
-    pub fn start(db: DatabaseConnection, mut spawn: impl FnMut(BoxFuture<'static, ()>)) -> Self {
-        // As many waiting loads as actors may start before the first
-        // batch is out; a full queue only makes `load` wait.
+    /// `spawn` runs the loader's tasks, and the rest of each existing
+    /// room's load, where the actors run, so that an answer wakes no other
+    /// thread.
+    pub fn start(
+        db: DatabaseConnection,
+        deadline: Duration,
+        spawn: impl Fn(BoxFuture<'static, ()>) + Send + Sync + 'static,
+    ) -> Self {
         let (jobs, rx) = mpsc::channel(MAX_BATCH * TASKS);
         let rx = Arc::new(Mutex::new(rx));
+        let parts = Parts {
+            db,
+            deadline,
+            spawn: Arc::new(spawn),
+        };
         for _ in 0..TASKS {
-            spawn(Box::pin(run(db.clone(), rx.clone())));
+            (parts.spawn)(Box::pin(run(parts.clone(), rx.clone())));
         }
         Self { jobs }
     }
@@ -74,36 +94,55 @@ impl Loader {
     }
 }
 
-async fn run(db: DatabaseConnection, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run(parts: Parts, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // The lock is held only while waiting, so the next idle task takes
-    // what queues up while this one loads.
+    // what queues up while this one looks its names up.
     while rx.lock().await.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // An actor that gave up waiting (its load timed out) needs nothing.
+        // An actor that gave up waiting needs nothing.
         batch.retain(|job| !job.reply.is_closed());
-        let Some(horizon) = batch.iter().map(|job| job.horizon).min() else {
+        if batch.is_empty() {
             continue;
-        };
-        // The oldest horizon: the others get a few milliseconds more of
-        // history, which they forget as they would have.
+        }
         let names: Vec<&str> = batch.iter().map(|job| &*job.name).collect();
-        match load_rooms(&db, &names, horizon).await {
-            Ok(rooms) => {
-                for (job, room) in batch.drain(..).zip(rooms) {
-                    let _ = job.reply.send(Ok(room));
+        match within(parts.deadline, find_latest_rooms(&parts.db, &names)).await {
+            Ok(latest) => {
+                let latest: std::collections::HashMap<Arc<str>, RoomRecord> = latest
+                    .into_iter()
+                    .map(|room| (room.name.clone(), room))
+                    .collect();
+                for job in batch.drain(..) {
+                    match latest.get(&job.name) {
+                        None => {
+                            let _ = job.reply.send(Ok(StoredRoom::default()));
+                        }
+                        Some(room) => {
+                            let (parts, room) = (parts.clone(), room.clone());
+                            let rest = async move {
+                                let loaded =
+                                    within(parts.deadline, load_rest(&parts.db, room, job.horizon));
+                                let _ = job.reply.send(loaded.await);
+                            };
+                            (parts.spawn)(Box::pin(rest));
+                        }
+                    }
                 }
             }
             Err(err) if batch.len() > 1 => {
-                // One room whose rows cannot be read (or take too long)
-                // must not fail the others' starts: each alone, so only
-                // its own actor gets the error.
-                tracing::warn!(rooms = batch.len(), error = %err, "loading a batch of rooms failed; loading them one by one");
+                // One name that cannot be read (a row roomd did not write)
+                // must not fail the others' starts: each alone, so only its
+                // own actor gets the error.
+                tracing::warn!(rooms = batch.len(), error = %err, "looking up a batch of rooms failed; loading them one by one");
                 for job in batch.drain(..) {
-                    if job.reply.is_closed() {
-                        continue;
-                    }
-                    let loaded = load_room(&db, &job.name, job.horizon).await;
-                    let _ = job.reply.send(loaded);
+                    let db = parts.db.clone();
+                    let alone = async move {
+                        if job.reply.is_closed() {
+                            return;
+                        }
+                        let loaded = within(parts.deadline, load_room(&db, &job.name, job.horizon));
+                        let _ = job.reply.send(loaded.await);
+                    };
+                    (parts.spawn)(Box::pin(alone));
                 }
             }
             Err(err) => {
@@ -112,4 +151,15 @@ async fn run(db: DatabaseConnection, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             }
         }
     }
+}
+
+/// `query`, or `StoreError::TimedOut` once `deadline` has passed (the query
+/// is then dropped, and its connection closed).
+async fn within<T>(
+    deadline: Duration,
+    query: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, query)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut(deadline)))
 }

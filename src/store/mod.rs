@@ -16,7 +16,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 
 pub use load::{
     ActivePage, active_room_names, active_rooms_page, find_latest_rooms, load_active_rooms,
-    load_instance, load_room, load_rooms, open_counts_by_kind,
+    load_instance, load_room, open_counts_by_kind,
 };
 pub use loader::Loader;
 pub use retention::delete_audit_before;

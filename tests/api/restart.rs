@@ -12,7 +12,7 @@ use common::{KEY, SECRET, TestDb, sign_with, webhook};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use roomd::store::entity::{participants, webhook_events};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait};
 
 #[actix_web::test]
 async fn a_restarted_roomd_serves_the_same_counts_and_keeps_applying() {
@@ -120,6 +120,13 @@ async fn store_of(db: &TestDb) -> sea_orm::DatabaseConnection {
     roomd::store::connect(&common::settings_for(db).database, 5000)
         .await
         .unwrap()
+}
+
+/// roomd's loader on `store`, its tasks on the test's runtime.
+fn loader_of(store: &sea_orm::DatabaseConnection, deadline: Duration) -> roomd::store::Loader {
+    roomd::store::Loader::start(store.clone(), deadline, |task| {
+        tokio::spawn(task);
+    })
 }
 
 /// Every acknowledged event has its audit row and its session row.
@@ -286,9 +293,9 @@ async fn a_start_read_from_roomds_clock_is_the_same_after_a_restart() {
     .await;
 }
 
-// Actors that start together are loaded together (one query for rooms
-// that do not exist yet, three for those that do): each must get what it
-// would alone, whatever else shares its batch.
+// Actors that start together are looked up together (one query for the
+// names of a batch), and each existing room is then loaded on its own:
+// each must get what it would alone, whatever else shares its batch.
 #[actix_web::test]
 async fn rooms_loaded_together_are_each_what_they_are_alone() {
     common::on_every_database(async |db| {
@@ -324,9 +331,15 @@ async fn rooms_loaded_together_are_each_what_they_are_alone() {
         let store = store_of(db).await;
         let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
         let names = ["full", "nobody", "again", "full", "nobody-else"];
-        let together = roomd::store::load_rooms(&store, &names, horizon)
+        let loader = loader_of(&store, Duration::from_secs(5));
+        let loads = names
+            .iter()
+            .map(|name| loader.load((*name).into(), horizon));
+        let together: Vec<_> = futures::future::join_all(loads)
             .await
-            .unwrap();
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(together.len(), names.len());
         for (name, loaded) in names.iter().zip(&together) {
             let alone = roomd::store::load_room(&store, name, horizon)
@@ -382,14 +395,11 @@ async fn a_room_that_cannot_be_read_fails_only_its_own_load() {
         app.stop().await;
 
         let store = store_of(db).await;
-        use sea_orm::ConnectionTrait;
         store
             .execute_unprepared("UPDATE rooms SET status = 'bogus' WHERE livekit_name = 'bad'")
             .await
             .unwrap();
-        let loader = roomd::store::Loader::start(store.clone(), |task| {
-            tokio::spawn(task);
-        });
+        let loader = loader_of(&store, Duration::from_secs(5));
         let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
         let names: Vec<String> = std::iter::once("bad".to_owned())
             .chain((0..24).map(|r| format!("good{r}")))
@@ -411,6 +421,112 @@ async fn a_room_that_cannot_be_read_fails_only_its_own_load() {
                 other => panic!("[{}] {name}: {other:?}", db.backend),
             }
         }
+        store.close().await.ok();
+    })
+    .await;
+}
+
+// A query that never answers (here: one waiting on a lock) is abandoned at
+// the loader's deadline, its connection with it: the loader's tasks waited
+// on it for good, so that no new room could start while the database
+// answered everything else (found by the adversary, with a connection
+// frozen by a proxy).
+#[actix_web::test]
+async fn a_load_that_never_answers_is_abandoned_and_the_next_ones_are_served() {
+    common::on_postgres(async |db| {
+        let app = common::spawn_app(db).await;
+        app.ok(&webhook::joined("held", "RM_held", "PA_held", "ann")
+            .id("EV_held")
+            .body())
+            .await;
+        app.stop().await;
+
+        // The loader's own pool, without the server's statement timeout
+        // (which would end the wait on its own).
+        let store = roomd::store::connect(&common::settings_for(db).database, 600_000)
+            .await
+            .unwrap();
+        let pg = store_of(db).await;
+        let lock = pg.begin().await.unwrap();
+        lock.execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        // Released when told, or in any case after a while, so that a
+        // loader that does wait ends too (and fails the assertions below
+        // instead of hanging the test).
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let unlocked = tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(20), released).await;
+            lock.rollback().await.ok();
+        });
+
+        let loader = loader_of(&store, Duration::from_millis(300));
+        let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
+        // More than the loader has tasks: each waits on the lock until the
+        // deadline, and a task whose query was abandoned takes the next.
+        for i in 0..8 {
+            let result = loader.load(format!("new{i}").into(), horizon).await;
+            assert!(
+                matches!(result, Err(roomd::store::StoreError::TimedOut(_))),
+                "load {i} while the table is locked: {result:?}"
+            );
+        }
+        release.send(()).ok();
+        unlocked.await.unwrap();
+        pg.close().await.ok();
+
+        let room = loader.load("held".into(), horizon).await.unwrap();
+        assert_eq!(
+            room.latest.map(|(room, _)| room.current_participants),
+            Some(1)
+        );
+        let new = loader.load("new0".into(), horizon).await.unwrap();
+        assert_eq!(new, roomd::record::StoredRoom::default());
+        store.close().await.ok();
+    })
+    .await;
+}
+
+// A room with a long history (here: its sessions behind a lock) holds no
+// other room's start: the rooms that do not exist yet are answered once
+// the batch's names are looked up, and each existing room's sessions are
+// read on their own (found by the adversary: new rooms batched with rooms
+// of 200,000 sessions timed out with them).
+#[actix_web::test]
+async fn a_slow_room_does_not_hold_the_new_rooms_looked_up_with_it() {
+    common::on_postgres(async |db| {
+        let app = common::spawn_app(db).await;
+        app.ok(&webhook::joined("long", "RM_long", "PA_long", "ann")
+            .id("EV_long")
+            .body())
+            .await;
+        app.stop().await;
+
+        let store = roomd::store::connect(&common::settings_for(db).database, 600_000)
+            .await
+            .unwrap();
+        let pg = store_of(db).await;
+        let lock = pg.begin().await.unwrap();
+        lock.execute_unprepared("LOCK TABLE participants IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+
+        let loader = loader_of(&store, Duration::from_secs(20));
+        let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
+        // Both queued before the loader's task runs (this runtime has one
+        // thread), so they share a batch.
+        let long = loader.load("long".into(), horizon);
+        let new = loader.load("brand-new".into(), horizon);
+        let (long, new) = futures::join!(long, async {
+            let new = new.await;
+            // Answered while the long room still waits on the lock.
+            lock.rollback().await.unwrap();
+            new
+        });
+        assert_eq!(new.unwrap(), roomd::record::StoredRoom::default());
+        let long = long.unwrap().latest.expect("long exists");
+        assert_eq!(long.1.len(), 1);
+        pg.close().await.ok();
         store.close().await.ok();
     })
     .await;
