@@ -122,6 +122,38 @@ async fn store_of(db: &TestDb) -> sea_orm::DatabaseConnection {
         .unwrap()
 }
 
+/// `room` with one person in, roomd stopped, then `table` locked by a
+/// transaction of the test's: a pool for a loader (without the server's
+/// statement timeout, which would end a wait on the lock on its own), the
+/// pool holding the lock, and the lock.
+async fn one_room_then_locked(
+    db: &TestDb,
+    room: &str,
+    table: &str,
+) -> (
+    sea_orm::DatabaseConnection,
+    sea_orm::DatabaseConnection,
+    sea_orm::DatabaseTransaction,
+) {
+    let app = common::spawn_app(db).await;
+    app.ok(
+        &webhook::joined(room, &format!("RM_{room}"), &format!("PA_{room}"), "ann")
+            .id(&format!("EV_{room}"))
+            .body(),
+    )
+    .await;
+    app.stop().await;
+    let store = roomd::store::connect(&common::settings_for(db).database, 600_000)
+        .await
+        .unwrap();
+    let pg = store_of(db).await;
+    let lock = pg.begin().await.unwrap();
+    lock.execute_unprepared(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    (store, pg, lock)
+}
+
 /// roomd's loader on `store`, its tasks on the test's runtime.
 fn loader_of(store: &sea_orm::DatabaseConnection, deadline: Duration) -> roomd::store::Loader {
     roomd::store::Loader::start(store.clone(), deadline, |task| {
@@ -434,23 +466,7 @@ async fn a_room_that_cannot_be_read_fails_only_its_own_load() {
 #[actix_web::test]
 async fn a_load_that_never_answers_is_abandoned_and_the_next_ones_are_served() {
     common::on_postgres(async |db| {
-        let app = common::spawn_app(db).await;
-        app.ok(&webhook::joined("held", "RM_held", "PA_held", "ann")
-            .id("EV_held")
-            .body())
-            .await;
-        app.stop().await;
-
-        // The loader's own pool, without the server's statement timeout
-        // (which would end the wait on its own).
-        let store = roomd::store::connect(&common::settings_for(db).database, 600_000)
-            .await
-            .unwrap();
-        let pg = store_of(db).await;
-        let lock = pg.begin().await.unwrap();
-        lock.execute_unprepared("LOCK TABLE rooms IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
+        let (store, pg, lock) = one_room_then_locked(db, "held", "rooms").await;
         // Released when told, or in any case after a while, so that a
         // loader that does wait ends too (and fails the assertions below
         // instead of hanging the test).
@@ -495,21 +511,7 @@ async fn a_load_that_never_answers_is_abandoned_and_the_next_ones_are_served() {
 #[actix_web::test]
 async fn a_slow_room_does_not_hold_the_new_rooms_looked_up_with_it() {
     common::on_postgres(async |db| {
-        let app = common::spawn_app(db).await;
-        app.ok(&webhook::joined("long", "RM_long", "PA_long", "ann")
-            .id("EV_long")
-            .body())
-            .await;
-        app.stop().await;
-
-        let store = roomd::store::connect(&common::settings_for(db).database, 600_000)
-            .await
-            .unwrap();
-        let pg = store_of(db).await;
-        let lock = pg.begin().await.unwrap();
-        lock.execute_unprepared("LOCK TABLE participants IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
+        let (store, pg, lock) = one_room_then_locked(db, "long", "participants").await;
 
         let loader = loader_of(&store, Duration::from_secs(20));
         let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
