@@ -8,8 +8,11 @@
 //! names that queue up while a batch is out are looked up together, in
 //! one query: a room that does not exist yet needs nothing more, and each
 //! one that does gets the rest of its load on its own, so that a room
-//! with a long history holds no other room's start.
+//! with a long history holds no other room's start. A lookup that hangs
+//! holds neither its task (the next batch goes out beside it) nor, for
+//! long, the rooms in it (they are looked up again alone).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +28,14 @@ use crate::record::{RoomRecord, StoredRoom};
 /// Names per lookup.
 const MAX_BATCH: usize = 64;
 
-/// Lookups in flight at once.
+/// Lookups that queue up the next batch: while they are out, names wait
+/// and go together.
 const TASKS: usize = 4;
+
+/// How long a task waits for its lookup before it takes the next batch
+/// anyway. A lookup takes a millisecond or so; one that takes this long is
+/// waiting on something that may never come.
+const PATIENCE: Duration = Duration::from_millis(50);
 
 struct Job {
     name: Arc<str>,
@@ -104,51 +113,75 @@ async fn run(parts: Parts, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
         if batch.is_empty() {
             continue;
         }
-        let names: Vec<&str> = batch.iter().map(|job| &*job.name).collect();
-        match within(parts.deadline, find_latest_rooms(&parts.db, &names)).await {
-            Ok(latest) => {
-                let latest: std::collections::HashMap<Arc<str>, RoomRecord> = latest
-                    .into_iter()
-                    .map(|room| (room.name.clone(), room))
-                    .collect();
-                for job in batch.drain(..) {
-                    match latest.get(&job.name) {
-                        None => {
-                            let _ = job.reply.send(Ok(StoredRoom::default()));
-                        }
-                        Some(room) => {
-                            let (parts, room) = (parts.clone(), room.clone());
-                            let rest = async move {
-                                let loaded =
-                                    within(parts.deadline, load_rest(&parts.db, room, job.horizon));
-                                let _ = job.reply.send(loaded.await);
-                            };
-                            (parts.spawn)(Box::pin(rest));
-                        }
+        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let (done, finished) = oneshot::channel::<()>();
+        let lookup = look_up(parts.clone(), jobs);
+        (parts.spawn)(Box::pin(async move {
+            lookup.await;
+            let _ = done.send(());
+        }));
+        // A lookup that takes far longer than one should (a connection
+        // that stopped answering) keeps this task no longer: the next
+        // batch goes out beside it (found by the adversary: four hung
+        // lookups held every start for their whole deadline).
+        let _ = tokio::time::timeout(PATIENCE, finished).await;
+    }
+}
+
+/// Answers `batch` from one lookup of its names.
+async fn look_up(parts: Parts, mut batch: Vec<Job>) {
+    let names: Vec<&str> = batch.iter().map(|job| &*job.name).collect();
+    // Half the deadline, so that after a lookup that hung each room still
+    // has the other half to be looked up alone: one name's stuck
+    // connection then fails only that room (found by the adversary: it
+    // failed every new room batched with it).
+    let half = parts.deadline / 2;
+    match within(half, find_latest_rooms(&parts.db, &names)).await {
+        Ok(latest) => {
+            let latest: HashMap<Arc<str>, RoomRecord> = latest
+                .into_iter()
+                .map(|room| (room.name.clone(), room))
+                .collect();
+            for job in batch.drain(..) {
+                match latest.get(&job.name) {
+                    None => {
+                        let _ = job.reply.send(Ok(StoredRoom::default()));
+                    }
+                    Some(room) => {
+                        let (db, room) = (parts.db.clone(), room.clone());
+                        let deadline = parts.deadline;
+                        let rest = async move {
+                            if job.reply.is_closed() {
+                                return;
+                            }
+                            let loaded = within(deadline, load_rest(&db, room, job.horizon));
+                            let _ = job.reply.send(loaded.await);
+                        };
+                        (parts.spawn)(Box::pin(rest));
                     }
                 }
             }
-            Err(err) if batch.len() > 1 => {
-                // One name that cannot be read (a row roomd did not write)
-                // must not fail the others' starts: each alone, so only its
-                // own actor gets the error.
-                tracing::warn!(rooms = batch.len(), error = %err, "looking up a batch of rooms failed; loading them one by one");
-                for job in batch.drain(..) {
-                    let db = parts.db.clone();
-                    let alone = async move {
-                        if job.reply.is_closed() {
-                            return;
-                        }
-                        let loaded = within(parts.deadline, load_room(&db, &job.name, job.horizon));
-                        let _ = job.reply.send(loaded.await);
-                    };
-                    (parts.spawn)(Box::pin(alone));
-                }
+        }
+        Err(err) if batch.len() > 1 => {
+            // One name that cannot be read (a row roomd did not write, a
+            // connection that hung) must not fail the others' starts:
+            // each alone, so only its own actor gets the error.
+            tracing::warn!(rooms = batch.len(), error = %err, "looking up a batch of rooms failed; loading them one by one");
+            for job in batch.drain(..) {
+                let db = parts.db.clone();
+                let alone = async move {
+                    if job.reply.is_closed() {
+                        return;
+                    }
+                    let loaded = within(half, load_room(&db, &job.name, job.horizon));
+                    let _ = job.reply.send(loaded.await);
+                };
+                (parts.spawn)(Box::pin(alone));
             }
-            Err(err) => {
-                let job = batch.pop().expect("a batch of one");
-                let _ = job.reply.send(Err(err));
-            }
+        }
+        Err(err) => {
+            let job = batch.pop().expect("a batch of one");
+            let _ = job.reply.send(Err(err));
         }
     }
 }

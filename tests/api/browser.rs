@@ -112,6 +112,24 @@ async fn until_text(client: &Client, css: &str, want: impl Fn(&str) -> bool) -> 
     panic!("{css}: still {last:?} after 20 s");
 }
 
+/// Clicks what `css` finds. The page redraws its tables as rooms change,
+/// so a button found a moment ago may be gone: it is looked up again
+/// (a clean-clone CI run clicked a redrawn row's stale button).
+async fn click(client: &Client, css: &str) {
+    let mut last = None;
+    for _ in 0..200 {
+        match client.find(Locator::Css(css)).await {
+            Ok(element) => match element.click().await {
+                Ok(()) => return,
+                Err(err) => last = Some(err),
+            },
+            Err(err) => last = Some(err),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css}: no click after 20 s: {last:?}");
+}
+
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.unwrap();
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
@@ -144,21 +162,9 @@ async fn the_admin_page_and_the_example_follow_a_room_live_in_a_browser() {
     // With an admin token: the actors, and the room's people and feed.
     let token = client.find(Locator::Id("token")).await.unwrap();
     token.send_keys(&common::admin_token()).await.unwrap();
-    client
-        .find(Locator::Css("#token-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#token-form button[type=submit]").await;
     until_text(&client, "#actors tbody tr td", |t| t == "standup").await;
-    client
-        .find(Locator::Css("tr[data-room='standup'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "tr[data-room='standup'] button").await;
     until_text(&client, "#participants", |t| {
         t.contains("alice") && t.contains("bob") && t.contains("carol")
     })
@@ -178,13 +184,7 @@ async fn the_admin_page_and_the_example_follow_a_room_live_in_a_browser() {
         "the admin token never goes in the URL bar"
     );
     // Forget: nothing read with the token stays on screen.
-    client
-        .find(Locator::Id("forget"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#forget").await;
     let cleared = client
         .execute(
             "return document.getElementById('detail').hidden \
