@@ -8,12 +8,11 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::TestDb;
 use common::process::{LoadReport, Roomd, loadgen};
-use common::proxy::Proxy;
+use common::proxy::{Proxy, postgres_addr};
 
 /// Asserts what every drill must end with.
 fn assert_converged(report: &LoadReport) {
@@ -43,20 +42,6 @@ fn assert_converged(report: &LoadReport) {
     {
         eprintln!("drill: {line}");
     }
-}
-
-/// Where PostgreSQL listens, from the test database's URL.
-fn postgres_addr(url: &str) -> SocketAddr {
-    let url = url::Url::parse(url).unwrap();
-    let host = url.host_str().unwrap();
-    let host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    format!("{host}:{}", url.port().unwrap_or(5432))
-        .parse()
-        .expect("PostgreSQL on an IP address")
 }
 
 /// 40 rooms churning for `secs` seconds, late and duplicate deliveries,

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::process::Roomd;
+use common::proxy::{Proxy, postgres_addr};
 use common::{KEY, SECRET, TestDb, sign_with, webhook};
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -530,6 +531,83 @@ async fn a_slow_room_does_not_hold_the_new_rooms_looked_up_with_it() {
         assert_eq!(long.1.len(), 1);
         pg.close().await.ok();
         store.close().await.ok();
+    })
+    .await;
+}
+
+/// A migrated database reached through a proxy that freezes any
+/// connection carrying `HANG-` (in a room's name): the loader's pool, and
+/// the proxy, which must outlive it.
+async fn behind_a_freezing_proxy(db: &TestDb) -> (sea_orm::DatabaseConnection, Proxy) {
+    let proxy = Proxy::start(postgres_addr(&db.url)).await;
+    let mut settings = common::settings_for(db).database;
+    // In clear, so that the proxy sees the names.
+    let mut url = url::Url::parse(&proxy.url_for(&db.url)).unwrap();
+    url.query_pairs_mut().append_pair("sslmode", "disable");
+    settings.url = url.to_string();
+    let store = roomd::store::connect(&settings, 600_000).await.unwrap();
+    roomd::store::migrate(&store).await.unwrap();
+    proxy.freeze_on(b"HANG-");
+    (store, proxy)
+}
+
+// A lookup whose connection stopped answering fails only its own room:
+// the rooms batched with it are looked up again alone (found by the
+// adversary, with a proxy that froze connections by content: every new
+// room of the batch failed with it).
+#[actix_web::test]
+async fn a_hung_lookup_fails_only_its_own_room() {
+    common::on_postgres(async |db| {
+        let (store, _proxy) = behind_a_freezing_proxy(db).await;
+        let loader = loader_of(&store, Duration::from_secs(2));
+        let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
+        // Queued before the loader's task runs (this runtime has one
+        // thread), so they share a batch.
+        let names = ["fine-1", "HANG-1", "fine-2", "fine-3"];
+        let loads = names
+            .iter()
+            .map(|name| loader.load((*name).into(), horizon));
+        let loaded = futures::future::join_all(loads).await;
+        for (name, result) in names.iter().zip(loaded) {
+            match result {
+                Ok(room) if name.starts_with("fine") => {
+                    assert_eq!(room, roomd::record::StoredRoom::default(), "{name}")
+                }
+                Err(roomd::store::StoreError::TimedOut(_)) if name.starts_with("HANG") => {}
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+// Lookups stuck on connections that stopped answering, one per loader
+// task, hold no other room's start: a task waits for its lookup only
+// briefly before it takes the next batch beside it (found by the
+// adversary: four hung lookups held every new room for their deadline).
+#[actix_web::test]
+async fn lookups_on_hung_connections_hold_no_other_start() {
+    use futures::FutureExt;
+    common::on_postgres(async |db| {
+        let (store, _proxy) = behind_a_freezing_proxy(db).await;
+        let loader = loader_of(&store, Duration::from_secs(60));
+        let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
+        let mut hung: Vec<_> = (0..4)
+            .map(|i| Box::pin(loader.load(format!("HANG-{i}").into(), horizon)))
+            .collect();
+        // Queued one at a time, each its own batch.
+        for load in &mut hung {
+            assert!(load.as_mut().now_or_never().is_none());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let fresh = loader.load("fresh".into(), horizon).await.unwrap();
+        assert_eq!(fresh, roomd::record::StoredRoom::default());
+        for (i, load) in hung.iter_mut().enumerate() {
+            assert!(
+                load.as_mut().now_or_never().is_none(),
+                "HANG-{i} was answered before the fresh room"
+            );
+        }
     })
     .await;
 }

@@ -3,7 +3,9 @@
 //! request (the connection it came on closes unanswered), slow down
 //! (each chunk held back: a database under strain) or freeze (open
 //! connections stop relaying but stay open, new ones work: a hung
-//! connection, as a broken NAT or a stuck server backend leaves it).
+//! connection, as a broken NAT or a stuck server backend leaves it), or
+//! freeze any connection that carries given bytes (a hung connection under
+//! one query, and only that one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// Where PostgreSQL listens, from the test database's URL.
+pub fn postgres_addr(url: &str) -> SocketAddr {
+    let url = url::Url::parse(url).unwrap();
+    let host = url.host_str().unwrap();
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    format!("{host}:{}", url.port().unwrap_or(5432))
+        .parse()
+        .expect("PostgreSQL on an IP address")
+}
+
+/// The bytes that freeze a connection, once set.
+type FreezeOn = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
+
 pub struct Proxy {
     pub port: u16,
     down: Arc<AtomicBool>,
@@ -21,6 +40,7 @@ pub struct Proxy {
     delay_ms: Arc<AtomicU64>,
     cuts: watch::Sender<u64>,
     freezes: watch::Sender<u64>,
+    freeze_on: FreezeOn,
 }
 
 impl Proxy {
@@ -32,12 +52,14 @@ impl Proxy {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let (cuts, _) = watch::channel(0);
         let (freezes, _) = watch::channel(0);
-        let (d, next, delay, c, f) = (
+        let freeze_on = FreezeOn::default();
+        let (d, next, delay, c, f, on) = (
             down.clone(),
             cut_next.clone(),
             delay_ms.clone(),
             cuts.clone(),
             freezes.clone(),
+            freeze_on.clone(),
         );
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -48,9 +70,10 @@ impl Proxy {
                 let (next, delay, cut) = (next.clone(), delay.clone(), c.subscribe());
                 let mut freeze = f.subscribe();
                 freeze.mark_unchanged();
+                let on = on.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        pipe(client, server, next, delay, cut, freeze).await;
+                        pipe(client, server, next, delay, cut, freeze, on).await;
                     }
                 });
             }
@@ -62,7 +85,14 @@ impl Proxy {
             delay_ms,
             cuts,
             freezes,
+            freeze_on,
         }
+    }
+
+    /// From now on, a connection whose client sends `bytes` (in one read)
+    /// is frozen there: that request is not passed on, and nothing more.
+    pub fn freeze_on(&self, bytes: &[u8]) {
+        *self.freeze_on.lock().unwrap() = Some(bytes.to_vec());
     }
 
     /// Every open connection stops relaying and stays open for good; new
@@ -110,10 +140,17 @@ async fn pipe(
     delay: Arc<AtomicU64>,
     mut cut: watch::Receiver<u64>,
     freeze: watch::Receiver<u64>,
+    freeze_on: FreezeOn,
 ) {
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = copy(cr, sw, Some(cut_next), delay.clone(), freeze.clone());
+    let up = copy(
+        cr,
+        sw,
+        Some((cut_next, freeze_on)),
+        delay.clone(),
+        freeze.clone(),
+    );
     let down = copy(sr, cw, None, delay, freeze);
     tokio::select! {
         _ = up => {}
@@ -125,7 +162,8 @@ async fn pipe(
 async fn copy(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    cut_next: Option<Arc<AtomicBool>>,
+    // Client to server only: the next request to cut, the bytes to freeze on.
+    upstream: Option<(Arc<AtomicBool>, FreezeOn)>,
     delay: Arc<AtomicU64>,
     mut freeze: watch::Receiver<u64>,
 ) {
@@ -140,11 +178,17 @@ async fn copy(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if cut_next
-            .as_ref()
-            .is_some_and(|cut| cut.swap(false, Ordering::SeqCst))
-        {
-            return;
+        if let Some((cut_next, freeze_on)) = &upstream {
+            if cut_next.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            let frozen =
+                freeze_on.lock().unwrap().as_ref().is_some_and(|bytes| {
+                    buf[..n].windows(bytes.len()).any(|w| w == bytes.as_slice())
+                });
+            if frozen {
+                std::future::pending::<()>().await;
+            }
         }
         let ms = delay.load(Ordering::SeqCst);
         if ms > 0 {
