@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::record::StoredRoom;
 use crate::record::{Committed, EventRecord};
 use crate::shard::{Fence, Ownership};
-use crate::store::{Loader, StoreError, Writer};
+use crate::store::{self, Loader, StoreError, Writer};
 
 /// Events an actor keeps for the debug view.
 mod handlers;
@@ -297,11 +297,7 @@ impl RoomActor {
         let name = self.name.clone();
         let horizon = self.parts.lifecycle.horizon();
         let deadline = self.parts.lifecycle.load_timeout;
-        let load = async move {
-            tokio::time::timeout(deadline, loader.load(name, horizon))
-                .await
-                .unwrap_or(Err(StoreError::TimedOut(deadline)))
-        };
+        let load = async move { store::within(deadline, loader.load(name, horizon)).await };
         ctx.wait(
             load.into_actor(self)
                 .map(|loaded: Result<StoredRoom, StoreError>, act, ctx| match loaded {

@@ -21,8 +21,8 @@ use futures_util::future::BoxFuture;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::StoreError;
 use super::load::{find_latest_rooms, load_rest, load_room};
+use super::{StoreError, within};
 use crate::record::{RoomRecord, StoredRoom};
 
 /// Names per lookup.
@@ -53,9 +53,10 @@ pub struct Loader {
 #[derive(Clone)]
 struct Parts {
     db: DatabaseConnection,
-    /// How long one query may take before it is abandoned, its
-    /// connection with it: a connection that stopped answering must not
-    /// keep a task, and every room after it, waiting.
+    /// How long one query may take before it is abandoned: a connection
+    /// that stopped answering must not keep a task, and every room after
+    /// it, waiting. (The abandoned connection's pool slot stays taken
+    /// until the server ends the query: sqlx pings it before reuse.)
     deadline: Duration,
     spawn: Arc<dyn Fn(BoxFuture<'static, ()>) + Send + Sync>,
 }
@@ -149,15 +150,8 @@ async fn look_up(parts: Parts, mut batch: Vec<Job>) {
                     }
                     Some(room) => {
                         let (db, room) = (parts.db.clone(), room.clone());
-                        let deadline = parts.deadline;
-                        let rest = async move {
-                            if job.reply.is_closed() {
-                                return;
-                            }
-                            let loaded = within(deadline, load_rest(&db, room, job.horizon));
-                            let _ = job.reply.send(loaded.await);
-                        };
-                        (parts.spawn)(Box::pin(rest));
+                        let rest = async move { load_rest(&db, room, job.horizon).await };
+                        answer(&parts, job.reply, within(parts.deadline, rest));
                     }
                 }
             }
@@ -169,14 +163,8 @@ async fn look_up(parts: Parts, mut batch: Vec<Job>) {
             tracing::warn!(rooms = batch.len(), error = %err, "looking up a batch of rooms failed; loading them one by one");
             for job in batch.drain(..) {
                 let db = parts.db.clone();
-                let alone = async move {
-                    if job.reply.is_closed() {
-                        return;
-                    }
-                    let loaded = within(half, load_room(&db, &job.name, job.horizon));
-                    let _ = job.reply.send(loaded.await);
-                };
-                (parts.spawn)(Box::pin(alone));
+                let alone = async move { load_room(&db, &job.name, job.horizon).await };
+                answer(&parts, job.reply, within(half, alone));
             }
         }
         Err(err) => {
@@ -186,13 +174,16 @@ async fn look_up(parts: Parts, mut batch: Vec<Job>) {
     }
 }
 
-/// `query`, or `StoreError::TimedOut` once `deadline` has passed (the query
-/// is then dropped, and its connection closed).
-async fn within<T>(
-    deadline: Duration,
-    query: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    tokio::time::timeout(deadline, query)
-        .await
-        .unwrap_or(Err(StoreError::TimedOut(deadline)))
+/// Runs `load` on a task of its own and answers `reply` with it, unless
+/// the actor waiting on `reply` has given up by then.
+fn answer(
+    parts: &Parts,
+    reply: oneshot::Sender<Result<StoredRoom, StoreError>>,
+    load: impl Future<Output = Result<StoredRoom, StoreError>> + Send + 'static,
+) {
+    (parts.spawn)(Box::pin(async move {
+        if !reply.is_closed() {
+            let _ = reply.send(load.await);
+        }
+    }));
 }

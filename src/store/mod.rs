@@ -22,6 +22,18 @@ pub use loader::Loader;
 pub use retention::delete_audit_before;
 pub use writer::{FenceOwner, Writer};
 
+/// `query`, or `StoreError::TimedOut` once `deadline` has passed. The query
+/// is then dropped; its connection goes back to the pool only once sqlx's
+/// ping on it answers, so one that stopped answering keeps its slot.
+pub async fn within<T>(
+    deadline: Duration,
+    query: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, query)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut(deadline)))
+}
+
 use crate::config::DatabaseSettings;
 
 #[derive(Debug, thiserror::Error)]

@@ -460,7 +460,7 @@ async fn a_room_that_cannot_be_read_fails_only_its_own_load() {
 }
 
 // A query that never answers (here: one waiting on a lock) is abandoned at
-// the loader's deadline, its connection with it: the loader's tasks waited
+// the loader's deadline: the loader's tasks waited
 // on it for good, so that no new room could start while the database
 // answered everything else (found by the adversary, with a connection
 // frozen by a proxy).

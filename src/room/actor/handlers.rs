@@ -152,9 +152,8 @@ impl Handler<Reconcile> for RoomActor {
             let horizon = self.parts.lifecycle.horizon();
             let deadline = self.parts.lifecycle.load_timeout;
             async move {
-                tokio::time::timeout(deadline, crate::store::load_instance(&db, &sid, horizon))
-                    .await
-                    .unwrap_or(Err(crate::store::StoreError::TimedOut(deadline)))
+                let instance = crate::store::load_instance(&db, &sid, horizon);
+                crate::store::within(deadline, instance).await
             }
         });
         let loaded = futures_util::future::OptionFuture::from(load);
