@@ -23,8 +23,9 @@ pub use retention::delete_audit_before;
 pub use writer::{FenceOwner, Writer};
 
 /// `query`, or `StoreError::TimedOut` once `deadline` has passed. The query
-/// is then dropped; its connection goes back to the pool only once sqlx's
-/// ping on it answers, so one that stopped answering keeps its slot.
+/// is then dropped; its connection goes back to the pool once a ping on it
+/// answers, or is closed when none does within the transaction deadline
+/// (see [`released`]).
 pub async fn within<T>(
     deadline: Duration,
     query: impl Future<Output = Result<T, StoreError>>,
@@ -100,6 +101,15 @@ async fn pool(
         .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .sqlx_logging(false)
+        // sqlx pings every connection it takes back (below), so one taken
+        // soon after needs no second ping before its query: that one was
+        // a round trip on every load's way.
+        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
+        .map_sqlx_postgres_pool_opts(move |opts| match transaction_timeout_ms {
+            Some(ms) => opts
+                .after_release(move |conn, _| Box::pin(released(conn, Duration::from_millis(ms)))),
+            None => opts,
+        })
         .map_sqlx_postgres_opts(move |opts| match transaction_timeout_ms {
             // The server's side of the writer's deadline: a transaction
             // whose client stopped talking is rolled back, not left holding
@@ -121,6 +131,33 @@ async fn pool(
                 .foreign_keys(true)
         });
     Database::connect(options).await
+}
+
+/// How long a pool connection may sit idle before it is pinged again
+/// before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// Whether a connection given back to the pool may be used again: it must
+/// answer a ping within `deadline`, the transaction deadline the server
+/// enforces too. sqlx pings it once more after this, but without a deadline:
+/// a connection dropped mid-query on a link that stopped answering (the
+/// `within` above gave up on it) kept its pool slot for good, and as many
+/// of them as the pool holds stopped every room's start (found by the
+/// adversary). An error here makes sqlx drop the socket instead.
+async fn released(
+    conn: &mut sea_orm::sqlx::PgConnection,
+    deadline: Duration,
+) -> Result<bool, sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::Connection;
+    match tokio::time::timeout(deadline, conn.ping()).await {
+        Ok(answered) => answered.map(|()| true),
+        Err(_) => Err(sea_orm::sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "a connection given back to the pool did not answer a ping within {deadline:?}"
+            ),
+        ))),
+    }
 }
 
 /// Brings the schema up to date.

@@ -537,15 +537,21 @@ async fn a_slow_room_does_not_hold_the_new_rooms_looked_up_with_it() {
 
 /// A migrated database reached through a proxy that freezes any
 /// connection carrying `HANG-` (in a room's name): the loader's pool, and
-/// the proxy, which must outlive it.
-async fn behind_a_freezing_proxy(db: &TestDb) -> (sea_orm::DatabaseConnection, Proxy) {
+/// the proxy, which must outlive it. `server_deadline_ms` is the pool's
+/// transaction deadline, which the server enforces too.
+async fn behind_a_freezing_proxy(
+    db: &TestDb,
+    server_deadline_ms: u64,
+) -> (sea_orm::DatabaseConnection, Proxy) {
     let proxy = Proxy::start(postgres_addr(&db.url)).await;
     let mut settings = common::settings_for(db).database;
     // In clear, so that the proxy sees the names.
     let mut url = url::Url::parse(&proxy.url_for(&db.url)).unwrap();
     url.query_pairs_mut().append_pair("sslmode", "disable");
     settings.url = url.to_string();
-    let store = roomd::store::connect(&settings, 600_000).await.unwrap();
+    let store = roomd::store::connect(&settings, server_deadline_ms)
+        .await
+        .unwrap();
     roomd::store::migrate(&store).await.unwrap();
     proxy.freeze_on(b"HANG-");
     (store, proxy)
@@ -558,7 +564,7 @@ async fn behind_a_freezing_proxy(db: &TestDb) -> (sea_orm::DatabaseConnection, P
 #[actix_web::test]
 async fn a_hung_lookup_fails_only_its_own_room() {
     common::on_postgres(async |db| {
-        let (store, _proxy) = behind_a_freezing_proxy(db).await;
+        let (store, _proxy) = behind_a_freezing_proxy(db, 600_000).await;
         let loader = loader_of(&store, Duration::from_secs(2));
         let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
         // Queued before the loader's task runs (this runtime has one
@@ -589,7 +595,7 @@ async fn a_hung_lookup_fails_only_its_own_room() {
 async fn lookups_on_hung_connections_hold_no_other_start() {
     use futures::FutureExt;
     common::on_postgres(async |db| {
-        let (store, _proxy) = behind_a_freezing_proxy(db).await;
+        let (store, _proxy) = behind_a_freezing_proxy(db, 600_000).await;
         let loader = loader_of(&store, Duration::from_secs(60));
         let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
         let mut hung: Vec<_> = (0..4)
@@ -608,6 +614,35 @@ async fn lookups_on_hung_connections_hold_no_other_start() {
                 "HANG-{i} was answered before the fresh room"
             );
         }
+    })
+    .await;
+}
+
+// A query abandoned on a connection that stopped answering gives its pool
+// slot back once the server's own deadline has passed. sqlx pings a
+// connection dropped mid-query before it goes back to the pool, and waited
+// on that ping for good: as many hung loads as the pool has connections
+// stopped every room's start for good, while /readyz said 200 (found by
+// the adversary).
+#[actix_web::test]
+async fn hung_connections_give_their_pool_slots_back() {
+    common::on_postgres(async |db| {
+        let (store, _proxy) = behind_a_freezing_proxy(db, 1_000).await;
+        let loader = loader_of(&store, Duration::from_millis(300));
+        let horizon = chrono::Utc::now() - chrono::Duration::hours(1);
+        let pool = common::settings_for(db).database.max_connections;
+        for i in 0..pool + 2 {
+            match loader.load(format!("HANG-{i}").into(), horizon).await {
+                Err(roomd::store::StoreError::TimedOut(_)) => {}
+                other => panic!("HANG-{i}: {other:?}"),
+            }
+        }
+        // Past the server's deadline (1 s), whatever the hung connections
+        // still hold is given up.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let loader = loader_of(&store, Duration::from_secs(10));
+        let fresh = loader.load("fresh".into(), horizon).await;
+        assert_eq!(fresh.unwrap(), roomd::record::StoredRoom::default());
     })
     .await;
 }
