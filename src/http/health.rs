@@ -15,7 +15,7 @@ pub async fn healthz() -> HttpResponse {
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let recovered = state.supervisor.is_recovered();
-    let database = state.db.ping().await.is_ok();
+    let database = state.supervisor.database_answers().await;
     let body = json!({"recovered": recovered, "database": database});
     if recovered && database {
         HttpResponse::Ok().json(body)

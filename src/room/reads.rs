@@ -59,12 +59,12 @@ impl Supervisor {
             .map(|(name, _)| *name)
             .collect();
         if !missing.is_empty() {
-            let mut stored: HashMap<String, RoomRecord> =
-                store::find_latest_rooms(&self.inner.parts.db, &missing)
-                    .await?
-                    .into_iter()
-                    .map(|room| (room.name.to_string(), room))
-                    .collect();
+            let mut stored: HashMap<String, RoomRecord> = self
+                .read(store::find_latest_rooms(&self.inner.parts.db, &missing))
+                .await?
+                .into_iter()
+                .map(|room| (room.name.to_string(), room))
+                .collect();
             let mut counts = self.counts_by_kind(stored.values()).await?;
             for (name, view) in names.iter().zip(&mut views) {
                 if view.is_none() {
@@ -108,7 +108,9 @@ impl Supervisor {
         }
         if self.inner.parts.ownership.is_some() && !name.contains('\0') {
             let horizon = self.inner.parts.lifecycle.horizon();
-            let stored = store::load_room(&self.inner.parts.db, name, horizon).await?;
+            let stored = self
+                .read(store::load_room(&self.inner.parts.db, name, horizon))
+                .await?;
             let snapshot = RoomSnapshot::of_restored(&RoomState::restore(name.to_owned(), stored));
             return Ok(snapshot.room.map(|room| RoomDetail {
                 room,
@@ -152,7 +154,8 @@ impl Supervisor {
         if self.inner.parts.ownership.is_none() {
             return Ok(self.inner.parts.snapshots.active_page(after, limit));
         }
-        let rooms = store::active_rooms_page(&self.inner.parts.db, after, limit as u64).await?;
+        let page = store::active_rooms_page(&self.inner.parts.db, after, limit as u64);
+        let rooms = self.read(page).await?;
         let next = (rooms.len() == limit)
             .then(|| rooms.last().map(|r| r.name.to_string()))
             .flatten();
@@ -180,11 +183,34 @@ impl Supervisor {
         let active = rooms
             .filter(|r| r.status == RoomStatus::Active)
             .map(|r| r.id);
-        store::open_counts_by_kind(&self.inner.parts.db, active.collect()).await
+        self.read(store::open_counts_by_kind(
+            &self.inner.parts.db,
+            active.collect(),
+        ))
+        .await
     }
 
     /// Names of the rooms the database holds as active (with or without an actor).
     pub async fn active_room_names(&self) -> Result<Vec<String>, StoreError> {
-        store::active_room_names(&self.inner.parts.db).await
+        self.read(store::active_room_names(&self.inner.parts.db))
+            .await
+    }
+
+    /// Whether the database answers, within the deadline of a read.
+    pub async fn database_answers(&self) -> bool {
+        let ping = async { Ok(self.inner.parts.db.ping().await?) };
+        self.read(ping).await.is_ok()
+    }
+
+    /// `query` under the deadline of a load. A read without one, on a
+    /// connection that stopped answering, held its handler and its pool
+    /// slot for good: a few of them, and no room could start (found by the
+    /// adversary with /readyz). Abandoned, the connection is closed unless
+    /// it answers again (see `store::within`).
+    async fn read<T>(
+        &self,
+        query: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        store::within(self.inner.parts.lifecycle.load_timeout, query).await
     }
 }

@@ -101,10 +101,6 @@ async fn pool(
         .connect_timeout(Duration::from_secs(settings.connect_timeout_secs))
         .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))
         .sqlx_logging(false)
-        // sqlx pings every connection it takes back (below), so one taken
-        // soon after needs no second ping before its query: that one was
-        // a round trip on every load's way.
-        .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
         .map_sqlx_postgres_pool_opts(move |opts| match transaction_timeout_ms {
             Some(ms) => opts
                 .after_release(move |conn, _| Box::pin(released(conn, Duration::from_millis(ms)))),
@@ -132,10 +128,6 @@ async fn pool(
         });
     Database::connect(options).await
 }
-
-/// How long a pool connection may sit idle before it is pinged again
-/// before use.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Whether a connection given back to the pool may be used again: it must
 /// answer a ping within `deadline`, the transaction deadline the server

@@ -267,3 +267,92 @@ async fn redeliveries_held_up_by_a_row_lock_do_not_use_up_the_pool() {
     roomd.kill_9();
     db.drop_database().await;
 }
+
+/// A ready roomd with a one-second transaction deadline whose connections
+/// to PostgreSQL run in clear through a proxy (so that it can freeze them
+/// by what they carry), and a client that waits for any answer.
+async fn behind_a_clear_proxy(db: &TestDb) -> (Proxy, Roomd, reqwest::Client) {
+    let proxy = Proxy::start(postgres_addr(&db.url)).await;
+    let mut url = url::Url::parse(&proxy.url_for(&db.url)).unwrap();
+    url.query_pairs_mut().append_pair("sslmode", "disable");
+    let mut settings = IMPATIENT.to_vec();
+    settings.push(("ROOMD__WRITER__TRANSACTION_TIMEOUT_MS", "1000"));
+    // Long enough only to tell a request never answered.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let roomd = Roomd::start_with(url.as_str(), "127.0.0.1:0", &settings)
+        .ready(&client)
+        .await;
+    (proxy, roomd, client)
+}
+
+/// A room roomd has not seen starts, sooner or later, and roomd says it is
+/// ready.
+async fn rooms_start_again(roomd: &Roomd, client: &reqwest::Client, room: &str) {
+    let body = common::webhook::event("room_started")
+        .room(room, &format!("RM_{room}"))
+        .id(&format!("EV_{room}"))
+        .body();
+    common::until(
+        "a new room starts once the hung connections are given up",
+        async || roomd.send(&body).await == reqwest::StatusCode::OK,
+    )
+    .await;
+    let ready = client.get(format!("{}/readyz", roomd.base)).send().await;
+    assert_eq!(ready.unwrap().status(), reqwest::StatusCode::OK);
+}
+
+// Reads whose connections stop answering mid-query, more of them than the
+// pool holds: each is answered 503 at the read deadline, and once their
+// connections are given up rooms start again. Reads had no deadline: each
+// held its handler and its pool slot for good (found by the adversary).
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_on_connections_that_stop_answering_hold_nothing() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let (proxy, roomd, client) = behind_a_clear_proxy(&db).await;
+    proxy.freeze_on(b"HANG-");
+    let reads = (0..12).map(|i| {
+        client
+            .get(format!("{}/v1/rooms/HANG-{i}", roomd.base))
+            .send()
+    });
+    for answer in futures::future::join_all(reads).await {
+        let answer = answer.expect("a read on a hung connection is answered");
+        assert_eq!(answer.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    }
+    rooms_start_again(&roomd, &client, "after-reads").await;
+    roomd.kill_9();
+    db.drop_database().await;
+}
+
+// Every open connection, just used, stops answering while readiness
+// probes come in: each probe is answered, and rooms start again. With
+// connections handed out unpinged for a second after their last use, the
+// probes hung for good and no room could start (found by the adversary).
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_on_connections_that_stop_answering_are_answered() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let (proxy, roomd, client) = behind_a_clear_proxy(&db).await;
+    let warm = (0..24).map(|i| {
+        let path = match i % 2 {
+            0 => "/readyz".to_owned(),
+            _ => format!("/v1/rooms/absent-{i}"),
+        };
+        client.get(format!("{}{path}", roomd.base)).send()
+    });
+    futures::future::join_all(warm).await;
+    proxy.freeze();
+    let probes = (0..10).map(|_| client.get(format!("{}/readyz", roomd.base)).send());
+    for answer in futures::future::join_all(probes).await {
+        answer.expect("a readiness probe on a hung connection is answered");
+    }
+    rooms_start_again(&roomd, &client, "after-probes").await;
+    roomd.kill_9();
+    db.drop_database().await;
+}
