@@ -152,7 +152,6 @@ impl Application {
             tokens: Tokens::new(&settings.livekit.api_key, &settings.livekit.api_secret),
             public_counts: settings.api.public_counts,
             metrics: supervisor.metrics_handle(),
-            db: db.clone(),
             bodies: BodyReader::new(
                 settings.server.max_body_bytes,
                 Duration::from_secs(settings.server.body_timeout_secs),

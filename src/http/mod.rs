@@ -12,7 +12,6 @@ mod ui;
 mod webhooks;
 
 use actix_web::web;
-use sea_orm::DatabaseConnection;
 
 use crate::livekit::WebhookVerifier;
 use crate::room::Supervisor;
@@ -28,7 +27,6 @@ pub struct AppState {
     pub tokens: crate::livekit::Tokens,
     pub public_counts: bool,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    pub db: DatabaseConnection,
     pub bodies: BodyReader,
     /// How often a live-update stream sends a keep-alive comment.
     pub stream_keepalive: std::time::Duration,

@@ -25,7 +25,7 @@ pub use writer::{FenceOwner, Writer};
 /// `query`, or `StoreError::TimedOut` once `deadline` has passed. The query
 /// is then dropped; its connection goes back to the pool once a ping on it
 /// answers, or is closed when none does within the transaction deadline
-/// (see [`released`]).
+/// (see `released`).
 pub async fn within<T>(
     deadline: Duration,
     query: impl Future<Output = Result<T, StoreError>>,

@@ -273,8 +273,6 @@ async fn redeliveries_held_up_by_a_row_lock_do_not_use_up_the_pool() {
 /// by what they carry), and a client that waits for any answer.
 async fn behind_a_clear_proxy(db: &TestDb) -> (Proxy, Roomd, reqwest::Client) {
     let proxy = Proxy::start(postgres_addr(&db.url)).await;
-    let mut url = url::Url::parse(&proxy.url_for(&db.url)).unwrap();
-    url.query_pairs_mut().append_pair("sslmode", "disable");
     let mut settings = IMPATIENT.to_vec();
     settings.push(("ROOMD__WRITER__TRANSACTION_TIMEOUT_MS", "1000"));
     // Long enough only to tell a request never answered.
@@ -282,7 +280,7 @@ async fn behind_a_clear_proxy(db: &TestDb) -> (Proxy, Roomd, reqwest::Client) {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
-    let roomd = Roomd::start_with(url.as_str(), "127.0.0.1:0", &settings)
+    let roomd = Roomd::start_with(&proxy.clear_url_for(&db.url), "127.0.0.1:0", &settings)
         .ready(&client)
         .await;
     (proxy, roomd, client)

@@ -545,10 +545,7 @@ async fn behind_a_freezing_proxy(
 ) -> (sea_orm::DatabaseConnection, Proxy) {
     let proxy = Proxy::start(postgres_addr(&db.url)).await;
     let mut settings = common::settings_for(db).database;
-    // In clear, so that the proxy sees the names.
-    let mut url = url::Url::parse(&proxy.url_for(&db.url)).unwrap();
-    url.query_pairs_mut().append_pair("sslmode", "disable");
-    settings.url = url.to_string();
+    settings.url = proxy.clear_url_for(&db.url);
     let store = roomd::store::connect(&settings, server_deadline_ms)
         .await
         .unwrap();

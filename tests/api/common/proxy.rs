@@ -131,6 +131,14 @@ impl Proxy {
         url.set_port(Some(self.port)).unwrap();
         url.to_string()
     }
+
+    /// [`Self::url_for`] without TLS, so that [`Self::freeze_on`] sees
+    /// what the connections carry.
+    pub fn clear_url_for(&self, url: &str) -> String {
+        let mut url = url::Url::parse(&self.url_for(url)).unwrap();
+        url.query_pairs_mut().append_pair("sslmode", "disable");
+        url.to_string()
+    }
 }
 
 async fn pipe(
